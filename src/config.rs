@@ -1,0 +1,171 @@
+//! `mirror.yaml` as written: the file's shape, nothing resolved.
+//!
+//! Every struct denies unknown keys, and the values we check later carry
+//! their place in the file ([`Spanned`]) so that [`crate::plan::resolve`] can
+//! name the line and column of each problem. Parsing never stops at the
+//! first semantic problem; only broken YAML does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Format version; only `1` exists.
+    pub version: Spanned<u32>,
+    /// Named destinations: name → `REGISTRY[/PREFIX]`.
+    #[serde(default)]
+    pub targets: BTreeMap<String, Spanned<String>>,
+    /// Per-registry behaviour, keyed by registry host as written.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryEntry>,
+    /// What images get unless they say otherwise.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The images to mirror.
+    #[serde(default)]
+    pub images: Vec<ImageEntry>,
+}
+
+/// `registries.<host>`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    /// Allow plain HTTP (loopback hosts are always allowed).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Requests in flight to this registry at once.
+    #[serde(default)]
+    pub concurrency: Option<Spanned<usize>>,
+}
+
+/// `defaults`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Target names used by images without `targets`.
+    #[serde(default)]
+    pub targets: Option<Vec<Spanned<String>>>,
+}
+
+/// One entry of `images`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// The handle for `--only` (default: the source's last path component).
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// `REGISTRY/REPOSITORY` or `REGISTRY/REPOSITORY@sha256:…`.
+    pub source: Spanned<String>,
+    /// Tags to copy (or, for a pinned source, to set on the targets).
+    #[serde(default)]
+    pub tags: Option<Vec<Spanned<String>>>,
+    /// Target names, instead of `defaults.targets`.
+    #[serde(default)]
+    pub targets: Option<Vec<Spanned<String>>>,
+    /// Path under each target prefix (default: the source repository path).
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+}
+
+/// One thing wrong with the file, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when unknown.
+    pub line: u64,
+    /// 1-based column, 0 when unknown.
+    pub column: u64,
+    /// The key path, e.g. `images[3].source`.
+    pub place: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        }
+        if !self.place.is_empty() {
+            write!(f, "{}: ", self.place)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {} problem(s)\n{}", .problems.len(), render(.file, .problems))]
+pub struct Problems {
+    /// The file's name as given.
+    pub file: String,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+fn render(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {file}:{p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A problem at a spanned value.
+pub fn problem_at<T>(
+    value: &Spanned<T>,
+    place: impl Into<String>,
+    message: impl Into<String>,
+) -> Problem {
+    Problem {
+        line: value.referenced.line(),
+        column: value.referenced.column(),
+        place: place.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses YAML text into a [`ConfigFile`]; broken YAML and unknown keys are
+/// one problem each, with the parser's line and column.
+pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Problems> {
+    serde_saphyr::from_str::<ConfigFile>(text).map_err(|error| {
+        let (line, column) = error
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let message = error.to_string();
+        // The rendered message already names line and column, with a snippet.
+        let message = message.lines().next().unwrap_or_default().to_string();
+        Problems {
+            file: file.to_string(),
+            problems: vec![Problem {
+                line,
+                column,
+                place: String::new(),
+                message,
+            }],
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_broken_yaml_name_the_line() {
+        let unknown =
+            "version: 1\ntargets: {a: ghcr.io/x}\nimages:\n  - source: docker.io/x\n    tag: [a]\n";
+        let problems = parse("m.yaml", unknown).unwrap_err();
+        assert_eq!(problems.problems[0].line, 5, "{problems}");
+        assert!(problems.to_string().contains("tag"), "{problems}");
+
+        let broken = "version: 1\nimages:\n  - source: [unclosed\n";
+        let problems = parse("m.yaml", broken).unwrap_err();
+        assert!(problems.problems[0].line >= 3, "{problems}");
+    }
+}

@@ -1,0 +1,126 @@
+//! The one library error type.
+//!
+//! Callers branch on a few variants (authentication, digest mismatch, not
+//! found); everything else is carried as a message with its cause attached.
+//! Messages are lowercase with values in backticks, and never contain a
+//! credential: the registry client builds them from URLs and statuses only.
+
+use std::sync::Arc;
+
+use crate::digest::Digest;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A reference string that is not `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.
+    #[error("invalid reference `{input}`: {reason}")]
+    Reference { input: String, reason: String },
+
+    /// A digest string that is not `ALGORITHM:HEX` with a supported algorithm.
+    #[error("invalid digest `{0}`")]
+    Digest(String),
+
+    /// Bytes whose hash is not the digest they were asked for by.
+    #[error("digest mismatch for `{what}`: expected `{expected}`, got `{actual}`")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+
+    /// Bytes whose length is not the size their descriptor states.
+    #[error("size mismatch for `{digest}`: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// The registry refused our identity, or we had none and it wants one.
+    #[error("authentication failed at `{registry}`: {reason}")]
+    Auth { registry: String, reason: String },
+
+    /// A manifest or blob that the registry does not have.
+    #[error("`{what}` not found")]
+    NotFound { what: String },
+
+    /// A registry answered with a status we cannot continue from.
+    #[error("`{method} {url}` answered {status}{}", body_suffix(.body))]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
+
+    /// The request never got an answer (connect, reset, timeout).
+    #[error("`{method} {url}` failed")]
+    Transport {
+        method: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A manifest we cannot or will not copy.
+    #[error("unsupported manifest `{what}`: {reason}")]
+    Manifest { what: String, reason: String },
+
+    /// An OCI image layout that is not usable.
+    #[error("oci layout `{path}`: {reason}")]
+    Layout { path: String, reason: String },
+
+    /// Local file I/O (spool, layouts).
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The same failure seen by several waiters (one upstream fetch, many targets).
+    #[error(transparent)]
+    Shared(Arc<Error>),
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+impl Error {
+    /// Wraps an I/O error with what we were doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The error behind any number of `Shared` wrappers.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+
+    /// True for authentication failures (exit code 3).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.root(), Error::Auth { .. })
+    }
+
+    /// True when bytes did not match their digest or size.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(
+            self.root(),
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. }
+        )
+    }
+}
+
+/// Library result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,254 @@
+//! Manifests as raw bytes plus the little we read from them.
+//!
+//! A [`Manifest`] keeps the exact bytes it was fetched with; they are what we
+//! push, so the digest never changes. We parse only what the copy needs: the
+//! media type, the children of an index, and the blobs of an image.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest, schema 2.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Sent on every manifest request: registries rewrite or 404 what a client
+/// does not say it accepts (distribution converts to schema1 without it).
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Largest manifest we accept (distribution's own limit).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Most children an index may have before we refuse it as hostile.
+pub const MAX_INDEX_CHILDREN: usize = 1024;
+
+/// A platform as an index entry states it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`, `windows`, or `unknown` for attestations.
+    #[serde(default)]
+    pub os: String,
+    /// `amd64`, `arm64`, `arm`, …
+    #[serde(default)]
+    pub architecture: String,
+    /// `v7`, `v8`, … when given.
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// A pointer to content: what the copy walks.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Descriptor {
+    /// The content's media type.
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// The content's digest.
+    pub digest: Digest,
+    /// The content's size in bytes.
+    pub size: u64,
+    /// The platform, on index entries.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    signatures: Option<serde_json::Value>,
+    #[serde(rename = "fsLayers", default)]
+    fs_layers: Option<serde_json::Value>,
+}
+
+/// A manifest: its exact bytes, its digest and media type, and what it points at.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// The media type to push it with.
+    pub media_type: String,
+    /// The digest of `bytes`.
+    pub digest: Digest,
+    /// The bytes exactly as fetched.
+    pub bytes: Bytes,
+    /// Child manifests, for an index.
+    pub children: Vec<Descriptor>,
+    /// Config and layers, for an image manifest.
+    pub blobs: Vec<Descriptor>,
+}
+
+impl Manifest {
+    /// Checks `bytes` against `digest`, then reads what the copy needs.
+    /// `content_type` is the registry's or the layout's claim, used only when
+    /// the body does not say its own media type.
+    pub fn parse(bytes: Bytes, digest: &Digest, content_type: Option<&str>) -> Result<Manifest> {
+        let what = digest.to_string();
+        if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(refuse(&what, "larger than 4 MiB"));
+        }
+        digest.verify(&bytes, None, &format!("manifest {what}"))?;
+        let body: Body = serde_json::from_slice(&bytes)
+            .map_err(|e| refuse(&what, &format!("not a JSON manifest ({e})")))?;
+        if body.schema_version == Some(1) || body.signatures.is_some() || body.fs_layers.is_some() {
+            return Err(refuse(
+                &what,
+                "Docker schema1 manifests are deprecated and not copied; re-push the image with a current client",
+            ));
+        }
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or_default().trim())
+            .filter(|c| {
+                !c.is_empty() && *c != "application/json" && *c != "application/octet-stream"
+            });
+        let media_type = match (body.media_type, content_type) {
+            (Some(m), _) => m,
+            (None, Some(c)) => c.to_string(),
+            (None, None) if body.manifests.is_some() => OCI_INDEX.to_string(),
+            (None, None) => OCI_MANIFEST.to_string(),
+        };
+        let (children, blobs) = match media_type.as_str() {
+            OCI_INDEX | DOCKER_LIST => {
+                let children = body.manifests.unwrap_or_default();
+                if children.len() > MAX_INDEX_CHILDREN {
+                    return Err(refuse(&what, "index has more than 1024 entries"));
+                }
+                (children, Vec::new())
+            }
+            OCI_MANIFEST | DOCKER_MANIFEST => {
+                let config = body
+                    .config
+                    .ok_or_else(|| refuse(&what, "image manifest without `config`"))?;
+                let mut blobs = vec![config];
+                blobs.extend(body.layers.unwrap_or_default());
+                (Vec::new(), blobs)
+            }
+            other => {
+                return Err(refuse(
+                    &what,
+                    &format!("media type `{other}` is not an image manifest or index"),
+                ));
+            }
+        };
+        Ok(Manifest {
+            media_type,
+            digest: digest.clone(),
+            bytes,
+            children,
+            blobs,
+        })
+    }
+
+    /// True for an OCI index or Docker manifest list.
+    pub fn is_index(&self) -> bool {
+        matches!(self.media_type.as_str(), OCI_INDEX | DOCKER_LIST)
+    }
+}
+
+fn refuse(what: &str, reason: &str) -> Error {
+    Error::Manifest {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> Option<Bytes> {
+        let full = format!(
+            "{}/../shared/fixtures/real/manifests/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(full).ok().map(Bytes::from)
+    }
+
+    #[test]
+    fn keeps_non_canonical_bytes_and_digest() {
+        let Some(bytes) = fixture("containers-image/internal_manifest_testdata/v2s2.manifest.json")
+        else {
+            panic!("shared fixtures missing: run from a checkout with ../shared");
+        };
+        let digest: Digest =
+            "sha256:20bf21ed457b390829cdbeec8795a7bea1626991fda603e0d01b4e7f60427e55"
+                .parse()
+                .unwrap();
+        let manifest = Manifest::parse(bytes.clone(), &digest, None).unwrap();
+        assert_eq!(manifest.media_type, DOCKER_MANIFEST);
+        assert_eq!(manifest.bytes, bytes);
+        assert!(manifest.blobs.len() >= 2);
+    }
+
+    #[test]
+    fn reads_postgres_index_with_attestations() {
+        let dir = format!(
+            "{}/../shared/fixtures/real/manifests/dockerhub-raw",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let entry = std::fs::read_dir(&dir)
+            .expect("shared fixtures")
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("postgres-17.11-index")
+            })
+            .expect("postgres index fixture");
+        let bytes = Bytes::from(std::fs::read(entry.path()).unwrap());
+        let digest = Digest::sha256(&bytes);
+        let index = Manifest::parse(bytes, &digest, None).unwrap();
+        assert!(index.is_index());
+        assert_eq!(index.children.len(), 16);
+        let attestations = index
+            .children
+            .iter()
+            .filter(|c| c.platform.as_ref().is_some_and(|p| p.os == "unknown"))
+            .count();
+        assert_eq!(attestations, 8);
+    }
+
+    #[test]
+    fn refuses_schema1_garbage_and_wrong_digest() {
+        for (path, needle) in [
+            (
+                "containers-image/internal_manifest_testdata/v2s1-unsigned.manifest.json",
+                "schema1",
+            ),
+            (
+                "containers-image/internal_manifest_testdata/non-json.manifest.json",
+                "not a JSON manifest",
+            ),
+        ] {
+            let Some(bytes) = fixture(path).or_else(|| {
+                fixture(&path.replace("internal_manifest_testdata", "manifest_fixtures"))
+            }) else {
+                continue;
+            };
+            let digest = Digest::sha256(&bytes);
+            let err = Manifest::parse(bytes, &digest, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{path}: {err}");
+        }
+        let wrong = Digest::sha256(b"other");
+        let err = Manifest::parse(Bytes::from_static(b"{}"), &wrong, None).unwrap_err();
+        assert!(err.is_mismatch());
+    }
+}

@@ -1,0 +1,919 @@
+//! The registry client: every request regmirror makes passes through here.
+//!
+//! It speaks the OCI distribution API over reqwest (oci-client 0.18 hides
+//! response headers and mis-handles mounts, monolithic uploads and manifest
+//! PUTs by digest, which is most of what a mirror does). Per registry host it
+//! holds the limits (a semaphore of `concurrency` permits), the learned
+//! authentication challenge, and credentials; bearer tokens are cached per
+//! host and scope. Transient failures are retried as [`retry`] decides.
+
+pub mod auth;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Descriptor, Manifest};
+use crate::reference::Repository;
+use auth::{Challenge, Credential, Tokens};
+
+/// Per-registry settings from `mirror.yaml` (`registries.<host>`).
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Allow plain HTTP to this registry.
+    pub insecure: bool,
+    /// Requests in flight to this registry at once.
+    pub concurrency: usize,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: false,
+            concurrency: 8,
+        }
+    }
+}
+
+/// What a request needs to be allowed to do; becomes the token scope.
+#[derive(Clone, Debug)]
+enum Access<'a> {
+    Pull(&'a str),
+    Push(&'a str),
+    Mount { to: &'a str, from: &'a str },
+}
+
+impl Access<'_> {
+    fn scopes(&self) -> Vec<String> {
+        match self {
+            Access::Pull(path) => vec![format!("repository:{path}:pull")],
+            Access::Push(path) => vec![format!("repository:{path}:pull,push")],
+            Access::Mount { to, from } => vec![
+                format!("repository:{to}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
+        }
+    }
+}
+
+/// The result of a cross-repository mount request.
+#[derive(Debug)]
+pub enum Mount {
+    /// The registry linked the blob; nothing to upload.
+    Mounted,
+    /// The registry declined (spec: 202) and opened an upload session instead.
+    Declined { upload_url: String },
+}
+
+/// One registry host: its limits and what we learned about its auth.
+struct Host {
+    /// The registry name as written (`docker.io`): the key for credentials.
+    registry: String,
+    /// `https://host` or `http://host`.
+    base: String,
+    /// Every request to this host holds one permit while it runs and while
+    /// its body is read; callers never hold one while waiting on another
+    /// request, so there is no wait cycle.
+    permits: Arc<Semaphore>,
+    /// Learned once from `GET /v2/`, replaced if a later 401 says otherwise.
+    challenge: Mutex<Option<Challenge>>,
+    /// Looked up once per run (credential helpers are slow programs).
+    credential: OnceCell<Option<Credential>>,
+}
+
+/// A response together with the host permit it was made under.
+struct Answer {
+    response: Response,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The registry client. Cheap to share behind an `Arc`.
+pub struct RegistryClient {
+    http: reqwest::Client,
+    options: HashMap<String, RegistryOptions>,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    tokens: Tokens,
+}
+
+/// True for hosts where plain HTTP is acceptable without asking.
+pub fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost" || name == "::1" || name.starts_with("127.")
+}
+
+fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn error_body(response: Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    let mut text: String = text.trim().chars().take(300).collect();
+    if text.len() == 300 {
+        text.push('…');
+    }
+    text
+}
+
+impl RegistryClient {
+    /// A client with per-registry `options` (keyed by registry as written).
+    pub fn new(options: HashMap<String, RegistryOptions>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .no_proxy()
+            .build()
+            .map_err(|source| Error::Transport {
+                method: "build".into(),
+                url: "client".into(),
+                source,
+            })?;
+        Ok(RegistryClient {
+            http,
+            options,
+            hosts: Mutex::new(HashMap::new()),
+            tokens: Tokens::default(),
+        })
+    }
+
+    fn host(&self, repository: &Repository) -> Arc<Host> {
+        let api_host = repository.api_host();
+        let mut hosts = self.hosts.lock().expect("hosts lock poisoned");
+        hosts
+            .entry(api_host.to_string())
+            .or_insert_with(|| {
+                let options = self
+                    .options
+                    .get(&repository.registry)
+                    .cloned()
+                    .unwrap_or_default();
+                let scheme = if options.insecure || is_loopback(api_host) {
+                    "http"
+                } else {
+                    "https"
+                };
+                Arc::new(Host {
+                    registry: repository.registry.clone(),
+                    base: format!("{scheme}://{api_host}"),
+                    permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+                    challenge: Mutex::new(None),
+                    credential: OnceCell::new(),
+                })
+            })
+            .clone()
+    }
+
+    async fn credential(&self, host: &Host) -> Option<Credential> {
+        host.credential
+            .get_or_init(|| async {
+                let registry = host.registry.clone();
+                tokio::task::spawn_blocking(move || auth::lookup(&registry))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await
+            .clone()
+    }
+
+    /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
+    async fn challenge(&self, host: &Host) -> Result<Challenge> {
+        if let Some(challenge) = host
+            .challenge
+            .lock()
+            .expect("challenge lock poisoned")
+            .clone()
+        {
+            return Ok(challenge);
+        }
+        let url = format!("{}/v2/", host.base);
+        let response = self
+            .attempt_loop(host, Method::GET, &url, None, &|r| r, true)
+            .await?
+            .response;
+        let challenge = match response.status() {
+            StatusCode::UNAUTHORIZED => header(&response, WWW_AUTHENTICATE.as_str())
+                .and_then(auth::parse_challenge)
+                .ok_or_else(|| Error::Auth {
+                    registry: host.registry.clone(),
+                    reason: "401 without a usable `WWW-Authenticate` challenge".into(),
+                })?,
+            _ => Challenge::Anonymous,
+        };
+        *host.challenge.lock().expect("challenge lock poisoned") = Some(challenge.clone());
+        Ok(challenge)
+    }
+
+    /// The `Authorization` header for `access` at `host`, if any is needed.
+    async fn authorization(&self, host: &Host, access: &Access<'_>) -> Result<Option<String>> {
+        match self.challenge(host).await? {
+            Challenge::Anonymous => Ok(None),
+            Challenge::Basic => Ok(match self.credential(host).await {
+                Some(Credential::Basic { username, password }) => {
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    Some(format!("Basic {encoded}"))
+                }
+                _ => None,
+            }),
+            Challenge::Bearer { realm, service } => {
+                let token = self.token(host, &realm, service.as_deref(), access).await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    fn token_key(host: &Host, access: &Access<'_>) -> String {
+        format!("{} {}", host.base, access.scopes().join(" "))
+    }
+
+    /// A bearer token for `access`, from the cache or from `realm`.
+    async fn token(
+        &self,
+        host: &Host,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+    ) -> Result<String> {
+        let key = Self::token_key(host, access);
+        if let Some(token) = self.tokens.get(&key) {
+            return Ok(token);
+        }
+        let auth_error = |reason: String| Error::Auth {
+            registry: host.registry.clone(),
+            reason,
+        };
+        let mut url =
+            url::Url::parse(realm).map_err(|_| auth_error(format!("bad token realm `{realm}`")))?;
+        let credential = self.credential(host).await;
+        let request = match &credential {
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("client_id", "regmirror")
+                    .append_pair("refresh_token", refresh);
+                if let Some(service) = service {
+                    form.append_pair("service", service);
+                }
+                form.append_pair("scope", &access.scopes().join(" "));
+                self.http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            other => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    for scope in access.scopes() {
+                        query.append_pair("scope", &scope);
+                    }
+                }
+                let request = self.http.get(url.clone());
+                match other {
+                    Some(Credential::Basic { username, password }) => {
+                        request.basic_auth(username, Some(password))
+                    }
+                    _ => request,
+                }
+            }
+        };
+        let response = request.send().await.map_err(|source| Error::Transport {
+            method: "GET".into(),
+            url: realm.to_string(),
+            source,
+        })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let identity = if credential.is_some() {
+                "with the configured credentials"
+            } else {
+                "anonymously (no credentials found)"
+            };
+            return Err(auth_error(format!(
+                "token request to `{realm}` {identity} answered {status}"
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let body: TokenResponse = response
+            .json()
+            .await
+            .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .ok_or_else(|| auth_error(format!("token response from `{realm}` has no token")))?;
+        // The spec's default lifetime is 60 s when none is given.
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(1));
+        self.tokens.put(key, token.clone(), lifetime);
+        Ok(token)
+    }
+
+    /// Sends one request, retrying transient failures when `idempotent`.
+    /// Waits for a host permit only once the auth header is known, so a token
+    /// fetch never waits behind the requests it is meant to enable.
+    async fn attempt_loop(
+        &self,
+        host: &Host,
+        method: Method,
+        url: &str,
+        authorization: Option<&str>,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+        idempotent: bool,
+    ) -> Result<Answer> {
+        let mut attempt = 0;
+        loop {
+            let mut request = self.http.request(method.clone(), url);
+            if let Some(value) = authorization {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let request = build(request);
+            let permit = host
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("host semaphore is never closed");
+            let retry_after;
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if !(idempotent
+                        && retry::status_is_retryable(status)
+                        && attempt + 1 < retry::MAX_ATTEMPTS)
+                    {
+                        return Ok(Answer {
+                            response,
+                            _permit: permit,
+                        });
+                    }
+                    retry_after =
+                        header(&response, RETRY_AFTER.as_str()).and_then(retry::parse_retry_after);
+                    tracing::debug!(%url, status, attempt, "retrying");
+                }
+                Err(source) => {
+                    if !(idempotent
+                        && retry::transport_is_retryable(&source)
+                        && attempt + 1 < retry::MAX_ATTEMPTS)
+                    {
+                        return Err(Error::Transport {
+                            method: method.to_string(),
+                            url: url.to_string(),
+                            source,
+                        });
+                    }
+                    retry_after = None;
+                    tracing::debug!(%url, attempt, error = %source, "retrying");
+                }
+            }
+            drop(permit);
+            tokio::time::sleep(retry::delay(attempt, retry_after)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Sends an authenticated request; on a 401 it refreshes the token (or
+    /// learns the challenge again) and tries once more.
+    async fn send(
+        &self,
+        repository: &Repository,
+        access: Access<'_>,
+        method: Method,
+        url: &str,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+        idempotent: bool,
+    ) -> Result<Answer> {
+        let host = self.host(repository);
+        let mut refreshed = false;
+        loop {
+            let authorization = self.authorization(&host, &access).await?;
+            let answer = self
+                .attempt_loop(
+                    &host,
+                    method.clone(),
+                    url,
+                    authorization.as_deref(),
+                    build,
+                    idempotent,
+                )
+                .await?;
+            if answer.response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(answer);
+            }
+            if refreshed {
+                let identity = if self.credential(&host).await.is_some() {
+                    "the configured credentials were refused"
+                } else {
+                    "no credentials found"
+                };
+                return Err(Error::Auth {
+                    registry: host.registry.clone(),
+                    reason: format!("`{method} {url}` answered 401: {identity}"),
+                });
+            }
+            refreshed = true;
+            self.tokens.forget(&Self::token_key(&host, &access));
+            if let Some(challenge) =
+                header(&answer.response, WWW_AUTHENTICATE.as_str()).and_then(auth::parse_challenge)
+            {
+                *host.challenge.lock().expect("challenge lock poisoned") = Some(challenge);
+            }
+        }
+    }
+
+    fn url(&self, repository: &Repository, tail: &str) -> String {
+        format!(
+            "{}/v2/{}/{tail}",
+            self.host(repository).base,
+            repository.path
+        )
+    }
+
+    fn status_error(method: &str, url: &str, status: StatusCode, body: String) -> Error {
+        Error::Status {
+            method: method.to_string(),
+            url: url.to_string(),
+            status: status.as_u16(),
+            body,
+        }
+    }
+
+    /// The digest `reference` (tag or digest) resolves to, or `None` if absent.
+    /// A HEAD: Docker Hub does not count it as a pull.
+    pub async fn head_manifest(
+        &self,
+        repository: &Repository,
+        reference: &str,
+    ) -> Result<Option<Digest>> {
+        let url = self.url(repository, &format!("manifests/{reference}"));
+        let answer = self
+            .send(
+                repository,
+                Access::Pull(&repository.path),
+                Method::HEAD,
+                &url,
+                &|r| r.header(ACCEPT, manifest::ACCEPT),
+                true,
+            )
+            .await?;
+        let response = answer.response;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(Self::status_error("HEAD", &url, status, String::new())),
+        }
+        match header(&response, "docker-content-digest").map(str::parse::<Digest>) {
+            Some(Ok(digest)) => Ok(Some(digest)),
+            // A registry that omits the header: the bytes must tell us.
+            _ => {
+                drop(response);
+                Ok(Some(
+                    self.get_manifest(repository, reference, None).await?.digest,
+                ))
+            }
+        }
+    }
+
+    /// Fetches a manifest's exact bytes and checks them against `expected`
+    /// (or the digest in the reference, or the registry's
+    /// `Docker-Content-Digest`).
+    pub async fn get_manifest(
+        &self,
+        repository: &Repository,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Manifest> {
+        let url = self.url(repository, &format!("manifests/{reference}"));
+        let answer = self
+            .send(
+                repository,
+                Access::Pull(&repository.path),
+                Method::GET,
+                &url,
+                &|r| r.header(ACCEPT, manifest::ACCEPT),
+                true,
+            )
+            .await?;
+        let response = answer.response;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(Error::NotFound {
+                    what: format!("{repository}:{reference}"),
+                });
+            }
+            status => {
+                return Err(Self::status_error(
+                    "GET",
+                    &url,
+                    status,
+                    error_body(response).await,
+                ));
+            }
+        }
+        let content_type = header(&response, CONTENT_TYPE.as_str()).map(str::to_string);
+        let claimed =
+            header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        if response
+            .content_length()
+            .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
+        {
+            return Err(Error::Manifest {
+                what: url,
+                reason: "larger than 4 MiB".into(),
+            });
+        }
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| Error::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
+            if (body.len() + chunk.len()) as u64 > manifest::MAX_MANIFEST_SIZE {
+                return Err(Error::Manifest {
+                    what: url,
+                    reason: "larger than 4 MiB".into(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body: Bytes = body.freeze();
+        let digest = expected
+            .cloned()
+            .or_else(|| reference.parse::<Digest>().ok())
+            .or(claimed)
+            .unwrap_or_else(|| Digest::sha256(&body));
+        Manifest::parse(body, &digest, content_type.as_deref())
+    }
+
+    /// Pushes a manifest's exact bytes under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repository: &Repository,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let url = self.url(repository, &format!("manifests/{reference}"));
+        let bytes = manifest.bytes.clone();
+        let media_type = manifest.media_type.clone();
+        let build = move |r: RequestBuilder| {
+            r.header(CONTENT_TYPE, media_type.as_str())
+                .body(bytes.clone())
+        };
+        let answer = self
+            .send(
+                repository,
+                Access::Push(&repository.path),
+                Method::PUT,
+                &url,
+                &build,
+                true,
+            )
+            .await?;
+        let response = answer.response;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(Self::status_error(
+                "PUT",
+                &url,
+                status,
+                error_body(response).await,
+            ));
+        }
+        if let Some(Ok(stored)) =
+            header(&response, "docker-content-digest").map(str::parse::<Digest>)
+            && stored != manifest.digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest stored at {repository}"),
+                expected: manifest.digest.clone(),
+                actual: stored,
+            });
+        }
+        Ok(())
+    }
+
+    /// True when the repository has the blob (a HEAD).
+    pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
+        let url = self.url(repository, &format!("blobs/{digest}"));
+        let answer = self
+            .send(
+                repository,
+                Access::Pull(&repository.path),
+                Method::HEAD,
+                &url,
+                &|r| r,
+                true,
+            )
+            .await?;
+        match answer.response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => Err(Self::status_error("HEAD", &url, status, String::new())),
+        }
+    }
+
+    /// Streams a blob into `path`, checking digest and size as it goes.
+    /// Retries from the start on a broken transfer.
+    pub async fn download_blob(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+    ) -> Result<()> {
+        let url = self.url(repository, &format!("blobs/{}", blob.digest));
+        let mut attempt = 0;
+        loop {
+            match self.download_once(repository, blob, &url, path).await {
+                Err(Error::Transport { source, .. })
+                    if attempt + 1 < retry::MAX_ATTEMPTS
+                        && retry::transport_is_retryable(&source) =>
+                {
+                    tracing::debug!(%url, attempt, error = %source, "blob download broke; retrying");
+                    tokio::time::sleep(retry::delay(attempt, None)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn download_once(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        url: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let answer = self
+            .send(
+                repository,
+                Access::Pull(&repository.path),
+                Method::GET,
+                url,
+                &|r| r,
+                true,
+            )
+            .await?;
+        let response = answer.response;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(Error::NotFound {
+                    what: format!("{repository}@{}", blob.digest),
+                });
+            }
+            status => {
+                return Err(Self::status_error(
+                    "GET",
+                    url,
+                    status,
+                    error_body(response).await,
+                ));
+            }
+        }
+        let file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| Error::io(format!("create spool file {}", path.display()), e))?;
+        let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| Error::Transport {
+                method: "GET".into(),
+                url: url.to_string(),
+                source,
+            })?;
+            verifier.update(&chunk);
+            if verifier.overrun() {
+                break;
+            }
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("write spool file", e))?;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| Error::io("write spool file", e))?;
+        verifier.finish(&format!("blob {} from {repository}", blob.digest))
+    }
+
+    /// Asks the registry to link `digest` from `from` (same registry) into `repository`.
+    pub async fn mount_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Mount> {
+        let base = self.url(repository, "blobs/uploads/");
+        let url = format!("{base}?mount={digest}&from={from}");
+        let access = Access::Mount {
+            to: &repository.path,
+            from,
+        };
+        let answer = self
+            .send(
+                repository,
+                access,
+                Method::POST,
+                &url,
+                &|r| r.header(CONTENT_LENGTH, 0),
+                true,
+            )
+            .await?;
+        let response = answer.response;
+        match response.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => Ok(Mount::Declined {
+                upload_url: self.location(repository, &response, &url)?,
+            }),
+            status => Err(Self::status_error(
+                "POST",
+                &url,
+                status,
+                error_body(response).await,
+            )),
+        }
+    }
+
+    fn location(&self, repository: &Repository, response: &Response, url: &str) -> Result<String> {
+        let location = header(response, LOCATION.as_str()).ok_or_else(|| {
+            Self::status_error(
+                "POST",
+                url,
+                response.status(),
+                "no `Location` header".into(),
+            )
+        })?;
+        if location.starts_with("http://") || location.starts_with("https://") {
+            Ok(location.to_string())
+        } else {
+            Ok(format!("{}{location}", self.host(repository).base))
+        }
+    }
+
+    /// Uploads the blob in `path` with one monolithic PUT (GHCR and ECR break
+    /// on chunked PATCH uploads). `session` is an upload URL already opened
+    /// (a declined mount). Retries the whole upload on transient failures.
+    pub async fn upload_blob(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+        mut session: Option<String>,
+    ) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .upload_once(repository, blob, path, session.take())
+                .await;
+            let retryable = match &result {
+                Err(Error::Transport { source, .. }) => retry::transport_is_retryable(source),
+                Err(Error::Status { status, .. }) => retry::status_is_retryable(*status),
+                _ => false,
+            };
+            if !retryable || attempt + 1 >= retry::MAX_ATTEMPTS {
+                return result;
+            }
+            tracing::debug!(repository = %repository, digest = %blob.digest, attempt, "upload failed; retrying from the spool");
+            tokio::time::sleep(retry::delay(attempt, None)).await;
+            attempt += 1;
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+        session: Option<String>,
+    ) -> Result<()> {
+        let upload_url = match session {
+            Some(url) => url,
+            None => {
+                let url = self.url(repository, "blobs/uploads/");
+                let answer = self
+                    .send(
+                        repository,
+                        Access::Push(&repository.path),
+                        Method::POST,
+                        &url,
+                        &|r| r.header(CONTENT_LENGTH, 0),
+                        true,
+                    )
+                    .await?;
+                let response = answer.response;
+                if response.status() != StatusCode::ACCEPTED {
+                    let status = response.status();
+                    return Err(Self::status_error(
+                        "POST",
+                        &url,
+                        status,
+                        error_body(response).await,
+                    ));
+                }
+                self.location(repository, &response, &url)?
+            }
+        };
+        let separator = if upload_url.contains('?') { '&' } else { '?' };
+        let url = format!("{upload_url}{separator}digest={}", blob.digest);
+        let path = path.to_path_buf();
+        let size = blob.size;
+        let build = move |r: RequestBuilder| {
+            // Opened per attempt; `send` builds the request once (not idempotent).
+            let body = match std::fs::File::open(&path) {
+                Ok(file) => {
+                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                        tokio::fs::File::from_std(file),
+                        256 * 1024,
+                    ))
+                }
+                Err(_) => reqwest::Body::from(Vec::new()),
+            };
+            r.header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body)
+        };
+        let answer = self
+            .send(
+                repository,
+                Access::Push(&repository.path),
+                Method::PUT,
+                &url,
+                &build,
+                false,
+            )
+            .await?;
+        let response = answer.response;
+        if response.status() != StatusCode::CREATED {
+            let status = response.status();
+            return Err(Self::status_error(
+                "PUT",
+                &upload_url,
+                status,
+                error_body(response).await,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "127.0.0.1:5000",
+            "localhost",
+            "localhost:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn scopes_for_mounts_name_both_repositories() {
+        let scopes = Access::Mount {
+            to: "a/b",
+            from: "c/d",
+        }
+        .scopes();
+        assert_eq!(
+            scopes,
+            vec!["repository:a/b:pull,push", "repository:c/d:pull"]
+        );
+    }
+}
