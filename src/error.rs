@@ -78,6 +78,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// After a push, the tag at the target does not name the source's digest.
+    #[error(
+        "verification failed for `{destination}`: expected `{expected}`, the target has {found}"
+    )]
+    Verification {
+        destination: String,
+        expected: Digest,
+        found: String,
+    },
+
     /// The same failure seen by several waiters (one upstream fetch, many targets).
     #[error(transparent)]
     Shared(Arc<Error>),
@@ -111,6 +121,12 @@ impl Error {
     /// True for authentication failures (exit code 3).
     pub fn is_auth(&self) -> bool {
         matches!(self.root(), Error::Auth { .. })
+    }
+
+    /// True when a manifest PUT was refused for a blob the registry lacks
+    /// (distribution: `MANIFEST_BLOB_UNKNOWN`).
+    pub fn is_blob_unknown(&self) -> bool {
+        matches!(self.root(), Error::Status { status: 400, body, .. } if body.contains("BLOB_UNKNOWN"))
     }
 
     /// True when bytes did not match their digest or size.

@@ -1,6 +1,39 @@
+//! regmirror keeps container images mirrored byte for byte from upstream
+//! registries to the registries a team controls, and proves that every
+//! target serves the same digest.
+//!
+//! # Layout
+//!
+//! - [`reference`], [`digest`], [`manifest`]: the OCI nouns, pure data. A
+//!   manifest keeps its exact bytes; digests are checked as bytes stream.
+//! - [`config`]: `mirror.yaml` as written, with line and column of each value.
+//! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
+//!   every problem with its place; `--only`/`--target` selection.
+//! - [`registry`]: the HTTP client every request passes through: auth
+//!   (Docker credential chain, bearer tokens), per-registry limits, retries.
+//! - [`source`], [`layout`]: where images are read from (a registry, or an
+//!   OCI layout directory).
+//! - [`spool`]: blobs fetched once per run, on disk, for every target.
+//! - [`copy`]: the engine: HEAD first, read once, write N, children before
+//!   parents, tags last.
+//! - [`verify`]: digest equality across source and targets, optionally deep.
+//! - [`report`]: outcomes, the summary, exit codes.
+//!
+//! The library never prints; it returns a [`report::Summary`] and emits
+//! `tracing` events. `main.rs` decides how output looks.
+
 pub mod config;
+pub mod copy;
 pub mod digest;
 pub mod error;
+pub mod layout;
 pub mod manifest;
+pub mod plan;
 pub mod reference;
 pub mod registry;
+pub mod report;
+pub mod source;
+pub mod spool;
+pub mod verify;
+
+pub use error::{Error, Result};

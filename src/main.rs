@@ -1,1 +1,345 @@
-fn main() {}
+//! The `regmirror` command: parse arguments, set up logging and progress,
+//! run the library, and map the outcome to an exit code (DESIGN §2):
+//! 0 all good, 1 some image/target pairs failed, 2 config or usage error,
+//! 3 authentication failure, 4 verification found a digest mismatch.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use regmirror::copy::{Engine, Options, Reporter};
+use regmirror::layout::{self, Layout};
+use regmirror::plan::{self, Destination, Job, Plan, Selection};
+use regmirror::reference::Reference;
+use regmirror::registry::RegistryClient;
+use regmirror::report::{Outcome, Status};
+use regmirror::source::Source;
+use regmirror::verify;
+
+#[derive(Parser)]
+#[command(
+    name = "regmirror",
+    version,
+    about = "Mirror container images byte for byte to the registries you control, and prove every target serves the same digest."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Plain log lines instead of a progress bar, even on a terminal.
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// The mirror configuration.
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "mirror.yaml",
+        env = "REGMIRROR_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct SelectionArgs {
+    /// Only images whose name matches (a name or a glob like `k3s*`); repeatable.
+    #[arg(long, value_name = "NAME|GLOB")]
+    only: Vec<String>,
+    /// Only these targets; repeatable.
+    #[arg(long = "target", value_name = "NAME")]
+    targets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring every selected image × tag × target up to date, then verify what was written.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only compare digests (HEAD requests) and report what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also check every child manifest and blob on targets that have the tag, and repair what is missing.
+        #[arg(long)]
+        deep: bool,
+        /// Image × tag jobs in flight at once.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+    },
+    /// Compare the digest at the source and at every target; exit 4 on any difference.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Also check that every child manifest and blob is present on each target.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Copy one image (all platforms) to one or more destinations.
+    Copy {
+        /// `REGISTRY/REPOSITORY[:TAG|@DIGEST]` or `oci:DIR[:TAG]`.
+        source: String,
+        /// `REGISTRY/REPOSITORY[:TAG]`; the tag defaults to the source's.
+        #[arg(required = true)]
+        destinations: Vec<String>,
+    },
+    /// Validate the configuration and print the size of the resolved plan.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// An error with the exit code it deserves.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
+}
+
+fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Plan, Failure> {
+    let name = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read `{name}`"))
+        .map_err(usage)?;
+    let plan = plan::load(&name, &text).map_err(|problems| usage(anyhow!(problems)))?;
+    match selection {
+        Some(selection) => {
+            let selection = Selection {
+                only: selection.only.clone(),
+                targets: selection.targets.clone(),
+            };
+            plan.select(&selection)
+                .map_err(|message| usage(anyhow!(message)))
+        }
+        None => Ok(plan),
+    }
+}
+
+/// A progress bar of jobs, or nothing when output is not a terminal.
+struct Progress(Option<ProgressBar>);
+
+impl Reporter for Progress {
+    fn job_finished(&self, outcomes: &[Outcome]) {
+        if let (Some(bar), Some(first)) = (&self.0, outcomes.first()) {
+            bar.inc(1);
+            let failed = outcomes
+                .iter()
+                .filter(|o| o.status == Status::Failed)
+                .count();
+            let note = if failed > 0 {
+                format!(" ({failed} failed)")
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("{}:{}{note}", first.image, first.tag));
+        }
+    }
+}
+
+fn progress(enabled: bool, jobs: usize) -> Progress {
+    if !enabled {
+        return Progress(None);
+    }
+    let bar = ProgressBar::new(jobs as u64);
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("static template is valid");
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    Progress(Some(bar))
+}
+
+fn copy_job(source: &str, destinations: &[String]) -> Result<Job, Failure> {
+    let (source, reference, pinned, default_tag) = match layout::parse_source(source) {
+        Some((dir, tag)) => {
+            let layout = Layout::open(&dir).map_err(|e| usage(e.into()))?;
+            let descriptor = layout
+                .resolve(tag.as_deref())
+                .map_err(|e| usage(e.into()))?;
+            let digest = descriptor.digest.clone();
+            (
+                Source::Layout(layout),
+                digest.to_string(),
+                Some(digest),
+                tag,
+            )
+        }
+        None => {
+            let reference: Reference = source
+                .parse()
+                .map_err(|e: regmirror::Error| usage(e.into()))?;
+            let pinned = reference.digest.clone();
+            (
+                Source::Registry(reference.repository.clone()),
+                reference.manifest_reference(),
+                pinned,
+                reference.tag.clone(),
+            )
+        }
+    };
+    let mut resolved = Vec::new();
+    for destination in destinations {
+        let reference: Reference = destination
+            .parse()
+            .map_err(|e: regmirror::Error| usage(e.into()))?;
+        if reference.digest.is_some() {
+            return Err(usage(anyhow!(
+                "destination `{destination}`: give a tag, not a digest (the digest is the source's)"
+            )));
+        }
+        let tag = reference
+            .tag
+            .or_else(|| default_tag.clone())
+            .unwrap_or_else(|| "latest".to_string());
+        resolved.push(Destination {
+            name: destination.clone(),
+            repository: reference.repository,
+            tag,
+        });
+    }
+    Ok(Job {
+        image: source.to_string(),
+        source: Arc::new(source),
+        reference,
+        pinned,
+        destinations: resolved,
+    })
+}
+
+async fn sync(
+    jobs: Vec<Job>,
+    registries: HashMap<String, regmirror::registry::RegistryOptions>,
+    options: Options,
+    show_progress: bool,
+) -> Result<u8, Failure> {
+    let client = Arc::new(RegistryClient::new(registries)?);
+    let engine = Engine::new(client, options)?;
+    let reporter = progress(show_progress, jobs.len());
+    let summary = engine.run(&jobs, &reporter).await;
+    if let Some(bar) = &reporter.0 {
+        bar.finish_and_clear();
+    }
+    eprint!("{}", summary.table());
+    Ok(summary.exit_code() as u8)
+}
+
+async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Check { config } => {
+            let plan = load_plan(&config, None)?;
+            let images: std::collections::BTreeSet<&str> =
+                plan.jobs.iter().map(|j| j.image.as_str()).collect();
+            println!(
+                "{}: ok; {} images, {} image×tag jobs, {} image×tag×target pairs",
+                config.config.display(),
+                images.len(),
+                plan.jobs.len(),
+                plan.pairs()
+            );
+            Ok(0)
+        }
+        Command::Sync {
+            config,
+            selection,
+            dry_run,
+            deep,
+            jobs,
+        } => {
+            let plan = load_plan(&config, Some(&selection))?;
+            let options = Options {
+                dry_run,
+                deep,
+                jobs,
+                ..Options::default()
+            };
+            sync(plan.jobs, plan.registries, options, show_progress).await
+        }
+        Command::Copy {
+            source,
+            destinations,
+        } => {
+            let job = copy_job(&source, &destinations)?;
+            sync(vec![job], HashMap::new(), Options::default(), false).await
+        }
+        Command::Verify {
+            config,
+            selection,
+            deep,
+        } => {
+            let plan = load_plan(&config, Some(&selection))?;
+            let client = RegistryClient::new(plan.registries)?;
+            let checks = verify::verify(&client, &plan.jobs, deep, 8).await;
+            print!("{}", verify::table(&checks));
+            Ok(verify::exit_code(&checks) as u8)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let terminal = std::io::stderr().is_terminal();
+    let show_progress = terminal && !cli.no_progress && std::env::var_os("CI").is_none();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        // A progress bar says what the info lines would.
+        (false, 0) if show_progress => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli, show_progress)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

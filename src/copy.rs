@@ -1,0 +1,596 @@
+//! The copy: bring each image × tag up to date on every destination.
+//!
+//! Per job, in order:
+//! 1. **HEAD first.** The source digest (free when pinned), then every
+//!    destination's tag. Destinations that already match are done; an
+//!    up-to-date run makes nothing but HEADs.
+//! 2. **Read and verify.** Only now is the source manifest tree fetched
+//!    (every platform, attestations included), each manifest checked against
+//!    its digest.
+//! 3. **Gather before writing.** Blobs missing on some destination (HEAD) that
+//!    no known repository of that registry can mount are fetched into the
+//!    spool, verified. A mismatch fails the image here, before anything of it
+//!    is pushed.
+//! 4. **Write N.** Destinations are written concurrently: blobs (mount, or
+//!    upload from the spool), then child manifests by digest, then the tag.
+//!    One writer per (registry, repository, object): two tags of one
+//!    repository sharing layers wait for each other instead of racing.
+//! 5. **Verify.** HEAD the tag again; it must name the source digest.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt, stream};
+use tokio::sync::OnceCell;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{Descriptor, Manifest};
+use crate::plan::{Destination, Job};
+use crate::reference::Repository;
+use crate::registry::{Mount, RegistryClient};
+use crate::report::{FailureKind, Outcome, Status, Summary, Transfer, error_chain};
+use crate::source::{Image, Source};
+use crate::spool::Spool;
+
+/// How a run behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Only HEAD and report what would be copied.
+    pub dry_run: bool,
+    /// Walk every child manifest and blob on destinations that already have
+    /// the tag, and repair what is missing.
+    pub deep: bool,
+    /// Jobs (image × tag) in flight at once.
+    pub jobs: usize,
+    /// Blob transfers in flight per destination.
+    pub blobs_per_destination: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            deep: false,
+            jobs: 8,
+            blobs_per_destination: 4,
+        }
+    }
+}
+
+/// Told about each job as it finishes (progress bars live in the binary).
+pub trait Reporter: Send + Sync {
+    /// One job's outcomes, one per destination.
+    fn job_finished(&self, outcomes: &[Outcome]);
+}
+
+/// A reporter that ignores everything.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn job_finished(&self, _: &[Outcome]) {}
+}
+
+/// What one write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Present,
+    Mounted,
+    Uploaded,
+}
+
+/// Identifies one object in one repository: (is manifest, api host, path, digest).
+type WriteKey = (bool, String, String, Digest);
+
+/// Runs jobs against registries; holds what the run has learned.
+pub struct Engine {
+    client: Arc<RegistryClient>,
+    spool: Spool,
+    options: Options,
+    /// The one write of each object into each repository. The first caller
+    /// writes; others wait on the cell and share its result.
+    writes: Mutex<HashMap<WriteKey, Arc<OnceCell<Written>>>>,
+    /// Repositories this run wrote or saw holding each blob, per registry:
+    /// mount sources. Only this run's knowledge; never kept between runs.
+    holders: Mutex<HashMap<(String, Digest), BTreeSet<String>>>,
+}
+
+fn failure_of(error: &Error) -> (FailureKind, String) {
+    let kind = if error.is_auth() {
+        FailureKind::Auth
+    } else if matches!(error.root(), Error::Verification { .. }) {
+        FailureKind::Verification
+    } else {
+        FailureKind::Other
+    };
+    (kind, error_chain(error))
+}
+
+impl Engine {
+    /// An engine using `client`, with a fresh spool.
+    pub fn new(client: Arc<RegistryClient>, options: Options) -> Result<Engine> {
+        Ok(Engine {
+            client,
+            spool: Spool::new()?,
+            options,
+            writes: Mutex::default(),
+            holders: Mutex::default(),
+        })
+    }
+
+    /// Runs every job, `options.jobs` at a time, and summarises.
+    pub async fn run(&self, jobs: &[Job], reporter: &dyn Reporter) -> Summary {
+        let started = Instant::now();
+        // Jobs wait on each other only through registry permits (in the
+        // client) and the per-object write cells.
+        let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())
+            .map(|(i, job)| async move {
+                let outcomes = self.run_job(job).await;
+                reporter.job_finished(&outcomes);
+                (i, outcomes)
+            })
+            .buffer_unordered(self.options.jobs.max(1))
+            .collect()
+            .await;
+        done.sort_by_key(|(i, _)| *i);
+        Summary {
+            outcomes: done.into_iter().flat_map(|(_, o)| o).collect(),
+            duration: started.elapsed(),
+        }
+    }
+
+    /// Brings one image × tag up to date on each of its destinations.
+    pub async fn run_job(&self, job: &Job) -> Vec<Outcome> {
+        let started = Instant::now();
+        let outcome = |d: &Destination,
+                       source: Option<&Digest>,
+                       before: Option<Digest>,
+                       result: Result<(Status, Transfer)>| {
+            let (status, transfer, failure) = match result {
+                Ok((status, transfer)) => (status, transfer, None),
+                Err(error) => (
+                    Status::Failed,
+                    Transfer::default(),
+                    Some(failure_of(&error)),
+                ),
+            };
+            let outcome = Outcome {
+                image: job.image.clone(),
+                tag: d.tag.clone(),
+                target: d.name.clone(),
+                destination: format!("{}:{}", d.repository, d.tag),
+                source_digest: source.cloned(),
+                before,
+                status,
+                failure,
+                transfer,
+                duration: started.elapsed(),
+            };
+            match &outcome.failure {
+                Some((_, message)) => tracing::error!(
+                    "{}:{} → {}: {message}",
+                    job.image,
+                    d.tag,
+                    outcome.destination
+                ),
+                None => tracing::info!(
+                    "{}:{} → {}: {} ({} uploaded, {} mounted, {} skipped)",
+                    job.image,
+                    d.tag,
+                    outcome.destination,
+                    status.as_str(),
+                    transfer.blobs_uploaded,
+                    transfer.blobs_mounted,
+                    transfer.blobs_skipped
+                ),
+            }
+            outcome
+        };
+        let fail_all = |error: Error, source: Option<&Digest>| {
+            let shared = Arc::new(error);
+            job.destinations
+                .iter()
+                .map(|d| outcome(d, source, None, Err(Error::Shared(shared.clone()))))
+                .collect::<Vec<_>>()
+        };
+
+        // 1. HEAD first: the source digest, then every destination's tag.
+        let source_digest = match &job.pinned {
+            Some(digest) => digest.clone(),
+            None => match job.source.resolve(&self.client, &job.reference).await {
+                Ok(Some(digest)) => digest,
+                Ok(None) => {
+                    return fail_all(
+                        Error::NotFound {
+                            what: format!("{}:{}", job.source, job.reference),
+                        },
+                        None,
+                    );
+                }
+                Err(error) => return fail_all(error, None),
+            },
+        };
+        let source = Some(&source_digest);
+        let befores = join_all(
+            job.destinations
+                .iter()
+                .map(|d| self.client.head_manifest(&d.repository, &d.tag)),
+        )
+        .await;
+
+        let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
+        let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
+        for (i, (destination, before)) in job.destinations.iter().zip(befores).enumerate() {
+            match before {
+                Err(error) => results[i] = Some(outcome(destination, source, None, Err(error))),
+                Ok(before) => {
+                    let current = before.as_ref() == source;
+                    if current && !self.options.deep {
+                        results[i] = Some(outcome(
+                            destination,
+                            source,
+                            before,
+                            Ok((Status::Present, Transfer::default())),
+                        ));
+                    } else if self.options.dry_run {
+                        let status = if current {
+                            Status::Present
+                        } else {
+                            Status::Planned
+                        };
+                        results[i] = Some(outcome(
+                            destination,
+                            source,
+                            before,
+                            Ok((status, Transfer::default())),
+                        ));
+                    } else {
+                        work.push((i, before));
+                    }
+                }
+            }
+        }
+        if !work.is_empty() {
+            let written = self.write_all(job, &source_digest, &work).await;
+            for ((i, before), result) in work.into_iter().zip(written) {
+                results[i] = Some(outcome(&job.destinations[i], source, before, result));
+            }
+        }
+        results
+            .into_iter()
+            .map(|o| o.expect("every destination got an outcome"))
+            .collect()
+    }
+
+    /// Steps 2–5 for the destinations in `work` (index, digest before).
+    async fn write_all(
+        &self,
+        job: &Job,
+        source_digest: &Digest,
+        work: &[(usize, Option<Digest>)],
+    ) -> Vec<Result<(Status, Transfer)>> {
+        let shared_failure = |error: Error| {
+            let shared = Arc::new(error);
+            work.iter()
+                .map(|_| Err(Error::Shared(shared.clone())))
+                .collect()
+        };
+        // 2. Read and verify the whole manifest tree.
+        let image = match job.source.read_image(&self.client, source_digest).await {
+            Ok(image) => image,
+            Err(error) => return shared_failure(error),
+        };
+        let blobs = image.blobs();
+        if let Source::Registry(repository) = job.source.as_ref() {
+            for blob in &blobs {
+                self.record(repository, &blob.digest);
+            }
+        }
+        // 3. What each destination lacks; fetch what cannot be mounted.
+        let missing = join_all(
+            work.iter()
+                .map(|(i, _)| self.missing_blobs(&job.destinations[*i].repository, &blobs)),
+        )
+        .await;
+        let mut needed = BTreeMap::new();
+        for ((i, _), lacking) in work.iter().zip(&missing) {
+            for blob in lacking.iter().flatten() {
+                if self
+                    .mount_source(&job.destinations[*i].repository, &blob.digest)
+                    .is_none()
+                {
+                    needed.insert(blob.digest.clone(), blob.clone());
+                }
+            }
+        }
+        let prefetched: Result<Vec<PathBuf>> = stream::iter(needed.values())
+            .map(|blob| self.spooled(job, blob))
+            .buffer_unordered(self.options.blobs_per_destination.max(1))
+            .try_collect()
+            .await;
+        if let Err(error) = prefetched {
+            return shared_failure(error);
+        }
+        // 4 and 5, every destination at once.
+        let writes = work.iter().zip(missing).map(|((i, before), lacking)| {
+            let destination = &job.destinations[*i];
+            let image = &image;
+            let total = blobs.len();
+            async move {
+                let lacking = lacking?;
+                let transfer = self
+                    .push(
+                        job,
+                        image,
+                        destination,
+                        lacking,
+                        total,
+                        before.as_ref() == Some(source_digest),
+                    )
+                    .await?;
+                let wrote =
+                    transfer.blobs_uploaded + transfer.blobs_mounted + transfer.manifests_pushed
+                        > 0;
+                Ok((
+                    if wrote {
+                        Status::Copied
+                    } else {
+                        Status::Present
+                    },
+                    transfer,
+                ))
+            }
+        });
+        join_all(writes).await
+    }
+
+    /// Blobs, then child manifests, then the tag; then checks the tag.
+    async fn push(
+        &self,
+        job: &Job,
+        image: &Image,
+        destination: &Destination,
+        lacking: Vec<Descriptor>,
+        total: usize,
+        tagged: bool,
+    ) -> Result<Transfer> {
+        let repository = &destination.repository;
+        let mut transfer = Transfer {
+            blobs_skipped: total - lacking.len(),
+            ..Transfer::default()
+        };
+        let written: Vec<(Written, bool, u64)> = stream::iter(lacking.iter())
+            .map(|blob| async move {
+                self.ensure_blob(job, repository, blob)
+                    .await
+                    .map(|(w, mine)| (w, mine, blob.size))
+            })
+            .buffer_unordered(self.options.blobs_per_destination.max(1))
+            .try_collect()
+            .await?;
+        for (written, mine, size) in written {
+            match (written, mine) {
+                (Written::Uploaded, true) => {
+                    transfer.blobs_uploaded += 1;
+                    transfer.bytes_uploaded += size;
+                }
+                (Written::Mounted, true) => transfer.blobs_mounted += 1,
+                _ => transfer.blobs_skipped += 1,
+            }
+        }
+        for child in &image.children {
+            if self.ensure_manifest(job, repository, child).await? {
+                transfer.manifests_pushed += 1;
+            }
+        }
+        // The tag last: by now everything it points at is in place.
+        if !tagged {
+            self.put_manifest(job, repository, &destination.tag, &image.root)
+                .await?;
+            transfer.manifests_pushed += 1;
+        }
+        let found = self
+            .client
+            .head_manifest(repository, &destination.tag)
+            .await?;
+        if found.as_ref() != Some(&image.root.digest) {
+            return Err(Error::Verification {
+                destination: format!("{repository}:{}", destination.tag),
+                expected: image.root.digest.clone(),
+                found: found
+                    .map(|d| format!("`{d}`"))
+                    .unwrap_or_else(|| "no such tag".into()),
+            });
+        }
+        Ok(transfer)
+    }
+
+    /// The blobs of `blobs` that `repository` lacks (HEAD, unless this run
+    /// already knows it holds them).
+    async fn missing_blobs(
+        &self,
+        repository: &Repository,
+        blobs: &[Descriptor],
+    ) -> Result<Vec<Descriptor>> {
+        let lacking: Vec<Option<Descriptor>> = stream::iter(blobs)
+            .map(|blob| async move {
+                if self.holds(repository, &blob.digest)
+                    || self.client.blob_exists(repository, &blob.digest).await?
+                {
+                    self.record(repository, &blob.digest);
+                    return Ok(None);
+                }
+                Ok(Some(blob.clone()))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        Ok(lacking.into_iter().flatten().collect())
+    }
+
+    fn cell(&self, key: WriteKey) -> Arc<OnceCell<Written>> {
+        self.writes
+            .lock()
+            .expect("writes lock poisoned")
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    fn forget_write(&self, key: &WriteKey) {
+        self.writes
+            .lock()
+            .expect("writes lock poisoned")
+            .remove(key);
+    }
+
+    fn key(manifest: bool, repository: &Repository, digest: &Digest) -> WriteKey {
+        (
+            manifest,
+            repository.api_host().to_string(),
+            repository.path.clone(),
+            digest.clone(),
+        )
+    }
+
+    fn holds(&self, repository: &Repository, digest: &Digest) -> bool {
+        let holders = self.holders.lock().expect("holders lock poisoned");
+        holders
+            .get(&(repository.api_host().to_string(), digest.clone()))
+            .is_some_and(|paths| paths.contains(&repository.path))
+    }
+
+    fn record(&self, repository: &Repository, digest: &Digest) {
+        let mut holders = self.holders.lock().expect("holders lock poisoned");
+        holders
+            .entry((repository.api_host().to_string(), digest.clone()))
+            .or_default()
+            .insert(repository.path.clone());
+    }
+
+    fn unrecord(&self, repository: &Repository, digest: &Digest) {
+        let mut holders = self.holders.lock().expect("holders lock poisoned");
+        if let Some(paths) = holders.get_mut(&(repository.api_host().to_string(), digest.clone())) {
+            paths.remove(&repository.path);
+        }
+    }
+
+    /// Another repository of the same registry known to hold `digest`.
+    fn mount_source(&self, repository: &Repository, digest: &Digest) -> Option<String> {
+        let holders = self.holders.lock().expect("holders lock poisoned");
+        holders
+            .get(&(repository.api_host().to_string(), digest.clone()))?
+            .iter()
+            .find(|path| **path != repository.path)
+            .cloned()
+    }
+
+    /// The spooled file for `blob`, fetched from the job's source at most once.
+    async fn spooled(&self, job: &Job, blob: &Descriptor) -> Result<PathBuf> {
+        self.spool
+            .get(&blob.digest, |path| async move {
+                job.source.fetch_blob(&self.client, blob, &path).await
+            })
+            .await
+    }
+
+    /// Puts `blob` into `repository` once per run: mount if a sibling
+    /// repository has it, else upload from the spool. Returns what was done
+    /// and whether this caller did it.
+    async fn ensure_blob(
+        &self,
+        job: &Job,
+        repository: &Repository,
+        blob: &Descriptor,
+    ) -> Result<(Written, bool)> {
+        let cell = self.cell(Self::key(false, repository, &blob.digest));
+        let mine = AtomicBool::new(false);
+        let written = cell
+            .get_or_try_init(|| async {
+                mine.store(true, Ordering::Relaxed);
+                let mut session = None;
+                if let Some(from) = self.mount_source(repository, &blob.digest) {
+                    match self.client.mount_blob(repository, &blob.digest, &from).await {
+                        Ok(Mount::Mounted) => {
+                            self.record(repository, &blob.digest);
+                            return Ok(Written::Mounted);
+                        }
+                        Ok(Mount::Declined { upload_url }) => session = Some(upload_url),
+                        Err(error) if error.is_auth() => return Err(error),
+                        Err(error) => tracing::debug!(%repository, digest = %blob.digest, "mount failed, uploading: {error}"),
+                    }
+                }
+                let path = self.spooled(job, blob).await?;
+                self.client.upload_blob(repository, blob, &path, session).await?;
+                self.record(repository, &blob.digest);
+                Ok::<_, Error>(Written::Uploaded)
+            })
+            .await?;
+        Ok((*written, mine.load(Ordering::Relaxed)))
+    }
+
+    /// Puts a child manifest by digest unless the repository has it. True if pushed.
+    async fn ensure_manifest(
+        &self,
+        job: &Job,
+        repository: &Repository,
+        manifest: &Manifest,
+    ) -> Result<bool> {
+        let cell = self.cell(Self::key(true, repository, &manifest.digest));
+        let mine = AtomicBool::new(false);
+        let written = cell
+            .get_or_try_init(|| async {
+                if self
+                    .client
+                    .head_manifest(repository, manifest.digest.as_str())
+                    .await?
+                    .as_ref()
+                    == Some(&manifest.digest)
+                {
+                    return Ok(Written::Present);
+                }
+                mine.store(true, Ordering::Relaxed);
+                self.put_manifest(job, repository, manifest.digest.as_str(), manifest)
+                    .await?;
+                Ok::<_, Error>(Written::Uploaded)
+            })
+            .await?;
+        Ok(*written == Written::Uploaded && mine.load(Ordering::Relaxed))
+    }
+
+    /// PUTs a manifest. If the registry says one of its blobs is unknown
+    /// (distribution can lose a blob link while it is rewritten), checks its
+    /// blobs again, re-puts the missing ones, and tries once more.
+    async fn put_manifest(
+        &self,
+        job: &Job,
+        repository: &Repository,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        match self
+            .client
+            .put_manifest(repository, reference, manifest)
+            .await
+        {
+            Err(error) if error.is_blob_unknown() && !manifest.blobs.is_empty() => {
+                tracing::warn!(%repository, %reference, "registry reports a blob unknown; checking blobs again");
+                for blob in &manifest.blobs {
+                    if !self.client.blob_exists(repository, &blob.digest).await? {
+                        self.unrecord(repository, &blob.digest);
+                        self.forget_write(&Self::key(false, repository, &blob.digest));
+                        self.ensure_blob(job, repository, blob).await?;
+                    }
+                }
+                self.client
+                    .put_manifest(repository, reference, manifest)
+                    .await
+            }
+            other => other,
+        }
+    }
+}

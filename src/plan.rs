@@ -1,0 +1,500 @@
+//! From `mirror.yaml` to the work: [`resolve`] turns a parsed file into a
+//! [`Plan`] that cannot be invalid, or into every problem with its place.
+//!
+//! A plan is a list of [`Job`]s, one per image × tag, each naming the source
+//! to read and the destinations (target repository + tag) to bring up to date.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use globset::Glob;
+use serde_saphyr::Spanned;
+
+use crate::config::{ConfigFile, Problem, Problems, problem_at};
+use crate::digest::Digest;
+use crate::reference::{Reference, Repository, valid_tag};
+use crate::registry::RegistryOptions;
+use crate::source::Source;
+
+/// One place to write an image: a named target's repository and the tag to set.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// The target's name in `mirror.yaml` (or the reference, for `copy`).
+    pub name: String,
+    /// The repository on the target registry.
+    pub repository: Repository,
+    /// The tag to point at the image.
+    pub tag: String,
+}
+
+/// One image × tag: where to read it and where to write it.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The image entry's name (the handle for `--only`).
+    pub image: String,
+    /// Where the bytes come from.
+    pub source: Arc<Source>,
+    /// What to resolve at the source: a tag or a digest.
+    pub reference: String,
+    /// The digest, when the source is pinned: no source request is needed to know it.
+    pub pinned: Option<Digest>,
+    /// Where to write.
+    pub destinations: Vec<Destination>,
+}
+
+/// The resolved work of a run.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Jobs in file order.
+    pub jobs: Vec<Job>,
+    /// Per-registry settings, keyed by registry as written.
+    pub registries: HashMap<String, RegistryOptions>,
+    /// Target names defined in the file.
+    pub target_names: Vec<String>,
+}
+
+/// What the command line selected: `--only` globs and `--target` names.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Image names or globs; empty means all.
+    pub only: Vec<String>,
+    /// Target names; empty means all.
+    pub targets: Vec<String>,
+}
+
+/// A target prefix: registry plus optional path.
+struct Prefix {
+    registry: String,
+    path: String,
+}
+
+fn parse_prefix(value: &str) -> Result<Prefix, String> {
+    let (host, path) = value.split_once('/').unwrap_or((value, ""));
+    let looks_like_host = host.contains('.') || host.contains(':') || host == "localhost";
+    if !looks_like_host {
+        return Err(format!(
+            "`{value}` must start with a registry host (e.g. `ghcr.io/acme`)"
+        ));
+    }
+    // Validate by building a reference with a placeholder image path.
+    let probe = format!("{}/placeholder", value.trim_end_matches('/'));
+    let reference: Reference = probe.parse().map_err(|e| format!("{e}"))?;
+    let registry = reference.repository.registry;
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        reference
+            .repository
+            .path
+            .trim_end_matches("/placeholder")
+            .to_string()
+    };
+    Ok(Prefix { registry, path })
+}
+
+fn join(prefix: &Prefix, path: &str) -> Result<Repository, String> {
+    let full = if prefix.path.is_empty() {
+        format!("{}/{path}", prefix.registry)
+    } else {
+        format!("{}/{}/{path}", prefix.registry, prefix.path)
+    };
+    full.parse::<Reference>()
+        .map(|r| r.repository)
+        .map_err(|e| e.to_string())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+}
+
+/// Checks a parsed file and resolves it into a plan, or returns every problem.
+pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
+    let mut problems = Vec::new();
+    if file.version.value != 1 {
+        problems.push(problem_at(
+            &file.version,
+            "version",
+            format!(
+                "unsupported version {}; this regmirror reads version 1",
+                file.version.value
+            ),
+        ));
+    }
+
+    let mut prefixes = BTreeMap::new();
+    for (name, value) in &file.targets {
+        match parse_prefix(&value.value) {
+            Ok(prefix) => {
+                prefixes.insert(name.clone(), prefix);
+            }
+            Err(message) => problems.push(problem_at(value, format!("targets.{name}"), message)),
+        }
+    }
+
+    let mut registries = HashMap::new();
+    for (host, entry) in &file.registries {
+        let mut options = RegistryOptions {
+            insecure: entry.insecure,
+            ..RegistryOptions::default()
+        };
+        if let Some(concurrency) = &entry.concurrency {
+            if concurrency.value == 0 {
+                problems.push(problem_at(
+                    concurrency,
+                    format!("registries.{host}.concurrency"),
+                    "must be at least 1",
+                ));
+            }
+            options.concurrency = concurrency.value.max(1);
+        }
+        let (registry, _) = crate::reference::normalize_docker_hub(host, "x");
+        registries.insert(registry, options);
+    }
+
+    let known_target = |name: &Spanned<String>, place: String, problems: &mut Vec<Problem>| {
+        if !file.targets.contains_key(&name.value) {
+            let defined: Vec<&str> = file.targets.keys().map(String::as_str).collect();
+            problems.push(problem_at(
+                name,
+                place,
+                format!(
+                    "unknown target `{}` (defined: {})",
+                    name.value,
+                    defined.join(", ")
+                ),
+            ));
+        }
+    };
+    if let Some(defaults) = &file.defaults.targets {
+        for (i, name) in defaults.iter().enumerate() {
+            known_target(name, format!("defaults.targets[{i}]"), &mut problems);
+        }
+    }
+
+    let mut jobs = Vec::new();
+    let mut names = HashSet::new();
+    for (i, entry) in file.images.iter().enumerate() {
+        let place = |key: &str| format!("images[{i}].{key}");
+        let reference = match entry.source.value.parse::<Reference>() {
+            Ok(reference) => reference,
+            Err(error) => {
+                problems.push(problem_at(
+                    &entry.source,
+                    place("source"),
+                    error.to_string(),
+                ));
+                continue;
+            }
+        };
+        if reference.tag.is_some() {
+            problems.push(problem_at(
+                &entry.source,
+                place("source"),
+                "write the source without a tag and list tags under `tags`",
+            ));
+            continue;
+        }
+        let default_name = reference
+            .repository
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let name = entry
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or(default_name);
+        if let Some(spanned) = &entry.name
+            && !valid_name(&name)
+        {
+            problems.push(problem_at(
+                spanned,
+                place("name"),
+                "names use letters, digits, `.`, `_`, `-` and `/`",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            let at = entry.name.as_ref().unwrap_or(&entry.source);
+            problems.push(problem_at(
+                at,
+                place("name"),
+                format!("duplicate image name `{name}`; set a distinct `name`"),
+            ));
+        }
+
+        let tags: Vec<&Spanned<String>> = entry.tags.iter().flatten().collect();
+        if tags.is_empty() {
+            problems.push(problem_at(&entry.source, place("tags"), "no tags: list the tags to copy (for a pinned source, the tags to set on the targets)"));
+        }
+        let mut seen_tags = HashSet::new();
+        for (t, tag) in tags.iter().enumerate() {
+            if !valid_tag(&tag.value) {
+                problems.push(problem_at(
+                    tag,
+                    format!("images[{i}].tags[{t}]"),
+                    format!("`{}` is not a valid tag", tag.value),
+                ));
+            } else if !seen_tags.insert(&tag.value) {
+                problems.push(problem_at(
+                    tag,
+                    format!("images[{i}].tags[{t}]"),
+                    format!("duplicate tag `{}`", tag.value),
+                ));
+            }
+        }
+
+        let target_names = match (&entry.targets, &file.defaults.targets) {
+            (Some(own), _) => {
+                for (t, name) in own.iter().enumerate() {
+                    known_target(name, format!("images[{i}].targets[{t}]"), &mut problems);
+                }
+                own
+            }
+            (None, Some(defaults)) => defaults,
+            (None, None) => {
+                problems.push(problem_at(
+                    &entry.source,
+                    place("targets"),
+                    "no targets: set `targets` here or `defaults.targets`",
+                ));
+                continue;
+            }
+        };
+        let path = entry
+            .path
+            .as_ref()
+            .map(|p| p.value.trim_matches('/').to_string())
+            .unwrap_or_else(|| reference.repository.path.clone());
+        let mut repositories = Vec::new();
+        for name in target_names {
+            let Some(prefix) = prefixes.get(&name.value) else {
+                continue;
+            };
+            match join(prefix, &path) {
+                Ok(repository) if repository == reference.repository => {
+                    problems.push(problem_at(
+                        name,
+                        place("targets"),
+                        format!("target `{}` is the source itself", name.value),
+                    ));
+                }
+                Ok(repository) => repositories.push((name.value.clone(), repository)),
+                Err(message) => {
+                    let at = entry.path.as_ref().unwrap_or(name);
+                    problems.push(problem_at(at, place("path"), message));
+                }
+            }
+        }
+
+        let source = Arc::new(Source::Registry(reference.repository.clone()));
+        for tag in tags {
+            let destinations = repositories
+                .iter()
+                .map(|(target, repository)| Destination {
+                    name: target.clone(),
+                    repository: repository.clone(),
+                    tag: tag.value.clone(),
+                })
+                .collect();
+            jobs.push(Job {
+                image: name.clone(),
+                source: source.clone(),
+                reference: reference
+                    .digest
+                    .as_ref()
+                    .map(Digest::to_string)
+                    .unwrap_or_else(|| tag.value.clone()),
+                pinned: reference.digest.clone(),
+                destinations,
+            });
+        }
+    }
+
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line, p.column));
+        return Err(Problems {
+            file: file_name.to_string(),
+            problems,
+        });
+    }
+    Ok(Plan {
+        jobs,
+        registries,
+        target_names: file.targets.keys().cloned().collect(),
+    })
+}
+
+/// Parses and resolves a file's text.
+pub fn load(file_name: &str, text: &str) -> Result<Plan, Problems> {
+    resolve(file_name, crate::config::parse(file_name, text)?)
+}
+
+impl Plan {
+    /// Keeps the jobs and destinations the selection names. A glob that
+    /// matches no image, or an unknown target, is an error (a typo should not
+    /// silently mirror nothing).
+    pub fn select(mut self, selection: &Selection) -> Result<Plan, String> {
+        for target in &selection.targets {
+            if !self.target_names.contains(target) {
+                return Err(format!(
+                    "`--target {target}`: no such target (defined: {})",
+                    self.target_names.join(", ")
+                ));
+            }
+        }
+        let mut matchers = Vec::new();
+        for pattern in &selection.only {
+            let glob = Glob::new(pattern).map_err(|e| format!("`--only {pattern}`: {e}"))?;
+            matchers.push((pattern, glob.compile_matcher()));
+        }
+        for (pattern, matcher) in &matchers {
+            if !self.jobs.iter().any(|job| matcher.is_match(&job.image)) {
+                return Err(format!("`--only {pattern}` matches no image"));
+            }
+        }
+        self.jobs.retain(|job| {
+            matchers.is_empty() || matchers.iter().any(|(_, m)| m.is_match(&job.image))
+        });
+        if !selection.targets.is_empty() {
+            for job in &mut self.jobs {
+                job.destinations
+                    .retain(|d| selection.targets.contains(&d.name));
+            }
+            self.jobs.retain(|job| !job.destinations.is_empty());
+        }
+        Ok(self)
+    }
+
+    /// Image × tag × target pairs in the plan.
+    pub fn pairs(&self) -> usize {
+        self.jobs.iter().map(|j| j.destinations.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+version: 1
+targets:
+  ghcr: ghcr.io/acme/mirror
+  hub: docker.io/acmemirror
+defaults:
+  targets: [ghcr]
+images:
+  - name: k3s
+    source: docker.io/rancher/k3s
+    tags: [v1.30.4-k3s1, v1.31.1-k3s1]
+  - source: docker.io/library/busybox
+    tags: ['1.37']
+    targets: [ghcr, hub]
+    path: busybox
+  - name: fulcio
+    source: gcr.io/projectsigstore/fulcio@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+    tags: [v1.4.0]
+";
+
+    #[test]
+    fn resolves_jobs_and_destinations() {
+        let plan = load("m.yaml", GOOD).unwrap();
+        assert_eq!(plan.jobs.len(), 4);
+        assert_eq!(plan.pairs(), 5);
+        let k3s = &plan.jobs[0];
+        assert_eq!(
+            k3s.destinations[0].repository.to_string(),
+            "ghcr.io/acme/mirror/rancher/k3s"
+        );
+        assert_eq!(k3s.reference, "v1.30.4-k3s1");
+        let busybox = &plan.jobs[2];
+        assert_eq!(busybox.image, "busybox");
+        assert_eq!(
+            busybox.destinations[1].repository.to_string(),
+            "docker.io/acmemirror/busybox"
+        );
+        let fulcio = &plan.jobs[3];
+        assert!(fulcio.pinned.is_some());
+        assert_eq!(fulcio.destinations[0].tag, "v1.4.0");
+        assert!(fulcio.reference.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_line() {
+        let bad = "\
+version: 2
+targets:
+  ghcr: notahost
+images:
+  - source: docker.io/rancher/k3s:v1
+    tags: [a]
+  - name: x
+    source: docker.io/a/b
+    tags: ['bad tag', ok, ok]
+    targets: [nope]
+  - name: x
+    source: docker.io/c/d
+    tags: [a]
+    targets: [ghcr]
+";
+        let problems = load("m.yaml", bad).unwrap_err().problems;
+        let lines: Vec<u64> = problems.iter().map(|p| p.line).collect();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for (line, needle) in [
+            (1, "version"),
+            (3, "registry host"),
+            (5, "without a tag"),
+            (9, "not a valid tag"),
+            (9, "duplicate tag"),
+            (10, "unknown target `nope`"),
+            (11, "duplicate image name"),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.line == line && p.to_string().contains(needle)),
+                "expected `{needle}` at line {line}; got {lines:?}: {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn selection_filters_and_rejects_typos() {
+        let plan = load("m.yaml", GOOD).unwrap();
+        let only = plan
+            .select(&Selection {
+                only: vec!["k*".into()],
+                targets: vec![],
+            })
+            .unwrap();
+        assert_eq!(only.jobs.len(), 2);
+        let plan = load("m.yaml", GOOD).unwrap();
+        let hub = plan
+            .select(&Selection {
+                only: vec![],
+                targets: vec!["hub".into()],
+            })
+            .unwrap();
+        assert_eq!(hub.jobs.len(), 1);
+        let plan = load("m.yaml", GOOD).unwrap();
+        assert!(
+            plan.select(&Selection {
+                only: vec!["nothing*".into()],
+                targets: vec![]
+            })
+            .is_err()
+        );
+        let plan = load("m.yaml", GOOD).unwrap();
+        assert!(
+            plan.select(&Selection {
+                only: vec![],
+                targets: vec!["ecr".into()]
+            })
+            .is_err()
+        );
+    }
+}

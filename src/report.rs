@@ -1,0 +1,313 @@
+//! What a run did, per image × tag × target, and how to show it.
+//!
+//! The library returns a [`Summary`]; the binary decides where it goes. The
+//! table here is plain text for stderr.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::digest::Digest;
+
+/// How one image × tag × target ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The target now has the image; something was written.
+    Copied,
+    /// The target already had it; nothing was written.
+    Present,
+    /// `--dry-run`: the target differs and would be written.
+    Planned,
+    /// It did not work; see the failure.
+    Failed,
+}
+
+impl Status {
+    /// Lowercase name for tables and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Copied => "copied",
+            Status::Present => "present",
+            Status::Planned => "would copy",
+            Status::Failed => "FAILED",
+        }
+    }
+}
+
+/// Why something failed, as far as the exit code cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A registry refused our identity (exit 3).
+    Auth,
+    /// After copying, or on `verify`, a target's digest differs (exit 4).
+    Verification,
+    /// Anything else (exit 1).
+    Other,
+}
+
+/// Blobs and bytes moved for one target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Blobs uploaded from the spool.
+    pub blobs_uploaded: usize,
+    /// Blobs mounted from another repository of the same registry.
+    pub blobs_mounted: usize,
+    /// Blobs the target already had.
+    pub blobs_skipped: usize,
+    /// Manifests written (children and the tagged one).
+    pub manifests_pushed: usize,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+}
+
+/// One image × tag × target.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The image entry's name.
+    pub image: String,
+    /// The tag set on the target.
+    pub tag: String,
+    /// The target's name.
+    pub target: String,
+    /// `repository:tag` at the target.
+    pub destination: String,
+    /// The digest the source has for this tag, when known.
+    pub source_digest: Option<Digest>,
+    /// The digest the target had before, when it had one.
+    pub before: Option<Digest>,
+    /// How it ended.
+    pub status: Status,
+    /// Why it failed, with the whole cause chain.
+    pub failure: Option<(FailureKind, String)>,
+    /// What was moved.
+    pub transfer: Transfer,
+    /// Wall time for the image (shared by its targets).
+    pub duration: Duration,
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Every outcome, in plan order.
+    pub outcomes: Vec<Outcome>,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+/// `error: cause: cause`, one line, like `anyhow`'s `{:#}`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            let _ = write!(text, ": {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Human sizes: `512 B`, `4.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for cells in std::iter::once(&header).chain(rows) {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    }
+    out
+}
+
+impl Summary {
+    /// Outcomes with this status.
+    pub fn count(&self, status: Status) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+
+    /// The exit code the run deserves: 3 for auth, 4 for a verification
+    /// mismatch, 1 for any other failure, else 0.
+    pub fn exit_code(&self) -> i32 {
+        let kinds: Vec<FailureKind> = self
+            .outcomes
+            .iter()
+            .filter_map(|o| o.failure.as_ref().map(|f| f.0))
+            .collect();
+        if kinds.contains(&FailureKind::Auth) {
+            3
+        } else if kinds.contains(&FailureKind::Verification) {
+            4
+        } else if kinds.is_empty() {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Totals over all outcomes.
+    pub fn totals(&self) -> Transfer {
+        self.outcomes
+            .iter()
+            .fold(Transfer::default(), |mut total, o| {
+                total.blobs_uploaded += o.transfer.blobs_uploaded;
+                total.blobs_mounted += o.transfer.blobs_mounted;
+                total.blobs_skipped += o.transfer.blobs_skipped;
+                total.manifests_pushed += o.transfer.manifests_pushed;
+                total.bytes_uploaded += o.transfer.bytes_uploaded;
+                total
+            })
+    }
+
+    /// The table for stderr: one row per outcome, totals, then every failure.
+    pub fn table(&self) -> String {
+        let header = [
+            "IMAGE", "TAG", "TARGET", "STATUS", "UPLOADED", "MOUNTED", "SKIPPED", "BYTES", "TIME",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                vec![
+                    o.image.clone(),
+                    o.tag.clone(),
+                    o.target.clone(),
+                    o.status.as_str().to_string(),
+                    o.transfer.blobs_uploaded.to_string(),
+                    o.transfer.blobs_mounted.to_string(),
+                    o.transfer.blobs_skipped.to_string(),
+                    bytes(o.transfer.bytes_uploaded),
+                    format!("{:.1}s", o.duration.as_secs_f64()),
+                ]
+            })
+            .collect();
+        let mut out = render_table(&header, &rows);
+        let totals = self.totals();
+        let _ = writeln!(
+            out,
+            "\n{} copied, {} present, {} failed{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
+            self.count(Status::Copied),
+            self.count(Status::Present),
+            self.count(Status::Failed),
+            match self.count(Status::Planned) {
+                0 => String::new(),
+                n => format!(", {n} would copy"),
+            },
+            self.duration.as_secs_f64(),
+            totals.blobs_uploaded,
+            bytes(totals.bytes_uploaded),
+            totals.blobs_mounted,
+            totals.blobs_skipped,
+            totals.manifests_pushed,
+        );
+        let failures: Vec<&Outcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.failure.is_some())
+            .collect();
+        if !failures.is_empty() {
+            let _ = writeln!(out, "\nfailures:");
+            for o in failures {
+                let (_, message) = o.failure.as_ref().expect("filtered on failure");
+                let _ = writeln!(
+                    out,
+                    "  {}:{} → {} ({}): {message}",
+                    o.image, o.tag, o.destination, o.target
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: Status, failure: Option<FailureKind>) -> Outcome {
+        Outcome {
+            image: "k3s".into(),
+            tag: "v1".into(),
+            target: "ghcr".into(),
+            destination: "ghcr.io/a/k3s:v1".into(),
+            source_digest: None,
+            before: None,
+            status,
+            failure: failure.map(|k| (k, "boom".to_string())),
+            transfer: Transfer::default(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_worst_failure() {
+        let summary = |o: Vec<Outcome>| Summary {
+            outcomes: o,
+            duration: Duration::ZERO,
+        };
+        assert_eq!(summary(vec![outcome(Status::Copied, None)]).exit_code(), 0);
+        assert_eq!(
+            summary(vec![
+                outcome(Status::Copied, None),
+                outcome(Status::Failed, Some(FailureKind::Other))
+            ])
+            .exit_code(),
+            1
+        );
+        assert_eq!(
+            summary(vec![
+                outcome(Status::Failed, Some(FailureKind::Other)),
+                outcome(Status::Failed, Some(FailureKind::Auth))
+            ])
+            .exit_code(),
+            3
+        );
+        assert_eq!(
+            summary(vec![outcome(
+                Status::Failed,
+                Some(FailureKind::Verification)
+            )])
+            .exit_code(),
+            4
+        );
+    }
+
+    #[test]
+    fn table_lists_failures_with_cause() {
+        let summary = Summary {
+            outcomes: vec![outcome(Status::Failed, Some(FailureKind::Other))],
+            duration: Duration::ZERO,
+        };
+        let table = summary.table();
+        assert!(table.contains("FAILED"), "{table}");
+        assert!(
+            table.contains("k3s:v1 → ghcr.io/a/k3s:v1 (ghcr): boom"),
+            "{table}"
+        );
+        assert_eq!(bytes(4 * 1024 * 1024), "4.0 MiB");
+    }
+}

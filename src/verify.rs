@@ -1,0 +1,256 @@
+//! Proof that every target serves the source's digest.
+//!
+//! For each image × tag: the source digest and each target's, side by side,
+//! from HEAD requests only (a target is never GET-checked: Docker Hub as a
+//! target would count pulls). `--deep` reads the source's manifest tree and
+//! HEADs every child manifest and blob on each matching target.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use futures::{StreamExt, stream};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::plan::{Destination, Job};
+use crate::reference::Repository;
+use crate::registry::RegistryClient;
+use crate::report::{error_chain, render_table};
+use crate::source::Image;
+
+/// What a target has for one image × tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Same digest as the source (and, when deep, every part present).
+    Match,
+    /// The tag names another digest.
+    Mismatch,
+    /// The tag does not exist.
+    Missing,
+    /// The digest matches but parts are missing (`--deep`).
+    Incomplete(Vec<String>),
+    /// We could not tell.
+    Error { auth: bool, message: String },
+}
+
+/// One row of the verification.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// The image entry's name.
+    pub image: String,
+    /// The tag.
+    pub tag: String,
+    /// The target's name.
+    pub target: String,
+    /// `repository:tag` at the target.
+    pub destination: String,
+    /// The source's digest, when known.
+    pub source: Option<Digest>,
+    /// The target's digest, when it has the tag.
+    pub found: Option<Digest>,
+    /// The verdict.
+    pub state: State,
+}
+
+/// Checks every job, `concurrency` at a time.
+pub async fn verify(
+    client: &RegistryClient,
+    jobs: &[Job],
+    deep: bool,
+    concurrency: usize,
+) -> Vec<Check> {
+    let mut done: Vec<(usize, Vec<Check>)> = stream::iter(jobs.iter().enumerate())
+        .map(|(i, job)| async move { (i, verify_job(client, job, deep).await) })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().flat_map(|(_, checks)| checks).collect()
+}
+
+fn error_state(error: &Error) -> State {
+    State::Error {
+        auth: error.is_auth(),
+        message: error_chain(error),
+    }
+}
+
+async fn verify_job(client: &RegistryClient, job: &Job, deep: bool) -> Vec<Check> {
+    let check =
+        |d: &Destination, source: Option<&Digest>, found: Option<Digest>, state: State| Check {
+            image: job.image.clone(),
+            tag: d.tag.clone(),
+            target: d.name.clone(),
+            destination: format!("{}:{}", d.repository, d.tag),
+            source: source.cloned(),
+            found,
+            state,
+        };
+    let source = match &job.pinned {
+        Some(digest) => Ok(Some(digest.clone())),
+        None => job.source.resolve(client, &job.reference).await,
+    };
+    let source = match source {
+        Ok(Some(digest)) => digest,
+        Ok(None) => {
+            let error = Error::NotFound {
+                what: format!("{}:{}", job.source, job.reference),
+            };
+            return job
+                .destinations
+                .iter()
+                .map(|d| check(d, None, None, error_state(&error)))
+                .collect();
+        }
+        Err(error) => {
+            return job
+                .destinations
+                .iter()
+                .map(|d| check(d, None, None, error_state(&error)))
+                .collect();
+        }
+    };
+    let founds = join_all(
+        job.destinations
+            .iter()
+            .map(|d| client.head_manifest(&d.repository, &d.tag)),
+    )
+    .await;
+    let any_match = founds
+        .iter()
+        .any(|f| matches!(f, Ok(Some(d)) if *d == source));
+    let image: Option<Result<Arc<Image>>> = if deep && any_match {
+        Some(job.source.read_image(client, &source).await.map(Arc::new))
+    } else {
+        None
+    };
+
+    let mut checks = Vec::new();
+    for (destination, found) in job.destinations.iter().zip(founds) {
+        let state = match (&found, &image) {
+            (Err(error), _) => error_state(error),
+            (Ok(None), _) => State::Missing,
+            (Ok(Some(digest)), _) if *digest != source => State::Mismatch,
+            (Ok(Some(_)), Some(Err(error))) => error_state(error),
+            (Ok(Some(_)), Some(Ok(image))) => {
+                match missing_parts(client, &destination.repository, image).await {
+                    Ok(missing) if missing.is_empty() => State::Match,
+                    Ok(missing) => State::Incomplete(missing),
+                    Err(error) => error_state(&error),
+                }
+            }
+            (Ok(Some(_)), None) => State::Match,
+        };
+        checks.push(check(
+            destination,
+            Some(&source),
+            found.ok().flatten(),
+            state,
+        ));
+    }
+    checks
+}
+
+/// Child manifests and blobs of `image` the repository lacks (HEADs only).
+async fn missing_parts(
+    client: &RegistryClient,
+    repository: &Repository,
+    image: &Image,
+) -> Result<Vec<String>> {
+    let manifests = image.children.iter().map(|m| (true, m.digest.clone()));
+    let blobs = image.blobs().into_iter().map(|b| (false, b.digest));
+    let results: Vec<Result<Option<String>>> = stream::iter(manifests.chain(blobs))
+        .map(|(is_manifest, digest)| async move {
+            let present = if is_manifest {
+                client
+                    .head_manifest(repository, digest.as_str())
+                    .await?
+                    .is_some()
+            } else {
+                client.blob_exists(repository, &digest).await?
+            };
+            Ok((!present)
+                .then(|| format!("{} {digest}", if is_manifest { "manifest" } else { "blob" })))
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    results.into_iter().filter_map(Result::transpose).collect()
+}
+
+/// The exit code for a verification: 3 auth, 4 any mismatch/missing, 1 other errors, 0 clean.
+pub fn exit_code(checks: &[Check]) -> i32 {
+    if checks
+        .iter()
+        .any(|c| matches!(c.state, State::Error { auth: true, .. }))
+    {
+        3
+    } else if checks.iter().any(|c| {
+        matches!(
+            c.state,
+            State::Mismatch | State::Missing | State::Incomplete(_)
+        )
+    }) {
+        4
+    } else if checks
+        .iter()
+        .any(|c| matches!(c.state, State::Error { .. }))
+    {
+        1
+    } else {
+        0
+    }
+}
+
+/// The side-by-side table, then the details of every problem.
+pub fn table(checks: &[Check]) -> String {
+    let short = |d: &Option<Digest>| {
+        d.as_ref()
+            .map(|d| d.short().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            let state = match &c.state {
+                State::Match => "ok".to_string(),
+                State::Mismatch => "MISMATCH".to_string(),
+                State::Missing => "MISSING".to_string(),
+                State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
+                State::Error { .. } => "ERROR".to_string(),
+            };
+            vec![
+                c.image.clone(),
+                c.tag.clone(),
+                c.target.clone(),
+                short(&c.source),
+                short(&c.found),
+                state,
+            ]
+        })
+        .collect();
+    let mut out = render_table(
+        &["IMAGE", "TAG", "TARGET", "SOURCE", "TARGET DIGEST", "STATE"],
+        &rows,
+    );
+    for c in checks {
+        match &c.state {
+            State::Incomplete(parts) => {
+                for part in parts {
+                    out.push_str(&format!("  {} lacks {part}\n", c.destination));
+                }
+            }
+            State::Error { message, .. } => {
+                out.push_str(&format!("  {}: {message}\n", c.destination))
+            }
+            State::Mismatch => out.push_str(&format!(
+                "  {} has {} but the source has {}\n",
+                c.destination,
+                c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
+                c.source.as_ref().map(Digest::as_str).unwrap_or("-")
+            )),
+            _ => {}
+        }
+    }
+    out
+}
