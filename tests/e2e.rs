@@ -1,0 +1,695 @@
+//! End-to-end tests: the real `regmirror` binary against real
+//! `docker-registry` processes on loopback (plain, htpasswd, token auth),
+//! with images generated here and checked by skopeo, an independent reader.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use base64::Engine as _;
+use support::images::{self, Generated, Spec, skopeo_raw};
+use support::{Auth, Registry, Request, auth_env, regmirror, token};
+
+/// An upstream and three targets: plain, htpasswd, and token auth.
+struct Lab {
+    upstream: Registry,
+    targets: Vec<(&'static str, Registry)>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn start() -> Lab {
+        let issuer = token::Issuer::start("robot", "token-pass-Q7x");
+        Lab {
+            upstream: Registry::start(Auth::None),
+            targets: vec![
+                ("plain", Registry::start(Auth::None)),
+                (
+                    "basic",
+                    Registry::start(Auth::Htpasswd {
+                        user: "alice".into(),
+                        password: "basic-pass-W3z".into(),
+                    }),
+                ),
+                ("token", Registry::start(Auth::Token(issuer))),
+            ],
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn target(&self, name: &str) -> &Registry {
+        &self.targets.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    /// Credentials: `basic` through `REGMIRROR_AUTH_*`, `token` through a
+    /// Docker `config.json` (`auths` with base64 `auth`), as docker login leaves it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = Vec::new();
+        for (key, value) in auth_env(self.target("basic")) {
+            env.push((Box::leak(key.into_boxed_str()), value));
+        }
+        let token = self.target("token");
+        let (user, password) = token.credentials().unwrap();
+        let config_dir = self.dir.path().join("docker");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let config = serde_json::json!({"auths": {token.host.clone(): {"auth": auth}}});
+        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
+        env.push(("DOCKER_CONFIG", config_dir.display().to_string()));
+        env
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|(_, r)| r.credentials())
+            .map(|(_, p)| p)
+            .collect();
+        if let Auth::Token(issuer) = &self.target("token").auth {
+            secrets.extend(issuer.issued.lock().unwrap().iter().cloned());
+        }
+        secrets
+    }
+
+    fn write_config(&self, images: &str) -> String {
+        let config = format!(
+            "version: 1\ntargets:\n  plain: {}/mirror\n  basic: {}/mirror\n  token: {}/mirror\ndefaults:\n  targets: [plain, basic, token]\nimages:\n{images}",
+            self.target("plain").host,
+            self.target("basic").host,
+            self.target("token").host
+        );
+        std::fs::write(self.dir.path().join("mirror.yaml"), &config).unwrap();
+        config
+    }
+
+    fn run(&self, args: &[&str]) -> support::Run {
+        let run = regmirror(self.dir.path(), args, &self.env());
+        let output = run.all();
+        for secret in self.secrets() {
+            assert!(
+                !output.contains(&secret),
+                "a credential leaked into the output of {args:?}:\n{output}"
+            );
+        }
+        run
+    }
+}
+
+fn unique_blobs<'a>(images: impl IntoIterator<Item = &'a Generated>) -> HashMap<String, u64> {
+    images
+        .into_iter()
+        .flat_map(|g| g.blobs.iter())
+        .map(|(d, b)| (d.clone(), b.len() as u64))
+        .collect()
+}
+
+fn non_v2(request: &Request) -> bool {
+    request.path != "/v2/"
+}
+
+/// The whole story: a full multi-arch sync to three targets with different
+/// auth, byte-exact everywhere; the upstream read once; mounts for shared
+/// layers; one upload per blob per repository; then a no-op run of HEADs only.
+#[tokio::test]
+async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
+    let lab = Lab::start();
+    let specs = [
+        (Spec::new("library/app-oci", "v1", false), "app-oci"),
+        (Spec::new("library/app-oci", "v2", false), "app-oci"),
+        (Spec::new("team/app-docker", "v1", true), "app-docker"),
+        (Spec::new("team/tool", "1.0", false), "tool"),
+    ];
+    let mut generated = Vec::new();
+    for (spec, _) in &specs {
+        let image = images::generate(spec);
+        images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
+        generated.push(image);
+    }
+    let up = &lab.upstream.host;
+    lab.write_config(&format!(
+        "  - name: app-oci\n    source: {up}/library/app-oci\n    tags: [v1, v2]\n  - name: app-docker\n    source: {up}/team/app-docker\n    tags: [v1]\n  - name: tool\n    source: {up}/team/tool\n    tags: ['1.0']\n"
+    ));
+    let check = lab.run(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.all());
+
+    let up_mark = lab.upstream.mark();
+    let sync = lab.run(&["sync"]);
+    assert_eq!(sync.code, 0, "{}", sync.all());
+    assert!(sync.stderr.contains("12 copied"), "{}", sync.stderr);
+
+    // Byte-exact on every target, read back by skopeo.
+    for ((spec, _), image) in specs.iter().zip(&generated) {
+        for (name, target) in &lab.targets {
+            let raw = skopeo_raw(
+                &target.host,
+                &format!("mirror/{}", spec.repo),
+                &spec.tag,
+                target.credentials(),
+            );
+            assert_eq!(
+                raw.as_deref(),
+                Some(image.root.2.as_slice()),
+                "{name}: {}:{}",
+                spec.repo,
+                spec.tag
+            );
+            for (digest, _, bytes) in &image.children {
+                let child = skopeo_raw(
+                    &target.host,
+                    &format!("mirror/{}", spec.repo),
+                    digest,
+                    target.credentials(),
+                );
+                assert_eq!(
+                    child.as_deref(),
+                    Some(bytes.as_slice()),
+                    "{name}: child {digest}"
+                );
+            }
+        }
+    }
+
+    // Read once, write N: each unique blob fetched once, bytes ≈ unique bytes.
+    let unique = unique_blobs(&generated);
+    let requests: Vec<Request> = lab.upstream.requests().into_iter().skip(up_mark).collect();
+    let blob_gets: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.is_blob())
+        .collect();
+    assert_eq!(blob_gets.len(), unique.len(), "upstream blob GETs");
+    let served: u64 = blob_gets.iter().map(|r| r.bytes).sum();
+    assert_eq!(
+        served,
+        unique.values().sum::<u64>(),
+        "upstream blob bytes equal unique bytes"
+    );
+    let manifests: usize = generated.iter().map(|g| 1 + g.children.len()).sum();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.is_manifest())
+            .count(),
+        manifests
+    );
+
+    for (name, target) in &lab.targets {
+        let requests = target.requests();
+        // Shared base layers are mounted across repositories, not uploaded again.
+        let mounts = requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201)
+            .count();
+        assert!(mounts > 0, "{name}: no cross-repository mounts");
+        // One writer per blob per repository.
+        let mut uploads = HashSet::new();
+        for r in requests
+            .iter()
+            .filter(|r| r.method == "PUT" && r.is_upload())
+        {
+            let repo = r.path.split("/blobs/").next().unwrap().to_string();
+            let digest = r
+                .path
+                .split("digest=")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                uploads.insert((repo, digest)),
+                "{name}: blob uploaded twice into one repository: {}",
+                r.path
+            );
+        }
+    }
+
+    // Up to date: HEADs only, nothing counted as a pull, nothing written.
+    let up_mark = lab.upstream.mark();
+    let marks: Vec<usize> = lab.targets.iter().map(|(_, t)| t.mark()).collect();
+    let noop = lab.run(&["sync"]);
+    assert_eq!(noop.code, 0, "{}", noop.all());
+    assert!(
+        noop.stderr.contains("0 copied, 12 present"),
+        "{}",
+        noop.stderr
+    );
+    assert_eq!(
+        lab.upstream.count_since(up_mark, "GET", non_v2),
+        0,
+        "upstream GETs in a no-op run"
+    );
+    assert!(
+        lab.upstream
+            .count_since(up_mark, "HEAD", Request::is_manifest)
+            > 0
+    );
+    for ((name, target), mark) in lab.targets.iter().zip(marks) {
+        for method in ["GET", "PUT", "POST", "PATCH", "DELETE"] {
+            assert_eq!(
+                target.count_since(mark, method, non_v2),
+                0,
+                "{name}: {method} in a no-op run"
+            );
+        }
+    }
+
+    let verify = lab.run(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
+
+/// A blob lost on one target: shallow verify cannot see it, `verify --deep`
+/// names it (exit 4), `sync --deep` repairs it, and the rest is untouched.
+#[tokio::test]
+async fn deep_verify_finds_a_lost_blob_and_deep_sync_repairs_it() {
+    let lab = Lab::start();
+    let spec = Spec::new("team/app", "v1", false);
+    let image = images::generate(&spec);
+    images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
+    lab.write_config(&format!(
+        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
+        lab.upstream.host
+    ));
+    assert_eq!(lab.run(&["sync"]).code, 0);
+
+    let (lost, _) = &image.blobs[1];
+    std::fs::remove_file(lab.target("basic").blob_data(lost)).unwrap();
+
+    let shallow = lab.run(&["verify"]);
+    assert_eq!(shallow.code, 0, "{}", shallow.all());
+    let deep = lab.run(&["verify", "--deep"]);
+    assert_eq!(deep.code, 4, "{}", deep.all());
+    assert!(
+        deep.stdout.contains(&format!("lacks blob {lost}")),
+        "{}",
+        deep.stdout
+    );
+    assert_eq!(
+        deep.stdout.matches("INCOMPLETE").count(),
+        1,
+        "{}",
+        deep.stdout
+    );
+
+    let repair = lab.run(&["sync", "--deep"]);
+    assert_eq!(repair.code, 0, "{}", repair.all());
+    assert!(
+        repair.stderr.contains("1 copied, 2 present"),
+        "{}",
+        repair.stderr
+    );
+    assert!(lab.target("basic").blob_data(lost).exists());
+    assert_eq!(lab.run(&["verify", "--deep"]).code, 0);
+}
+
+/// A Docker schema2 manifest with non-canonical whitespace keeps its digest:
+/// pushed as fetched, never re-serialized.
+#[tokio::test]
+async fn non_canonical_manifest_keeps_its_digest() {
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let layer = images::random_bytes(42, 10_000);
+    let manifest = format!(
+        "{{\n   \"schemaVersion\" : 2,\n   \"mediaType\" : \"{}\",\n   \"config\" : {{ \"mediaType\" : \"application/vnd.docker.container.image.v1+json\", \"size\" : {}, \"digest\" : \"{}\" }},\n   \"layers\" : [\n      {{ \"mediaType\" : \"application/vnd.docker.image.rootfs.diff.tar.gzip\", \"size\" : {}, \"digest\" : \"{}\" }}\n   ]\n}}\n",
+        images::DOCKER_MANIFEST,
+        config.len(),
+        images::sha256(&config),
+        layer.len(),
+        images::sha256(&layer)
+    );
+    let image = Generated {
+        blobs: vec![
+            (images::sha256(&config), config),
+            (images::sha256(&layer), layer),
+        ],
+        children: vec![],
+        root: (
+            images::sha256(manifest.as_bytes()),
+            images::DOCKER_MANIFEST.into(),
+            manifest.into_bytes(),
+        ),
+    };
+    images::push(&upstream.url(), "odd/spacing", "1", &image).await;
+    let run = regmirror(
+        dir.path(),
+        &[
+            "copy",
+            &format!("{}/odd/spacing:1", upstream.host),
+            &format!("{}/odd/spacing", target.host),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let raw = skopeo_raw(&target.host, "odd/spacing", "1", None).unwrap();
+    assert_eq!(raw, image.root.2, "bytes changed");
+    assert_eq!(images::sha256(&raw), image.root.0);
+}
+
+/// The release-time dual push: `copy oci:DIR:TAG` to two registries, from a
+/// generated layout whose index.json holds a Docker manifest list.
+#[tokio::test]
+async fn copy_from_an_oci_layout_to_two_targets() {
+    let first = Registry::start(Auth::None);
+    let second = Registry::start(Auth::Htpasswd {
+        user: "rel".into(),
+        password: "release-pass-K9".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let image = images::generate(&Spec::new("x", "1.2.3", true));
+    images::write_layout(&dir.path().join("out"), "1.2.3", &image);
+    let env: Vec<(&str, String)> = auth_env(&second)
+        .into_iter()
+        .map(|(k, v)| (&*Box::leak(k.into_boxed_str()), v))
+        .collect();
+    let run = regmirror(
+        dir.path(),
+        &[
+            "copy",
+            "oci:out:1.2.3",
+            &format!("{}/acme/app", first.host),
+            &format!("{}/acme/app:release", second.host),
+        ],
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        skopeo_raw(&first.host, "acme/app", "1.2.3", None).as_deref(),
+        Some(image.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(&second.host, "acme/app", "release", second.credentials()).as_deref(),
+        Some(image.root.2.as_slice())
+    );
+    // A tag the layout does not have is a usage error naming the tags it has.
+    let missing = regmirror(
+        dir.path(),
+        &["copy", "oci:out:nope", &format!("{}/acme/app", first.host)],
+        &[],
+    );
+    assert_eq!(missing.code, 2, "{}", missing.all());
+    assert!(missing.stderr.contains("1.2.3"), "{}", missing.stderr);
+}
+
+/// Real layouts from public projects (regclient's testrepo with
+/// `unknown/unknown` entries and arm variants, oras's e2e images), when the
+/// shared fixtures are beside this checkout.
+#[tokio::test]
+async fn copy_real_oci_layouts_from_shared_fixtures() {
+    let Some(fixtures) = support::shared_fixtures() else {
+        panic!("../shared/fixtures/real is missing: CI runs with ../shared beside the checkout");
+    };
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    for (layout, tag) in [
+        ("regclient-testrepo", "v1"),
+        ("regclient-testrepo", "v3"),
+        ("regclient-testrepo", "b2"),
+        ("oras-e2e-images", "multi"),
+        ("oras-e2e-images", "foobar"),
+        ("ggcr-test_index", "4"),
+    ] {
+        let path = fixtures.join("oci-layouts").join(layout);
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.join("index.json")).unwrap()).unwrap();
+        let expected = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("{layout} has no tag {tag}"))["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let repo = format!("real/{}", layout.to_lowercase());
+        let run = regmirror(
+            dir.path(),
+            &[
+                "copy",
+                &format!("oci:{}:{tag}", path.display()),
+                &format!("{}/{repo}:{tag}", target.host),
+            ],
+            &[],
+        );
+        assert_eq!(run.code, 0, "{layout}:{tag}\n{}", run.all());
+        let raw = skopeo_raw(&target.host, &repo, tag, None)
+            .unwrap_or_else(|| panic!("{layout}:{tag} not on target"));
+        assert_eq!(images::sha256(&raw), expected, "{layout}:{tag}");
+        let bytes = std::fs::read(
+            path.join("blobs/sha256")
+                .join(expected.trim_start_matches("sha256:")),
+        )
+        .unwrap();
+        assert_eq!(raw, bytes, "{layout}:{tag} bytes");
+    }
+}
+
+/// `--only` with a glob selects by image name; a glob matching nothing is a usage error.
+#[tokio::test]
+async fn only_with_a_glob_selects_images() {
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    for repo in ["k3s-io/k3s", "k3s-io/k3s-upgrade", "library/busybox"] {
+        let spec = Spec {
+            platforms: vec![("amd64", None)],
+            attestations: false,
+            ..Spec::new(repo, "v1", false)
+        };
+        images::push(&upstream.url(), repo, "v1", &images::generate(&spec)).await;
+    }
+    let (up, t) = (&upstream.host, &target.host);
+    let config = format!(
+        "version: 1\ntargets:\n  t: {t}/m\ndefaults:\n  targets: [t]\nimages:\n  - name: k3s\n    source: {up}/k3s-io/k3s\n    tags: [v1]\n  - name: k3s-upgrade\n    source: {up}/k3s-io/k3s-upgrade\n    tags: [v1]\n  - name: busybox\n    source: {up}/library/busybox\n    tags: [v1]\n"
+    );
+    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    let run = regmirror(dir.path(), &["sync", "--only", "k3s*"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(skopeo_raw(t, "m/k3s-io/k3s", "v1", None).is_some());
+    assert!(skopeo_raw(t, "m/k3s-io/k3s-upgrade", "v1", None).is_some());
+    assert!(
+        skopeo_raw(t, "m/library/busybox", "v1", None).is_none(),
+        "busybox was not selected"
+    );
+    let none = regmirror(dir.path(), &["sync", "--only", "nginx*"], &[]);
+    assert_eq!(none.code, 2, "{}", none.all());
+    assert!(none.stderr.contains("matches no image"), "{}", none.stderr);
+}
+
+/// Bad configurations: exit 2, every problem listed with its line.
+#[test]
+fn bad_configs_exit_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let table: &[(&str, &[&str])] = &[
+        (
+            "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n    targets: [a]\n    platform: all\n",
+            &["line 8", "platform"],
+        ),
+        ("version: 1\nimages:\n  - source: [unclosed\n", &["line 3"]),
+        (
+            "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n    targets: [b]\n  - source: docker.io/c/d:latest\n    targets: [a]\n",
+            &[
+                "line 7",
+                "unknown target `b`",
+                "line 8",
+                "without a tag",
+                "line 8, column",
+            ],
+        ),
+        (
+            "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
+            &["line 5", "no targets"],
+        ),
+    ];
+    for (i, (config, needles)) in table.iter().enumerate() {
+        std::fs::write(dir.path().join("bad.yaml"), config).unwrap();
+        let run = regmirror(dir.path(), &["check", "-c", "bad.yaml"], &[]);
+        assert_eq!(run.code, 2, "case {i}: {}", run.all());
+        for needle in *needles {
+            assert!(
+                run.stderr.contains(needle),
+                "case {i}: `{needle}` missing from:\n{}",
+                run.stderr
+            );
+        }
+    }
+    let missing = regmirror(dir.path(), &["check", "-c", "nope.yaml"], &[]);
+    assert_eq!(missing.code, 2, "{}", missing.all());
+}
+
+/// The shipped production example validates.
+#[test]
+fn shipped_mirror_yaml_checks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for config in ["mirror.yaml", "examples/demo/mirror.yaml"] {
+        let run = regmirror(root, &["check", "-c", config], &[]);
+        assert_eq!(run.code, 0, "{config}: {}", run.all());
+    }
+}
+
+/// A blob whose stored bytes no longer match its digest is refused: that
+/// image fails naming both digests, nothing of it is pushed; the others
+/// complete; a dead target fails alone.
+#[tokio::test]
+async fn tampered_blob_and_dead_target_fail_alone() {
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let good = images::generate(&Spec {
+        base: 7,
+        ..Spec::new("team/good", "v1", false)
+    });
+    let bad = images::generate(&Spec {
+        base: 8,
+        ..Spec::new("team/bad", "v1", true)
+    });
+    images::push(&upstream.url(), "team/good", "v1", &good).await;
+    images::push(&upstream.url(), "team/bad", "v1", &bad).await;
+    let (tampered, bytes) = &bad.blobs[1];
+    let mut corrupt = bytes.clone();
+    corrupt[100] ^= 0xff;
+    std::fs::write(upstream.blob_data(tampered), &corrupt).unwrap();
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (up, t) = (&upstream.host, &target.host);
+    let config = format!(
+        "version: 1\ntargets:\n  live: {t}/m\n  dead: {dead}/m\ndefaults:\n  targets: [live, dead]\nimages:\n  - name: good\n    source: {up}/team/good\n    tags: [v1]\n  - name: bad\n    source: {up}/team/bad\n    tags: [v1]\n    targets: [live]\n"
+    );
+    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    let mark = target.mark();
+    let run = regmirror(dir.path(), &["sync"], &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let writes_to_bad: Vec<String> = (target.requests().iter().skip(mark))
+        .filter(|r| {
+            r.path.contains("/m/team/bad/") && ["PUT", "POST", "PATCH"].contains(&r.method.as_str())
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        writes_to_bad.is_empty(),
+        "something of the tampered image was pushed: {writes_to_bad:#?}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "expected `{tampered}`, got `{}`",
+            images::sha256(&corrupt)
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("good:v1 → {dead}/m/team/good:v1 (dead)")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        skopeo_raw(t, "m/team/good", "v1", None).as_deref(),
+        Some(good.root.2.as_slice())
+    );
+    assert!(skopeo_raw(t, "m/team/bad", "v1", None).is_none());
+}
+
+/// A target connection that breaks in the middle of a blob upload is retried
+/// from the spool: the upstream still serves each blob once.
+#[tokio::test]
+async fn upload_broken_mid_blob_is_retried_from_the_spool() {
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let other = Registry::start(Auth::None);
+    let proxy = support::proxy::Proxy::start(
+        &target.host,
+        support::proxy::Fault::ResetUploadAfter {
+            bytes: 20_000,
+            times: 3,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let image = images::generate(&Spec::new("team/app", "v1", false));
+    images::push(&upstream.url(), "team/app", "v1", &image).await;
+    let config = format!(
+        "version: 1\ntargets:\n  flaky: {}/m\n  steady: {}/m\ndefaults:\n  targets: [flaky, steady]\nimages:\n  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
+        proxy.host, other.host, upstream.host
+    );
+    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    let run = regmirror(dir.path(), &["sync"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        proxy.triggered.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the fault never fired"
+    );
+    assert_eq!(
+        skopeo_raw(&target.host, "m/team/app", "v1", None).as_deref(),
+        Some(image.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(&other.host, "m/team/app", "v1", None).as_deref(),
+        Some(image.root.2.as_slice())
+    );
+    let unique = unique_blobs([&image]);
+    assert_eq!(
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.is_blob())
+            .count(),
+        unique.len(),
+        "a blob was fetched upstream twice"
+    );
+}
+
+/// Wrong credentials: exit 3, the registry named, and neither the password
+/// nor any token in any output, even at trace level.
+#[tokio::test]
+async fn authentication_failure_exits_3_without_leaking_secrets() {
+    let lab = Lab::start();
+    let spec = Spec::new("team/app", "v1", false);
+    images::push(
+        &lab.upstream.url(),
+        &spec.repo,
+        &spec.tag,
+        &images::generate(&spec),
+    )
+    .await;
+    lab.write_config(&format!(
+        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
+        lab.upstream.host
+    ));
+    let basic = lab.target("basic");
+    let wrong = "wrong-pass-Z1y";
+    let key: String = basic
+        .host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut env = lab.env();
+    env.retain(|(k, _)| !k.starts_with("REGMIRROR_AUTH_"));
+    let name = format!("REGMIRROR_AUTH_{key}");
+    env.push((&*Box::leak(name.into_boxed_str()), format!("alice:{wrong}")));
+    let run = regmirror(lab.dir.path(), &["-vv", "sync"], &env);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("authentication failed at `{}`", basic.host)),
+        "{}",
+        run.stderr
+    );
+    let output = run.all();
+    let mut secrets = lab.secrets();
+    secrets.push(wrong.to_string());
+    secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("alice:{wrong}")));
+    for secret in secrets {
+        assert!(!output.contains(&secret), "secret leaked:\n{output}");
+    }
+    // The other targets were still written.
+    assert!(skopeo_raw(&lab.target("plain").host, "mirror/team/app", "v1", None).is_some());
+    let token = lab.target("token");
+    assert!(skopeo_raw(&token.host, "mirror/team/app", "v1", token.credentials()).is_some());
+}

@@ -1,0 +1,157 @@
+//! A token issuer for distribution's token auth: checks Basic credentials
+//! and signs ES256 JWTs granting the requested scopes, with the signing
+//! certificate in `x5c` (the registry trusts it through `rootcertbundle`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+
+pub const SERVICE: &str = "regmirror-test-registry";
+pub const ISSUER: &str = "regmirror-test-issuer";
+
+pub struct Issuer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub cert_path: PathBuf,
+    pub user: String,
+    pub password: String,
+    /// Every token issued, to check none leaks into output.
+    pub issued: Arc<Mutex<Vec<String>>>,
+    /// Every `scope` parameter asked for.
+    pub scopes: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(serde::Serialize)]
+struct Access {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    actions: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+    access: Vec<Access>,
+}
+
+impl Issuer {
+    pub fn start(user: &str, password: &str) -> Issuer {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![ISSUER.to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.path().join("issuer.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let scopes = Arc::new(Mutex::new(Vec::new()));
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let (issued_in, scopes_in) = (issued.clone(), scopes.clone());
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut authorization = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("authorization")
+                    {
+                        authorization = Some(value.trim().to_string());
+                    }
+                }
+                let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+                let url = url::Url::parse(&format!("http://x{target}")).unwrap();
+                let requested: Vec<String> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+                scopes_in.lock().unwrap().extend(requested.iter().cloned());
+                if authorization.as_deref() != Some(expected.as_str()) {
+                    let body = r#"{"details":"bad credentials"}"#;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    continue;
+                }
+                let access = requested
+                    .iter()
+                    .flat_map(|scope| scope.split(' '))
+                    .filter_map(|scope| {
+                        let mut parts = scope.splitn(3, ':');
+                        let kind = parts.next()?.to_string();
+                        let name = parts.next()?.to_string();
+                        let actions = parts.next()?.split(',').map(str::to_string).collect();
+                        Some(Access {
+                            kind,
+                            name,
+                            actions,
+                        })
+                    })
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let claims = Claims {
+                    iss: ISSUER.into(),
+                    sub: "tester".into(),
+                    aud: SERVICE.into(),
+                    exp: now + 300,
+                    nbf: now - 10,
+                    iat: now,
+                    jti: format!("token-{n}"),
+                    access,
+                };
+                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                header.x5c = Some(vec![x5c.clone()]);
+                let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+                issued_in.lock().unwrap().push(token.clone());
+                let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Issuer {
+            url,
+            cert_path,
+            user: user.into(),
+            password: password.into(),
+            issued,
+            scopes,
+            _dir: dir,
+        }
+    }
+}
