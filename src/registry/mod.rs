@@ -90,7 +90,9 @@ struct Host {
     /// request, so there is no wait cycle.
     permits: Arc<Semaphore>,
     /// Learned once from `GET /v2/`, replaced if a later 401 says otherwise.
-    challenge: Mutex<Option<Challenge>>,
+    /// An async lock: the first requests to a host wait for one ping
+    /// instead of each sending their own.
+    challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<Option<Credential>>,
 }
@@ -171,7 +173,7 @@ impl RegistryClient {
                     registry: repository.registry.clone(),
                     base: format!("{scheme}://{api_host}"),
                     permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
-                    challenge: Mutex::new(None),
+                    challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
                 })
             })
@@ -193,12 +195,8 @@ impl RegistryClient {
 
     /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
     async fn challenge(&self, host: &Host) -> Result<Challenge> {
-        if let Some(challenge) = host
-            .challenge
-            .lock()
-            .expect("challenge lock poisoned")
-            .clone()
-        {
+        let mut learned = host.challenge.lock().await;
+        if let Some(challenge) = learned.clone() {
             return Ok(challenge);
         }
         let url = format!("{}/v2/", host.base);
@@ -215,7 +213,7 @@ impl RegistryClient {
                 })?,
             _ => Challenge::Anonymous,
         };
-        *host.challenge.lock().expect("challenge lock poisoned") = Some(challenge.clone());
+        *learned = Some(challenge.clone());
         Ok(challenge)
     }
 
@@ -438,7 +436,7 @@ impl RegistryClient {
             if let Some(challenge) =
                 header(&answer.response, WWW_AUTHENTICATE.as_str()).and_then(auth::parse_challenge)
             {
-                *host.challenge.lock().expect("challenge lock poisoned") = Some(challenge);
+                *host.challenge.lock().await = Some(challenge);
             }
         }
     }
