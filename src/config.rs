@@ -88,7 +88,7 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(f, "line {}, column {}: ", self.line, self.column)?;
+            write!(f, "{}:{}: ", self.line, self.column)?;
         }
         if !self.place.is_empty() {
             write!(f, "{}: ", self.place)?;
@@ -138,8 +138,14 @@ pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Problems> {
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
         let message = error.to_string();
-        // The rendered message already names line and column, with a snippet.
-        let message = message.lines().next().unwrap_or_default().to_string();
+        // The rendered message repeats the position and adds a snippet; keep
+        // the first line, without the position (the Problem carries it).
+        let first = message.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        let message = match first.split_once(": ") {
+            Some((position, rest)) if position.starts_with("line ") => rest.to_string(),
+            _ => first.to_string(),
+        };
         Problems {
             file: file.to_string(),
             problems: vec![Problem {

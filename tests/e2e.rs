@@ -485,22 +485,22 @@ fn bad_configs_exit_2_naming_the_line() {
     let table: &[(&str, &[&str])] = &[
         (
             "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n    targets: [a]\n    platform: all\n",
-            &["line 8", "platform"],
+            &["bad.yaml:8:5: unknown field `platform`"],
         ),
-        ("version: 1\nimages:\n  - source: [unclosed\n", &["line 3"]),
+        (
+            "version: 1\nimages:\n  - source: [unclosed\n",
+            &["bad.yaml:3:"],
+        ),
         (
             "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n    targets: [b]\n  - source: docker.io/c/d:latest\n    targets: [a]\n",
             &[
-                "line 7",
-                "unknown target `b`",
-                "line 8",
-                "without a tag",
-                "line 8, column",
+                "bad.yaml:7:15: images[0].targets[0]: unknown target `b`",
+                "bad.yaml:8:13: images[1].source: write the source without a tag",
             ],
         ),
         (
             "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
-            &["line 5", "no targets"],
+            &["bad.yaml:5:", "no targets"],
         ),
     ];
     for (i, (config, needles)) in table.iter().enumerate() {
