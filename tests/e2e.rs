@@ -693,3 +693,68 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
     let token = lab.target("token");
     assert!(skopeo_raw(&token.host, "mirror/team/app", "v1", token.credentials()).is_some());
 }
+
+/// Credentials from a Docker credential helper (`credsStore`), the way
+/// `docker login` with a desktop keychain leaves them: the helper is a
+/// program on PATH, asked with the registry on stdin.
+#[tokio::test]
+async fn credentials_from_a_docker_credential_helper() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::Htpasswd {
+        user: "helper-user".into(),
+        password: "helper-pass-P4v".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-regtest");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> \"$(dirname \"$0\")/asked\"\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"helper-user\",\"Secret\":\"helper-pass-P4v\"}' \"$server\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"credsStore": "regtest"}"#).unwrap();
+
+    let spec = Spec {
+        platforms: vec![("amd64", None)],
+        ..Spec::new("team/app", "v1", false)
+    };
+    let image = images::generate(&spec);
+    images::push(&upstream.url(), "team/app", "v1", &image).await;
+    let env = [
+        ("DOCKER_CONFIG", docker.display().to_string()),
+        (
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        ),
+    ];
+    let run = regmirror(
+        dir.path(),
+        &[
+            "-vv",
+            "copy",
+            &format!("{}/team/app:v1", upstream.host),
+            &format!("{}/team/app", target.host),
+        ],
+        &env,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        !run.all().contains("helper-pass-P4v"),
+        "the helper's secret leaked"
+    );
+    let asked = std::fs::read_to_string(bin.join("asked")).unwrap();
+    assert!(
+        asked.lines().any(|l| l == target.host),
+        "helper not asked for {}: {asked}",
+        target.host
+    );
+    assert_eq!(
+        skopeo_raw(&target.host, "team/app", "v1", target.credentials()).as_deref(),
+        Some(image.root.2.as_slice())
+    );
+}
