@@ -118,8 +118,9 @@ impl Verifier {
         }
     }
 
-    /// Feeds the next chunk. Fails early once more bytes than `size` arrive,
-    /// so a lying upstream cannot make us spool without bound.
+    /// Feeds the next chunk. Callers check [`Verifier::overrun`] after each
+    /// chunk and stop reading, so a lying upstream cannot make us spool
+    /// without bound.
     pub fn update(&mut self, chunk: &[u8]) {
         self.seen += chunk.len() as u64;
         match &mut self.hasher {
@@ -131,11 +132,6 @@ impl Verifier {
     /// True when more bytes than the expected size have arrived.
     pub fn overrun(&self) -> bool {
         self.size.is_some_and(|size| self.seen > size)
-    }
-
-    /// Bytes seen so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
     }
 
     /// Checks size, then digest. `what` names the object in the error.

@@ -65,15 +65,6 @@ impl Spool {
         .await
         .cloned()
     }
-
-    /// True when `digest` is already on disk.
-    pub fn has(&self, digest: &Digest) -> bool {
-        self.entries
-            .lock()
-            .expect("spool lock poisoned")
-            .get(digest)
-            .is_some_and(|cell| cell.initialized())
-    }
 }
 
 #[cfg(test)]
@@ -99,7 +90,6 @@ mod tests {
         assert_eq!(a.unwrap(), b.unwrap());
         assert!(c.is_ok());
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
-        assert!(spool.has(&digest));
     }
 
     #[tokio::test]
@@ -112,7 +102,6 @@ mod tests {
             })
             .await;
         assert!(failed.is_err());
-        assert!(!spool.has(&digest));
         let ok = spool
             .get(&digest, |path| async {
                 tokio::fs::write(path, b"x")

@@ -75,20 +75,6 @@ pub struct Generated {
     pub root: (String, String, Vec<u8>),
 }
 
-impl Generated {
-    pub fn digest(&self) -> &str {
-        &self.root.0
-    }
-    pub fn unique_blob_bytes(&self) -> u64 {
-        let mut seen = std::collections::HashSet::new();
-        self.blobs
-            .iter()
-            .filter(|(d, _)| seen.insert(d.clone()))
-            .map(|(_, b)| b.len() as u64)
-            .sum()
-    }
-}
-
 fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
     json!({"mediaType": media_type, "digest": sha256(bytes), "size": bytes.len()})
 }

@@ -206,10 +206,6 @@ impl Registry {
             .join(hex)
             .join("data")
     }
-
-    pub fn storage(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for Registry {
