@@ -190,11 +190,13 @@ impl Engine {
             }
             outcome
         };
-        let fail_all = |error: Error, source: Option<&Digest>| {
-            let shared = Arc::new(error);
+        // Without a source digest, every destination fails the same way.
+        let fail_all = |error: Error| {
+            let errors = error.share(job.destinations.len());
             job.destinations
                 .iter()
-                .map(|d| outcome(d, source, None, Err(Error::Shared(shared.clone()))))
+                .zip(errors)
+                .map(|(d, e)| outcome(d, None, None, Err(e)))
                 .collect::<Vec<_>>()
         };
 
@@ -204,14 +206,11 @@ impl Engine {
             None => match job.source.resolve(&self.client, &job.reference).await {
                 Ok(Some(digest)) => digest,
                 Ok(None) => {
-                    return fail_all(
-                        Error::NotFound {
-                            what: format!("{}:{}", job.source, job.reference),
-                        },
-                        None,
-                    );
+                    return fail_all(Error::NotFound {
+                        what: format!("{}:{}", job.source, job.reference),
+                    });
                 }
-                Err(error) => return fail_all(error, None),
+                Err(error) => return fail_all(error),
             },
         };
         let source = Some(&source_digest);
@@ -273,12 +272,7 @@ impl Engine {
         source_digest: &Digest,
         work: &[(usize, Option<Digest>)],
     ) -> Vec<Result<(Status, Transfer)>> {
-        let shared_failure = |error: Error| {
-            let shared = Arc::new(error);
-            work.iter()
-                .map(|_| Err(Error::Shared(shared.clone())))
-                .collect()
-        };
+        let shared_failure = |error: Error| error.share(work.len()).map(Err).collect();
         // 2. Read and verify the whole manifest tree.
         let image = match job.source.read_image(&self.client, source_digest).await {
             Ok(image) => image,

@@ -110,6 +110,12 @@ impl Error {
         }
     }
 
+    /// The same failure for `n` waiters (one source failure, many destinations).
+    pub fn share(self, n: usize) -> impl Iterator<Item = Error> {
+        let shared = Arc::new(self);
+        (0..n).map(move |_| Error::Shared(shared.clone()))
+    }
+
     /// The error behind any number of `Shared` wrappers.
     pub fn root(&self) -> &Error {
         match self {

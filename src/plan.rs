@@ -83,10 +83,10 @@ fn parse_prefix(value: &str) -> Result<Prefix, String> {
     let path = if path.is_empty() {
         String::new()
     } else {
-        reference
-            .repository
-            .path
-            .trim_end_matches("/placeholder")
+        // Exactly one placeholder component was appended above.
+        let full = &reference.repository.path;
+        full.strip_suffix("/placeholder")
+            .expect("probe ends with the placeholder")
             .to_string()
     };
     Ok(Prefix { registry, path })

@@ -5,8 +5,6 @@
 //! target would count pulls). `--deep` reads the source's manifest tree and
 //! HEADs every child manifest and blob on each matching target.
 
-use std::sync::Arc;
-
 use futures::future::join_all;
 use futures::{StreamExt, stream};
 
@@ -119,8 +117,8 @@ async fn verify_job(client: &RegistryClient, job: &Job, deep: bool) -> Vec<Check
     let any_match = founds
         .iter()
         .any(|f| matches!(f, Ok(Some(d)) if *d == source));
-    let image: Option<Result<Arc<Image>>> = if deep && any_match {
-        Some(job.source.read_image(client, &source).await.map(Arc::new))
+    let image: Option<Result<Image>> = if deep && any_match {
+        Some(job.source.read_image(client, &source).await)
     } else {
         None
     };

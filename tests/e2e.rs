@@ -44,11 +44,8 @@ impl Lab {
 
     /// Credentials: `basic` through `REGMIRROR_AUTH_*`, `token` through a
     /// Docker `config.json` (`auths` with base64 `auth`), as docker login leaves it.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env: Vec<(&'static str, String)> = Vec::new();
-        for (key, value) in auth_env(self.target("basic")) {
-            env.push((Box::leak(key.into_boxed_str()), value));
-        }
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = auth_env(self.target("basic"));
         let token = self.target("token");
         let (user, password) = token.credentials().unwrap();
         let config_dir = self.dir.path().join("docker");
@@ -56,7 +53,7 @@ impl Lab {
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let config = serde_json::json!({"auths": {token.host.clone(): {"auth": auth}}});
         std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
-        env.push(("DOCKER_CONFIG", config_dir.display().to_string()));
+        env.push(("DOCKER_CONFIG".into(), config_dir.display().to_string()));
         env
     }
 
@@ -360,10 +357,7 @@ async fn copy_from_an_oci_layout_to_two_targets() {
     let dir = tempfile::tempdir().unwrap();
     let image = images::generate(&Spec::new("x", "1.2.3", true));
     images::write_layout(&dir.path().join("out"), "1.2.3", &image);
-    let env: Vec<(&str, String)> = auth_env(&second)
-        .into_iter()
-        .map(|(k, v)| (&*Box::leak(k.into_boxed_str()), v))
-        .collect();
+    let env = auth_env(&second);
     let run = regmirror(
         dir.path(),
         &[
@@ -664,15 +658,9 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
     ));
     let basic = lab.target("basic");
     let wrong = "wrong-pass-Z1y";
-    let key: String = basic
-        .host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
     let mut env = lab.env();
     env.retain(|(k, _)| !k.starts_with("REGMIRROR_AUTH_"));
-    let name = format!("REGMIRROR_AUTH_{key}");
-    env.push((&*Box::leak(name.into_boxed_str()), format!("alice:{wrong}")));
+    env.push((support::auth_var(basic), format!("alice:{wrong}")));
     let run = regmirror(lab.dir.path(), &["-vv", "sync"], &env);
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
@@ -726,9 +714,9 @@ async fn credentials_from_a_docker_credential_helper() {
     let image = images::generate(&spec);
     images::push(&upstream.url(), "team/app", "v1", &image).await;
     let env = [
-        ("DOCKER_CONFIG", docker.display().to_string()),
+        ("DOCKER_CONFIG".to_string(), docker.display().to_string()),
         (
-            "PATH",
+            "PATH".to_string(),
             format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
         ),
     ];

@@ -231,7 +231,7 @@ impl Run {
 
 /// Runs `regmirror` with `args` in `dir`, with a clean credential
 /// environment plus `env`.
-pub fn regmirror(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+pub fn regmirror(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
     command
         .args(args)
@@ -255,21 +255,21 @@ pub fn regmirror(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     }
 }
 
-/// `REGMIRROR_AUTH_<HOST>` for a registry with credentials.
+/// The `REGMIRROR_AUTH_<HOST>` variable regmirror reads for `registry`.
+pub fn auth_var(registry: &Registry) -> String {
+    let host: String = registry
+        .host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("REGMIRROR_AUTH_{host}")
+}
+
+/// `REGMIRROR_AUTH_<HOST>=user:password` for a registry with credentials.
 pub fn auth_env(registry: &Registry) -> Vec<(String, String)> {
     registry
         .credentials()
-        .map(|(user, password)| {
-            let host: String = registry
-                .host
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            (
-                format!("REGMIRROR_AUTH_{host}"),
-                format!("{user}:{password}"),
-            )
-        })
+        .map(|(user, password)| (auth_var(registry), format!("{user}:{password}")))
         .into_iter()
         .collect()
 }
