@@ -381,12 +381,15 @@ impl Engine {
                 transfer.manifests_pushed += 1;
             }
         }
-        // The tag last: by now everything it points at is in place.
-        if !tagged {
-            self.put_manifest(job, repository, &destination.tag, &image.root)
-                .await?;
-            transfer.manifests_pushed += 1;
+        if tagged {
+            // Step 1's HEAD already showed the tag names the source digest,
+            // and we did not rewrite it: nothing more to verify.
+            return Ok(transfer);
         }
+        // The tag last: by now everything it points at is in place.
+        self.put_manifest(job, repository, &destination.tag, &image.root)
+            .await?;
+        transfer.manifests_pushed += 1;
         let found = self
             .client
             .head_manifest(repository, &destination.tag)

@@ -287,12 +287,22 @@ async fn deep_verify_finds_a_lost_blob_and_deep_sync_repairs_it() {
         deep.stdout
     );
 
+    let basic_mark = lab.target("basic").mark();
     let repair = lab.run(&["sync", "--deep"]);
     assert_eq!(repair.code, 0, "{}", repair.all());
     assert!(
         repair.stderr.contains("1 copied, 2 present"),
         "{}",
         repair.stderr
+    );
+    // The tag was current and is not rewritten: one HEAD for it, no PUT.
+    let tag_requests: Vec<String> = (lab.target("basic").requests().iter().skip(basic_mark))
+        .filter(|r| r.path.ends_with("/manifests/v1"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        tag_requests,
+        vec!["HEAD /v2/mirror/team/app/manifests/v1".to_string()]
     );
     assert!(lab.target("basic").blob_data(lost).exists());
     assert_eq!(lab.run(&["verify", "--deep"]).code, 0);

@@ -839,6 +839,17 @@ impl RegistryClient {
                 self.location(repository, &response, &url)?
             }
         };
+        let on_disk = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?
+            .len();
+        if on_disk != blob.size {
+            return Err(Error::SizeMismatch {
+                digest: blob.digest.clone(),
+                expected: blob.size,
+                actual: on_disk,
+            });
+        }
         let separator = if upload_url.contains('?') { '&' } else { '?' };
         let url = format!("{upload_url}{separator}digest={}", blob.digest);
         let path = path.to_path_buf();
@@ -852,7 +863,10 @@ impl RegistryClient {
                         256 * 1024,
                     ))
                 }
-                Err(_) => reqwest::Body::from(Vec::new()),
+                // Never an empty body standing in for the blob: the request fails.
+                Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {
+                    Err::<Bytes, _>(error)
+                })),
             };
             r.header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, size)
