@@ -8,17 +8,24 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "mirror.yaml",
+    description = "regmirror's configuration: what to mirror, from where, to where."
+)]
 pub struct ConfigFile {
     /// Format version; only `1` exists.
+    #[schemars(with = "u32", range(min = 1, max = 1))]
     pub version: Spanned<u32>,
     /// Named destinations: name → `REGISTRY[/PREFIX]`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub targets: BTreeMap<String, Spanned<String>>,
     /// Per-registry behaviour, keyed by registry host as written.
     #[serde(default)]
@@ -32,7 +39,7 @@ pub struct ConfigFile {
 }
 
 /// `registries.<host>`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryEntry {
     /// Allow plain HTTP (loopback hosts are always allowed).
@@ -40,36 +47,52 @@ pub struct RegistryEntry {
     pub insecure: bool,
     /// Requests in flight to this registry at once.
     #[serde(default)]
+    #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,
 }
 
 /// `defaults`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// Target names used by images without `targets`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub targets: Option<Vec<Spanned<String>>>,
 }
 
 /// One entry of `images`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageEntry {
     /// The handle for `--only` (default: the source's last path component).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
     /// `REGISTRY/REPOSITORY` or `REGISTRY/REPOSITORY@sha256:…`.
+    #[schemars(with = "String")]
     pub source: Spanned<String>,
     /// Tags to copy (or, for a pinned source, to set on the targets).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub tags: Option<Vec<Spanned<String>>>,
     /// Target names, instead of `defaults.targets`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub targets: Option<Vec<Spanned<String>>>,
     /// Path under each target prefix (default: the source repository path).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
+}
+
+/// The JSON Schema of `mirror.yaml`, pretty-printed, for editors
+/// (`# yaml-language-server: $schema=…`) and `regmirror schema`.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(ConfigFile);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+    text.push('\n');
+    text
 }
 
 /// One thing wrong with the file, and where.

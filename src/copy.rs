@@ -33,7 +33,7 @@ use crate::manifest::{Descriptor, Manifest};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::{Mount, RegistryClient};
-use crate::report::{FailureKind, Outcome, Status, Summary, Transfer, error_chain};
+use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
@@ -99,7 +99,7 @@ pub struct Engine {
     holders: Mutex<HashMap<(String, Digest), BTreeSet<String>>>,
 }
 
-fn failure_of(error: &Error) -> (FailureKind, String) {
+fn failure_of(error: &Error) -> Failure {
     let kind = if error.is_auth() {
         FailureKind::Auth
     } else if matches!(error.root(), Error::Verification { .. }) {
@@ -107,7 +107,7 @@ fn failure_of(error: &Error) -> (FailureKind, String) {
     } else {
         FailureKind::Other
     };
-    (kind, error_chain(error))
+    Failure::of(kind, error)
 }
 
 impl Engine {
@@ -125,6 +125,7 @@ impl Engine {
     /// Runs every job, `options.jobs` at a time, and summarises.
     pub async fn run(&self, jobs: &[Job], reporter: &dyn Reporter) -> Summary {
         let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
         // Jobs wait on each other only through registry permits (in the
         // client) and the per-object write cells.
         let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())
@@ -140,6 +141,7 @@ impl Engine {
         Summary {
             outcomes: done.into_iter().flat_map(|(_, o)| o).collect(),
             duration: started.elapsed(),
+            started: Some(started_at),
         }
     }
 
@@ -158,6 +160,13 @@ impl Engine {
                     Some(failure_of(&error)),
                 ),
             };
+            // Copied is only reported after the tag was HEADed back; a
+            // failed target's state is unknown.
+            let after = match status {
+                _ if failure.is_some() => None,
+                Status::Copied | Status::Present => source.cloned(),
+                Status::Planned | Status::Verified | Status::Failed => before.clone(),
+            };
             let outcome = Outcome {
                 image: job.image.clone(),
                 tag: d.tag.clone(),
@@ -165,17 +174,19 @@ impl Engine {
                 destination: format!("{}:{}", d.repository, d.tag),
                 source_digest: source.cloned(),
                 before,
+                after,
                 status,
                 failure,
                 transfer,
                 duration: started.elapsed(),
             };
             match &outcome.failure {
-                Some((_, message)) => tracing::error!(
-                    "{}:{} → {}: {message}",
+                Some(failure) => tracing::error!(
+                    "{}:{} → {}: {}",
                     job.image,
                     d.tag,
-                    outcome.destination
+                    outcome.destination,
+                    failure.message()
                 ),
                 None => tracing::info!(
                     "{}:{} → {}: {} ({} uploaded, {} mounted, {} skipped)",

@@ -17,7 +17,7 @@ use regmirror::layout::{self, Layout};
 use regmirror::plan::{self, Destination, Job, Plan, Selection};
 use regmirror::reference::Reference;
 use regmirror::registry::RegistryClient;
-use regmirror::report::{Outcome, Status};
+use regmirror::report::{Outcome, Status, Summary, github, json, markdown};
 use regmirror::source::Source;
 use regmirror::verify;
 
@@ -63,6 +63,21 @@ struct SelectionArgs {
     targets: Vec<String>,
 }
 
+#[derive(Args, Clone, Default)]
+struct ReportArgs {
+    /// Write a JSON report of the run (shape: `regmirror schema --report`).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Append a markdown summary (default: `$GITHUB_STEP_SUMMARY` when set).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "GITHUB_STEP_SUMMARY",
+        hide_env_values = true
+    )]
+    summary: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Bring every selected image × tag × target up to date, then verify what was written.
@@ -80,6 +95,8 @@ enum Command {
         /// Image × tag jobs in flight at once.
         #[arg(long, default_value_t = 8)]
         jobs: usize,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Compare the digest at the source and at every target; exit 4 on any difference.
     Verify {
@@ -90,6 +107,8 @@ enum Command {
         /// Also check that every child manifest and blob is present on each target.
         #[arg(long)]
         deep: bool,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Copy one image (all platforms) to one or more destinations.
     Copy {
@@ -98,6 +117,14 @@ enum Command {
         /// `REGISTRY/REPOSITORY[:TAG]`; the tag defaults to the source's.
         #[arg(required = true)]
         destinations: Vec<String>,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Print the JSON Schema of `mirror.yaml` (or, with `--report`, of the `--json` report).
+    Schema {
+        /// The `--json` report's schema instead.
+        #[arg(long)]
+        report: bool,
     },
     /// Validate the configuration and print the size of the resolved plan.
     Check {
@@ -235,25 +262,79 @@ fn copy_job(source: &str, destinations: &[String]) -> Result<Job, Failure> {
     })
 }
 
+/// Writes the reports the user asked for and, in GitHub Actions, the
+/// annotations. A report that cannot be written is an error of the run.
+fn report(command: &str, summary: &Summary, args: &ReportArgs) -> Result<(), Failure> {
+    if let Some(path) = &args.json {
+        let document = json::Document::new(command, summary);
+        std::fs::write(path, document.to_json())
+            .with_context(|| format!("write the JSON report `{}`", path.display()))?;
+    }
+    if let Some(path) = &args.summary {
+        use std::io::Write as _;
+        // GitHub's step summary file is shared by the step's commands: append.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(markdown::markdown(command, summary).as_bytes()))
+            .with_context(|| format!("write the summary `{}`", path.display()))?;
+    }
+    if github::in_actions() {
+        for line in github::annotations(summary) {
+            eprintln!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// In GitHub Actions, folds what `body` logs into a collapsed group.
+async fn grouped<T>(title: &str, body: impl Future<Output = T>) -> T {
+    let actions = github::in_actions();
+    if actions {
+        eprintln!("{}", github::group(title));
+    }
+    let value = body.await;
+    if actions {
+        eprintln!("{}", github::END_GROUP);
+    }
+    value
+}
+
 async fn sync(
+    command: &str,
     jobs: Vec<Job>,
     registries: HashMap<String, regmirror::registry::RegistryOptions>,
     options: Options,
     show_progress: bool,
+    reports: &ReportArgs,
 ) -> Result<u8, Failure> {
     let client = Arc::new(RegistryClient::new(registries)?);
     let engine = Engine::new(client, options)?;
     let reporter = progress(show_progress, jobs.len());
-    let summary = engine.run(&jobs, &reporter).await;
+    let title = format!("regmirror {command}: {} image×tag jobs", jobs.len());
+    let summary = grouped(&title, engine.run(&jobs, &reporter)).await;
     if let Some(bar) = &reporter.0 {
         bar.finish_and_clear();
     }
     eprint!("{}", summary.table());
+    report(command, &summary, reports)?;
     Ok(summary.exit_code() as u8)
 }
 
 async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
     match cli.command {
+        Command::Schema { report } => {
+            print!(
+                "{}",
+                if report {
+                    json::schema()
+                } else {
+                    regmirror::config::schema()
+                }
+            );
+            Ok(0)
+        }
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
             let images: std::collections::BTreeSet<&str> =
@@ -273,6 +354,7 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             dry_run,
             deep,
             jobs,
+            report,
         } => {
             let plan = load_plan(&config, Some(&selection))?;
             let options = Options {
@@ -281,25 +363,49 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 jobs,
                 ..Options::default()
             };
-            sync(plan.jobs, plan.registries, options, show_progress).await
+            sync(
+                "sync",
+                plan.jobs,
+                plan.registries,
+                options,
+                show_progress,
+                &report,
+            )
+            .await
         }
         Command::Copy {
             source,
             destinations,
+            report,
         } => {
             let job = copy_job(&source, &destinations)?;
-            sync(vec![job], HashMap::new(), Options::default(), false).await
+            sync(
+                "copy",
+                vec![job],
+                HashMap::new(),
+                Options::default(),
+                false,
+                &report,
+            )
+            .await
         }
         Command::Verify {
             config,
             selection,
             deep,
+            report: reports,
         } => {
             let plan = load_plan(&config, Some(&selection))?;
             let client = RegistryClient::new(plan.registries)?;
-            let checks = verify::verify(&client, &plan.jobs, deep, 8).await;
+            let started = std::time::Instant::now();
+            let started_at = std::time::SystemTime::now();
+            let title = format!("regmirror verify: {} image×tag jobs", plan.jobs.len());
+            let checks = grouped(&title, verify::verify(&client, &plan.jobs, deep, 8)).await;
             print!("{}", verify::table(&checks));
-            Ok(verify::exit_code(&checks) as u8)
+            let mut summary = verify::summary(&checks, started.elapsed());
+            summary.started = Some(started_at);
+            report("verify", &summary, &reports)?;
+            Ok(summary.exit_code() as u8)
         }
     }
 }

@@ -1,10 +1,15 @@
 //! What a run did, per image × tag × target, and how to show it.
 //!
-//! The library returns a [`Summary`]; the binary decides where it goes. The
-//! table here is plain text for stderr.
+//! The library returns a [`Summary`]; the binary decides where it goes: the
+//! plain table here for stderr, [`json`] for `--json`, [`markdown`] for the
+//! GitHub step summary, and [`github`] for workflow-command annotations.
+
+pub mod github;
+pub mod json;
+pub mod markdown;
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 
@@ -17,6 +22,8 @@ pub enum Status {
     Present,
     /// `--dry-run`: the target differs and would be written.
     Planned,
+    /// `verify`: the target serves the source's digest.
+    Verified,
     /// It did not work; see the failure.
     Failed,
 }
@@ -28,6 +35,7 @@ impl Status {
             Status::Copied => "copied",
             Status::Present => "present",
             Status::Planned => "would copy",
+            Status::Verified => "verified",
             Status::Failed => "FAILED",
         }
     }
@@ -38,10 +46,50 @@ impl Status {
 pub enum FailureKind {
     /// A registry refused our identity (exit 3).
     Auth,
-    /// After copying, or on `verify`, a target's digest differs (exit 4).
+    /// After copying, or on `verify`, a target's digest differs, or parts
+    /// of the image are missing (exit 4).
     Verification,
+    /// On `verify`, the target does not have the tag at all (exit 4).
+    Missing,
     /// Anything else (exit 1).
     Other,
+}
+
+impl FailureKind {
+    /// Lowercase name for reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Auth => "auth",
+            FailureKind::Verification => "verification",
+            FailureKind::Missing => "missing",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+/// Why one image × tag × target failed: the kind, and the error with every
+/// cause, outermost first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What the exit code makes of it.
+    pub kind: FailureKind,
+    /// The error and its causes, outermost first.
+    pub chain: Vec<String>,
+}
+
+impl Failure {
+    /// A failure from a library error.
+    pub fn of(kind: FailureKind, error: &(dyn std::error::Error + 'static)) -> Failure {
+        Failure {
+            kind,
+            chain: error_chain_parts(error),
+        }
+    }
+
+    /// The chain on one line: `error: cause: cause`.
+    pub fn message(&self) -> String {
+        self.chain.join(": ")
+    }
 }
 
 /// Blobs and bytes moved for one target.
@@ -74,10 +122,12 @@ pub struct Outcome {
     pub source_digest: Option<Digest>,
     /// The digest the target had before, when it had one.
     pub before: Option<Digest>,
+    /// The digest the target has now, when known (checked after writing).
+    pub after: Option<Digest>,
     /// How it ended.
     pub status: Status,
     /// Why it failed, with the whole cause chain.
-    pub failure: Option<(FailureKind, String)>,
+    pub failure: Option<Failure>,
     /// What was moved.
     pub transfer: Transfer,
     /// Wall time for the image (shared by its targets).
@@ -91,20 +141,28 @@ pub struct Summary {
     pub outcomes: Vec<Outcome>,
     /// Wall time of the run.
     pub duration: Duration,
+    /// When the run started.
+    pub started: Option<SystemTime>,
+}
+
+/// The error and each cause, outermost first; a cause whose text the
+/// message already includes is left out.
+pub fn error_chain_parts(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&cause_text)) {
+            parts.push(cause_text);
+        }
+        source = cause.source();
+    }
+    parts
 }
 
 /// `error: cause: cause`, one line, like `anyhow`'s `{:#}`.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            let _ = write!(text, ": {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
+    error_chain_parts(error).join(": ")
 }
 
 /// Human sizes: `512 B`, `4.0 MiB`.
@@ -156,11 +214,14 @@ impl Summary {
         let kinds: Vec<FailureKind> = self
             .outcomes
             .iter()
-            .filter_map(|o| o.failure.as_ref().map(|f| f.0))
+            .filter_map(|o| o.failure.as_ref().map(|f| f.kind))
             .collect();
         if kinds.contains(&FailureKind::Auth) {
             3
-        } else if kinds.contains(&FailureKind::Verification) {
+        } else if kinds
+            .iter()
+            .any(|k| matches!(k, FailureKind::Verification | FailureKind::Missing))
+        {
             4
         } else if kinds.is_empty() {
             0
@@ -181,6 +242,26 @@ impl Summary {
                 total.bytes_uploaded += o.transfer.bytes_uploaded;
                 total
             })
+    }
+
+    /// `3 copied, 5 present, 1 failed`: the statuses that occur, in a fixed
+    /// order (copied, present, failed always; the others when non-zero).
+    pub fn counts(&self) -> String {
+        let mut parts = Vec::new();
+        for status in [
+            Status::Copied,
+            Status::Present,
+            Status::Verified,
+            Status::Planned,
+            Status::Failed,
+        ] {
+            let n = self.count(status);
+            let always = matches!(status, Status::Copied | Status::Present | Status::Failed);
+            if n > 0 || always {
+                parts.push(format!("{n} {}", status.as_str().to_lowercase()));
+            }
+        }
+        parts.join(", ")
     }
 
     /// The table for stderr: one row per outcome, totals, then every failure.
@@ -209,14 +290,8 @@ impl Summary {
         let totals = self.totals();
         let _ = writeln!(
             out,
-            "\n{} copied, {} present, {} failed{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
-            self.count(Status::Copied),
-            self.count(Status::Present),
-            self.count(Status::Failed),
-            match self.count(Status::Planned) {
-                0 => String::new(),
-                n => format!(", {n} would copy"),
-            },
+            "\n{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
+            self.counts(),
             self.duration.as_secs_f64(),
             totals.blobs_uploaded,
             bytes(totals.bytes_uploaded),
@@ -232,11 +307,15 @@ impl Summary {
         if !failures.is_empty() {
             let _ = writeln!(out, "\nfailures:");
             for o in failures {
-                let (_, message) = o.failure.as_ref().expect("filtered on failure");
+                let failure = o.failure.as_ref().expect("filtered on failure");
                 let _ = writeln!(
                     out,
-                    "  {}:{} → {} ({}): {message}",
-                    o.image, o.tag, o.destination, o.target
+                    "  {}:{} → {} ({}): {}",
+                    o.image,
+                    o.tag,
+                    o.destination,
+                    o.target,
+                    failure.message()
                 );
             }
         }
@@ -256,8 +335,12 @@ mod tests {
             destination: "ghcr.io/a/k3s:v1".into(),
             source_digest: None,
             before: None,
+            after: None,
             status,
-            failure: failure.map(|k| (k, "boom".to_string())),
+            failure: failure.map(|kind| Failure {
+                kind,
+                chain: vec!["boom".into()],
+            }),
             transfer: Transfer::default(),
             duration: Duration::ZERO,
         }
@@ -267,7 +350,7 @@ mod tests {
     fn exit_codes_follow_the_worst_failure() {
         let summary = |o: Vec<Outcome>| Summary {
             outcomes: o,
-            duration: Duration::ZERO,
+            ..Summary::default()
         };
         assert_eq!(summary(vec![outcome(Status::Copied, None)]).exit_code(), 0);
         assert_eq!(
@@ -300,7 +383,7 @@ mod tests {
     fn table_lists_failures_with_cause() {
         let summary = Summary {
             outcomes: vec![outcome(Status::Failed, Some(FailureKind::Other))],
-            duration: Duration::ZERO,
+            ..Summary::default()
         };
         let table = summary.table();
         assert!(table.contains("FAILED"), "{table}");

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::RegistryClient;
-use crate::report::{error_chain, render_table};
+use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer, render_table};
 use crate::source::Image;
 
 /// What a target has for one image × tag.
@@ -27,8 +27,8 @@ pub enum State {
     Missing,
     /// The digest matches but parts are missing (`--deep`).
     Incomplete(Vec<String>),
-    /// We could not tell.
-    Error { auth: bool, message: String },
+    /// We could not tell: the error and its causes.
+    Error { auth: bool, chain: Vec<String> },
 }
 
 /// One row of the verification.
@@ -69,7 +69,7 @@ pub async fn verify(
 fn error_state(error: &Error) -> State {
     State::Error {
         auth: error.is_auth(),
-        message: error_chain(error),
+        chain: crate::report::error_chain_parts(error),
     }
 }
 
@@ -176,27 +176,71 @@ async fn missing_parts(
     results.into_iter().filter_map(Result::transpose).collect()
 }
 
-/// The exit code for a verification: 3 auth, 4 any mismatch/missing, 1 other errors, 0 clean.
-pub fn exit_code(checks: &[Check]) -> i32 {
-    if checks
+/// The checks as a run [`Summary`], for the `--json` and `--summary` reports
+/// and annotations: a match is `verified`, everything else `failed` with the
+/// kind that sets the exit code: 3 auth, 4 mismatch, missing or incomplete,
+/// 1 other errors.
+pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
+    let outcomes = checks
         .iter()
-        .any(|c| matches!(c.state, State::Error { auth: true, .. }))
-    {
-        3
-    } else if checks.iter().any(|c| {
-        matches!(
-            c.state,
-            State::Mismatch | State::Missing | State::Incomplete(_)
-        )
-    }) {
-        4
-    } else if checks
-        .iter()
-        .any(|c| matches!(c.state, State::Error { .. }))
-    {
-        1
-    } else {
-        0
+        .map(|c| {
+            let failure = |kind, text: String| {
+                Some(Failure {
+                    kind,
+                    chain: vec![text],
+                })
+            };
+            let failure = match &c.state {
+                State::Match => None,
+                State::Missing => failure(
+                    FailureKind::Missing,
+                    format!("`{}` does not exist", c.destination),
+                ),
+                State::Mismatch => failure(
+                    FailureKind::Verification,
+                    format!(
+                        "`{}` serves `{}` but the source has `{}`",
+                        c.destination,
+                        c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
+                        c.source.as_ref().map(Digest::as_str).unwrap_or("-")
+                    ),
+                ),
+                State::Incomplete(parts) => failure(
+                    FailureKind::Verification,
+                    format!("`{}` lacks {}", c.destination, parts.join(", ")),
+                ),
+                State::Error { auth, chain } => Some(Failure {
+                    kind: if *auth {
+                        FailureKind::Auth
+                    } else {
+                        FailureKind::Other
+                    },
+                    chain: chain.clone(),
+                }),
+            };
+            Outcome {
+                image: c.image.clone(),
+                tag: c.tag.clone(),
+                target: c.target.clone(),
+                destination: c.destination.clone(),
+                source_digest: c.source.clone(),
+                before: c.found.clone(),
+                after: c.found.clone(),
+                status: if failure.is_some() {
+                    Status::Failed
+                } else {
+                    Status::Verified
+                },
+                failure,
+                transfer: Transfer::default(),
+                duration: std::time::Duration::ZERO,
+            }
+        })
+        .collect();
+    Summary {
+        outcomes,
+        duration,
+        started: None,
     }
 }
 
@@ -238,8 +282,8 @@ pub fn table(checks: &[Check]) -> String {
                     out.push_str(&format!("  {} lacks {part}\n", c.destination));
                 }
             }
-            State::Error { message, .. } => {
-                out.push_str(&format!("  {}: {message}\n", c.destination))
+            State::Error { chain, .. } => {
+                out.push_str(&format!("  {}: {}\n", c.destination, chain.join(": ")))
             }
             State::Mismatch => out.push_str(&format!(
                 "  {} has {} but the source has {}\n",

@@ -524,12 +524,61 @@ fn bad_configs_exit_2_naming_the_line() {
 }
 
 /// The shipped production example validates.
+/// Every `mirror.yaml` in the repository.
+fn shipped_configs() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec![root.join("mirror.yaml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let config = entry.unwrap().path().join("mirror.yaml");
+        if config.is_file() {
+            configs.push(config);
+        }
+    }
+    configs
+}
+
 #[test]
 fn shipped_mirror_yaml_checks() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for config in ["mirror.yaml", "examples/demo/mirror.yaml"] {
-        let run = regmirror(root, &["check", "-c", config], &[]);
-        assert_eq!(run.code, 0, "{config}: {}", run.all());
+    for config in shipped_configs() {
+        let run = regmirror(root, &["check", "-c", config.to_str().unwrap()], &[]);
+        assert_eq!(run.code, 0, "{}: {}", config.display(), run.all());
+    }
+}
+
+/// The schemas in `docs/` are what the code generates, and every shipped
+/// config names the schema for editors and passes it.
+#[test]
+fn shipped_schemas_match_the_code_and_the_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (args, file) in [
+        (&["schema"][..], "docs/mirror.schema.json"),
+        (&["schema", "--report"][..], "docs/report.schema.json"),
+    ] {
+        let run = regmirror(root, args, &[]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let shipped = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            run.stdout == shipped,
+            "{file} is stale: run `regmirror {} > {file}`",
+            args.join(" ")
+        );
+    }
+    let schema = root.join("docs/mirror.schema.json");
+    for config in shipped_configs() {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let named = first
+            .strip_prefix("# yaml-language-server: $schema=")
+            .unwrap_or_else(|| panic!("{}: no yaml-language-server line", config.display()));
+        let named = config.parent().unwrap().join(named);
+        assert_eq!(
+            named.canonicalize().unwrap(),
+            schema.canonicalize().unwrap(),
+            "{}",
+            config.display()
+        );
+        support::check_jsonschema(schema.to_str().unwrap(), &config).unwrap();
     }
 }
 
@@ -567,7 +616,16 @@ async fn tampered_blob_and_dead_target_fail_alone() {
     );
     std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
     let mark = target.mark();
-    let run = regmirror(dir.path(), &["sync"], &[]);
+    let summary_file = dir.path().join("step-summary.md");
+    std::fs::write(&summary_file, "earlier step\n").unwrap();
+    let actions = [
+        ("GITHUB_ACTIONS".to_string(), "true".to_string()),
+        (
+            "GITHUB_STEP_SUMMARY".to_string(),
+            summary_file.display().to_string(),
+        ),
+    ];
+    let run = regmirror(dir.path(), &["sync", "--json", "report.json"], &actions);
     assert_eq!(run.code, 1, "{}", run.all());
     let writes_to_bad: Vec<String> = (target.requests().iter().skip(mark))
         .filter(|r| {
@@ -598,6 +656,67 @@ async fn tampered_blob_and_dead_target_fail_alone() {
         Some(good.root.2.as_slice())
     );
     assert!(skopeo_raw(t, "m/team/bad", "v1", None).is_none());
+
+    // The reports say the same, in their documented shapes.
+    let report = dir.path().join("report.json");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json");
+    support::check_jsonschema(&schema.display().to_string(), &report).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["command"], "sync");
+    assert_eq!(report["exit_code"], 1);
+    assert_eq!(report["totals"]["copied"], 1);
+    assert_eq!(report["totals"]["failed"], 2);
+    let results = report["results"].as_array().unwrap();
+    let result = |image: &str, target: &str| {
+        results
+            .iter()
+            .find(|r| r["image"] == image && r["target"] == target)
+            .unwrap_or_else(|| panic!("no result for {image} → {target}: {report:#}"))
+    };
+    let copied = result("good", "live");
+    assert_eq!(copied["outcome"], "copied");
+    assert_eq!(copied["source_digest"], good.root.0.as_str());
+    assert_eq!(copied["target_digest_before"], serde_json::Value::Null);
+    assert_eq!(copied["target_digest_after"], good.root.0.as_str());
+    assert!(copied["blobs"]["uploaded"].as_u64().unwrap() > 0);
+    let tampered_result = result("bad", "live");
+    assert_eq!(tampered_result["outcome"], "failed");
+    assert_eq!(tampered_result["error"]["kind"], "other");
+    let chain = tampered_result["error"]["chain"].as_array().unwrap();
+    assert!(
+        chain
+            .iter()
+            .any(|c| c.as_str().unwrap().contains(tampered.as_str())),
+        "{chain:#?}"
+    );
+    assert_eq!(result("good", "dead")["outcome"], "failed");
+
+    let summary = std::fs::read_to_string(&summary_file).unwrap();
+    assert!(summary.starts_with("earlier step\n"), "appended: {summary}");
+    let (totals, failures, images) = (
+        summary.find("**1 copied, 0 present, 2 failed**"),
+        summary.find("### Failures (2)"),
+        summary.find("### Images (2)"),
+    );
+    assert!(
+        totals < failures && failures < images && totals.is_some(),
+        "{summary}"
+    );
+    for (image, destination) in [
+        ("good", format!("{dead}/m/team/good:v1")),
+        ("bad", format!("{t}/m/team/bad:v1")),
+    ] {
+        let line = format!("::error title=regmirror%3A copy failed::{image}:v1 → {destination}: ");
+        assert!(
+            run.stderr.contains(&line),
+            "no `{line}` in:\n{}",
+            run.stderr
+        );
+    }
+    let group = run.stderr.find("::group::regmirror sync: 2 image×tag jobs");
+    let end = run.stderr.find("::endgroup::");
+    assert!(group.is_some() && group < end, "{}", run.stderr);
 }
 
 /// A target connection that breaks in the middle of a blob upload is retried

@@ -240,7 +240,7 @@ pub fn regmirror(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
         .env_remove("GITHUB_TOKEN")
         .env("NO_COLOR", "1");
     for (key, _) in std::env::vars() {
-        if key.starts_with("REGMIRROR_") {
+        if key.starts_with("REGMIRROR_") || key.starts_with("GITHUB_") {
             command.env_remove(key);
         }
     }
@@ -278,4 +278,29 @@ pub fn auth_env(registry: &Registry) -> Vec<(String, String)> {
 pub fn shared_fixtures() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/real");
     path.is_dir().then_some(path)
+}
+
+/// Validates `instance` (JSON or YAML) against the JSON Schema `schema` with
+/// `check-jsonschema` (PyPI; `scripts/install-deps` installs it). `schema`
+/// may also be `vendor.…` for one of its built-in schemas. Returns the
+/// tool's output on failure.
+pub fn check_jsonschema(schema: &str, instance: &Path) -> Result<(), String> {
+    let mut command = Command::new("check-jsonschema");
+    match schema.strip_prefix("builtin:") {
+        Some(builtin) => command.args(["--builtin-schema", builtin]),
+        None => command.args(["--schemafile", schema]),
+    };
+    let output = command
+        .arg(instance)
+        .output()
+        .expect("check-jsonschema is installed (scripts/install-deps)");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }

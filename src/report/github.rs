@@ -1,0 +1,128 @@
+//! GitHub Actions workflow commands: `::error::` and `::warning::`
+//! annotations for what went wrong, and `::group::` around long logs.
+//!
+//! They are plain lines; the runner reads them from stdout and stderr alike,
+//! and the binary writes them to stderr so they stay in order with the log.
+//! Values are escaped as the runner expects (`%`, CR and LF in messages;
+//! also `:` and `,` in properties), so a message cannot end the command
+//! early or inject another one.
+
+use super::{FailureKind, Outcome, Summary};
+
+/// True when running as a GitHub Actions step.
+pub fn in_actions() -> bool {
+    std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
+fn escape_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+fn escape_property(text: &str) -> String {
+    escape_data(text).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// One workflow command line: `::NAME title=TITLE::MESSAGE`.
+pub fn command(name: &str, title: &str, message: &str) -> String {
+    format!(
+        "::{name} title={}::{}",
+        escape_property(title),
+        escape_data(message)
+    )
+}
+
+/// `::group::TITLE`; close it with [`END_GROUP`].
+pub fn group(title: &str) -> String {
+    format!("::group::{}", escape_data(title))
+}
+
+/// Ends the open group.
+pub const END_GROUP: &str = "::endgroup::";
+
+fn annotation(o: &Outcome) -> Option<String> {
+    let failure = o.failure.as_ref()?;
+    let place = format!("{}:{} → {}", o.image, o.tag, o.destination);
+    let (level, title) = match failure.kind {
+        FailureKind::Missing => ("warning", "regmirror: not mirrored"),
+        FailureKind::Verification => ("error", "regmirror: digest mismatch"),
+        FailureKind::Auth => ("error", "regmirror: authentication failed"),
+        FailureKind::Other => ("error", "regmirror: copy failed"),
+    };
+    Some(command(
+        level,
+        title,
+        &format!("{place}: {}", failure.message()),
+    ))
+}
+
+/// One annotation per failed image × tag × target: errors for failures and
+/// digest mismatches, warnings for tags a target does not have yet.
+pub fn annotations(summary: &Summary) -> Vec<String> {
+    summary.outcomes.iter().filter_map(annotation).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Failure, Status, Transfer};
+    use std::time::Duration;
+
+    #[test]
+    fn messages_cannot_break_out_of_the_command() {
+        let line = command("error", "a: b, c", "50% done\n::warning::fake");
+        assert_eq!(
+            line,
+            "::error title=a%3A b%2C c::50%25 done%0A::warning::fake"
+        );
+        assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn failures_become_errors_and_missing_tags_warnings() {
+        let failed = |kind, chain: &str| Outcome {
+            image: "k3s".into(),
+            tag: "v1".into(),
+            target: "ghcr".into(),
+            destination: "ghcr.io/a/k3s:v1".into(),
+            source_digest: None,
+            before: None,
+            after: None,
+            status: Status::Failed,
+            failure: Some(Failure {
+                kind,
+                chain: vec![chain.into()],
+            }),
+            transfer: Transfer::default(),
+            duration: Duration::ZERO,
+        };
+        let mut ok = failed(FailureKind::Other, "");
+        ok.status = Status::Copied;
+        ok.failure = None;
+        let summary = Summary {
+            outcomes: vec![
+                ok,
+                failed(FailureKind::Other, "upload: reset"),
+                failed(FailureKind::Missing, "no such tag"),
+                failed(
+                    FailureKind::Verification,
+                    "`ghcr.io/a/k3s:v1` serves `sha256:1`",
+                ),
+            ],
+            ..Summary::default()
+        };
+        let lines = annotations(&summary);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "::error title=regmirror%3A copy failed::k3s:v1 → ghcr.io/a/k3s:v1: upload: reset"
+        );
+        assert!(lines[1].starts_with("::warning "), "{}", lines[1]);
+        assert!(
+            lines[2].starts_with("::error title=regmirror%3A digest mismatch::"),
+            "{}",
+            lines[2]
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The `--summary` report: markdown a person reads in the GitHub Actions run
+//! page (`$GITHUB_STEP_SUMMARY`). Totals first, then every failure, then one
+//! row per image.
+//!
+//! GitHub caps a step summary at 1 MiB, and a 7,526-image run would pass it,
+//! so the tables stop after [`MAX_ROWS`] rows and say how many were left out
+//! (the `--json` report has them all).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{Outcome, Status, Summary, bytes};
+
+/// Rows per table before the rest are counted instead of listed.
+pub const MAX_ROWS: usize = 500;
+
+/// A table cell: pipes escaped, one line, code spans where asked.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn code(text: &str) -> String {
+    format!("`{}`", cell(text).replace('`', "'"))
+}
+
+#[derive(Default)]
+struct ImageRow<'a> {
+    tags: Vec<&'a str>,
+    targets: Vec<&'a str>,
+    copied: usize,
+    present: usize,
+    verified: usize,
+    planned: usize,
+    failed: usize,
+    bytes: u64,
+}
+
+fn push_unique<'a>(list: &mut Vec<&'a str>, value: &'a str) {
+    if !list.contains(&value) {
+        list.push(value);
+    }
+}
+
+fn more(out: &mut String, left_out: usize, what: &str) {
+    if left_out > 0 {
+        let _ = writeln!(
+            out,
+            "\n… and {left_out} more {what} (the `--json` report lists them all)."
+        );
+    }
+}
+
+/// The markdown for `command`'s run.
+pub fn markdown(command: &str, summary: &Summary) -> String {
+    let mut out = String::new();
+    let verdict = match summary.exit_code() {
+        0 => "✅",
+        _ => "❌",
+    };
+    let totals = summary.totals();
+    let _ = writeln!(out, "## {verdict} regmirror {command}\n");
+    let _ = writeln!(
+        out,
+        "**{}** in {:.1}s · blobs: {} uploaded ({}), {} mounted, {} skipped · {} manifests pushed\n",
+        summary.counts(),
+        summary.duration.as_secs_f64(),
+        totals.blobs_uploaded,
+        bytes(totals.bytes_uploaded),
+        totals.blobs_mounted,
+        totals.blobs_skipped,
+        totals.manifests_pushed,
+    );
+
+    let failures: Vec<&Outcome> = summary
+        .outcomes
+        .iter()
+        .filter(|o| o.failure.is_some())
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "### Failures ({})\n", failures.len());
+        let _ = writeln!(out, "| image | tag | target | destination | error |");
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for o in failures.iter().take(MAX_ROWS) {
+            let failure = o.failure.as_ref().expect("filtered on failure");
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                cell(&o.image),
+                code(&o.tag),
+                cell(&o.target),
+                code(&o.destination),
+                cell(&failure.message())
+            );
+        }
+        more(
+            &mut out,
+            failures.len().saturating_sub(MAX_ROWS),
+            "failures",
+        );
+        out.push('\n');
+    }
+
+    // One row per image, in plan order.
+    let mut order = Vec::new();
+    let mut images: BTreeMap<&str, ImageRow> = BTreeMap::new();
+    for o in &summary.outcomes {
+        let row = images.entry(&o.image).or_insert_with(|| {
+            order.push(o.image.as_str());
+            ImageRow::default()
+        });
+        push_unique(&mut row.tags, &o.tag);
+        push_unique(&mut row.targets, &o.target);
+        match o.status {
+            Status::Copied => row.copied += 1,
+            Status::Present => row.present += 1,
+            Status::Verified => row.verified += 1,
+            Status::Planned => row.planned += 1,
+            Status::Failed => row.failed += 1,
+        }
+        row.bytes += o.transfer.bytes_uploaded;
+    }
+    if !order.is_empty() {
+        let _ = writeln!(out, "### Images ({})\n", order.len());
+        let _ = writeln!(
+            out,
+            "| image | tags | targets | copied | present | verified | would copy | failed | uploaded |"
+        );
+        let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|");
+        for name in order.iter().take(MAX_ROWS) {
+            let row = &images[name];
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(name),
+                code(&row.tags.join(", ")),
+                cell(&row.targets.join(", ")),
+                row.copied,
+                row.present,
+                row.verified,
+                row.planned,
+                row.failed,
+                bytes(row.bytes)
+            );
+        }
+        more(&mut out, order.len().saturating_sub(MAX_ROWS), "images");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Failure, FailureKind, Transfer};
+    use std::time::Duration;
+
+    fn outcome(image: &str, tag: &str, status: Status) -> Outcome {
+        Outcome {
+            image: image.into(),
+            tag: tag.into(),
+            target: "ghcr".into(),
+            destination: format!("ghcr.io/a/{image}:{tag}"),
+            source_digest: None,
+            before: None,
+            after: None,
+            status,
+            failure: (status == Status::Failed).then(|| Failure {
+                kind: FailureKind::Other,
+                chain: vec!["push `x`".into(), "status 500 | oops".into()],
+            }),
+            transfer: Transfer::default(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn totals_then_failures_then_images() {
+        let summary = Summary {
+            outcomes: vec![
+                outcome("k3s", "v1", Status::Copied),
+                outcome("k3s", "v2", Status::Failed),
+                outcome("pause", "3.9", Status::Present),
+            ],
+            ..Summary::default()
+        };
+        let text = markdown("sync", &summary);
+        let totals = text.find("1 copied, 1 present, 1 failed").expect(&text);
+        let failures = text.find("### Failures (1)").expect(&text);
+        let images = text.find("### Images (2)").expect(&text);
+        assert!(totals < failures && failures < images, "{text}");
+        assert!(text.contains("push `x`: status 500 \\| oops"), "{text}");
+        assert!(
+            text.contains("| k3s | `v1, v2` | ghcr | 1 | 0 | 0 | 0 | 1 |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn long_runs_are_cut_with_a_count() {
+        let outcomes = (0..MAX_ROWS + 7)
+            .map(|i| outcome(&format!("image{i}"), "v1", Status::Present))
+            .collect();
+        let text = markdown(
+            "sync",
+            &Summary {
+                outcomes,
+                ..Summary::default()
+            },
+        );
+        assert!(text.contains("… and 7 more images"), "{}", &text[..200]);
+        assert_eq!(text.matches("| v1 |").count(), 0);
+        assert_eq!(text.matches("| `v1` |").count(), MAX_ROWS);
+    }
+}
