@@ -9,6 +9,8 @@
 //! - [`config`]: `mirror.yaml` as written, with line and column of each value.
 //! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
 //!   every problem with its place; `--only`/`--target` selection.
+//! - [`shard`]: `--shard I/N` and `plan --matrix N`, splitting a plan across
+//!   CI runners by a hash of each image's name.
 //! - [`registry`]: the HTTP client every request passes through: auth
 //!   (Docker credential chain, bearer tokens), per-registry limits, retries.
 //! - [`source`], [`layout`]: where images are read from (a registry, or an
@@ -17,7 +19,8 @@
 //! - [`copy`]: the engine: HEAD first, read once, write N, children before
 //!   parents, tags last.
 //! - [`verify`]: digest equality across source and targets, optionally deep.
-//! - [`report`]: outcomes, the summary, exit codes.
+//! - [`report`]: outcomes, the summary, exit codes; rendered as a table, as
+//!   the `--json` document, as step-summary markdown, as Actions annotations.
 //!
 //! The library never prints; it returns a [`report::Summary`] and emits
 //! `tracing` events. `main.rs` decides how output looks.
@@ -32,6 +35,7 @@ pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod shard;
 pub mod source;
 pub mod spool;
 pub mod verify;

@@ -18,6 +18,7 @@ use regmirror::plan::{self, Destination, Job, Plan, Selection};
 use regmirror::reference::Reference;
 use regmirror::registry::RegistryClient;
 use regmirror::report::{Outcome, Status, Summary, github, json, markdown};
+use regmirror::shard::{self, Shard};
 use regmirror::source::Source;
 use regmirror::verify;
 
@@ -61,6 +62,9 @@ struct SelectionArgs {
     /// Only these targets; repeatable.
     #[arg(long = "target", value_name = "NAME")]
     targets: Vec<String>,
+    /// Only the images in shard I of N (by a hash of the image name; see `plan --matrix`).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -126,6 +130,16 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Print the resolved work (images, tags, targets, pinned digests) without contacting any registry.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Print a GitHub Actions matrix of at most N shards, balanced by tag count, as JSON.
+        #[arg(long, value_name = "N")]
+        matrix: Option<usize>,
+    },
     /// Validate the configuration and print the size of the resolved plan.
     Check {
         #[command(flatten)]
@@ -159,13 +173,17 @@ fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Pla
         .map_err(usage)?;
     let plan = plan::load(&name, &text).map_err(|problems| usage(anyhow!(problems)))?;
     match selection {
-        Some(selection) => {
-            let selection = Selection {
-                only: selection.only.clone(),
-                targets: selection.targets.clone(),
-            };
-            plan.select(&selection)
-                .map_err(|message| usage(anyhow!(message)))
+        Some(args) => {
+            let plan = plan
+                .select(&Selection {
+                    only: args.only.clone(),
+                    targets: args.targets.clone(),
+                })
+                .map_err(|message| usage(anyhow!(message)))?;
+            Ok(match &args.shard {
+                Some(shard) => plan.shard(shard),
+                None => plan,
+            })
         }
         None => Ok(plan),
     }
@@ -333,6 +351,24 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                     regmirror::config::schema()
                 }
             );
+            Ok(0)
+        }
+        Command::Plan {
+            config,
+            selection,
+            matrix,
+        } => {
+            let plan = load_plan(&config, Some(&selection))?;
+            match matrix {
+                Some(jobs) => {
+                    let matrix = shard::matrix(&plan, jobs);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&matrix).expect("plain data serializes")
+                    );
+                }
+                None => print!("{}", plan.table()),
+            }
             Ok(0)
         }
         Command::Check { config } => {

@@ -370,6 +370,40 @@ impl Plan {
         Ok(self)
     }
 
+    /// One row per image × tag: the source reference (with the pinned
+    /// digest when the file gives one) and every `target=repository:tag`.
+    pub fn table(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .jobs
+            .iter()
+            .map(|job| {
+                let source = match &job.pinned {
+                    Some(digest) => format!("{}@{digest}", job.source),
+                    None => format!("{}:{}", job.source, job.reference),
+                };
+                let destinations: Vec<String> = job
+                    .destinations
+                    .iter()
+                    .map(|d| format!("{}={}:{}", d.name, d.repository, d.tag))
+                    .collect();
+                let tag = job.destinations.first().map(|d| d.tag.clone());
+                vec![
+                    job.image.clone(),
+                    tag.unwrap_or_else(|| job.reference.clone()),
+                    source,
+                    destinations.join(" "),
+                ]
+            })
+            .collect();
+        let mut out = crate::report::render_table(&["IMAGE", "TAG", "SOURCE", "TARGETS"], &rows);
+        out.push_str(&format!(
+            "\n{} image×tag jobs, {} image×tag×target pairs\n",
+            self.jobs.len(),
+            self.pairs()
+        ));
+        out
+    }
+
     /// Image × tag × target pairs in the plan.
     pub fn pairs(&self) -> usize {
         self.jobs.iter().map(|j| j.destinations.len()).sum()

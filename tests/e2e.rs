@@ -875,3 +875,43 @@ async fn credentials_from_a_docker_credential_helper() {
         Some(image.root.2.as_slice())
     );
 }
+
+/// `plan --matrix N` feeds `--shard`: the matrix's shards, run as `plan
+/// --shard`, list every image × tag of the whole plan exactly once.
+#[test]
+fn matrix_shards_cover_the_plan_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from(
+        "version: 1\ntargets: {a: ghcr.io/acme, b: quay.io/acme}\ndefaults: {targets: [a, b]}\nimages:\n",
+    );
+    for i in 0..40 {
+        config += &format!("  - {{name: img{i}, source: docker.io/x/img{i}, tags: [v1, v2]}}\n");
+    }
+    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    let rows = |run: &support::Run| -> Vec<String> {
+        assert_eq!(run.code, 0, "{}", run.all());
+        run.stdout
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(":"))
+            .collect()
+    };
+    let mut whole = rows(&regmirror(dir.path(), &["plan"], &[]));
+    assert_eq!(whole.len(), 80);
+    let matrix = regmirror(dir.path(), &["plan", "--matrix", "3"], &[]);
+    assert_eq!(matrix.code, 0, "{}", matrix.all());
+    let matrix: serde_json::Value = serde_json::from_str(&matrix.stdout).unwrap();
+    let include = matrix["include"].as_array().unwrap();
+    assert_eq!(include.len(), 3);
+    let mut union = Vec::new();
+    for job in include {
+        let shard = job["shard"].as_str().unwrap();
+        let part = rows(&regmirror(dir.path(), &["plan", "--shard", shard], &[]));
+        assert_eq!(part.len() as u64, job["tags"].as_u64().unwrap(), "{shard}");
+        union.extend(part);
+    }
+    union.sort();
+    whole.sort();
+    assert_eq!(union, whole);
+}
