@@ -72,10 +72,10 @@ pub struct ImageEntry {
     /// `REGISTRY/REPOSITORY` or `REGISTRY/REPOSITORY@sha256:…`.
     #[schemars(with = "String")]
     pub source: Spanned<String>,
-    /// Tags to copy (or, for a pinned source, to set on the targets).
+    /// Tags to copy (or, for a pinned source, to set on the targets): a
+    /// list, or a selector applied to the source's tags at run time.
     #[serde(default)]
-    #[schemars(with = "Option<Vec<String>>")]
-    pub tags: Option<Vec<Spanned<String>>>,
+    pub tags: Option<Tags>,
     /// Target names, instead of `defaults.targets`.
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
@@ -93,6 +93,66 @@ pub fn schema() -> String {
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
     text.push('\n');
     text
+}
+
+/// `images[].tags`: a list of tags, or a selector.
+#[derive(Debug, JsonSchema)]
+#[schemars(untagged)]
+pub enum Tags {
+    /// Exactly these tags.
+    List(#[schemars(with = "Vec<String>")] Vec<Spanned<String>>),
+    /// The source's tags this selects.
+    Select(Box<TagSelector>),
+}
+
+/// A tag selector; each key narrows what the others picked: `regex`, then
+/// `exclude`, then `semver`, then `latest`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagSelector {
+    /// Tags matching this regular expression (anchored at both ends).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub regex: Option<Spanned<String>>,
+    /// Leave out tags matching this regular expression (anchored).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub exclude: Option<Spanned<String>>,
+    /// A version range, e.g. `>=16 <18` or `^1.2 || ^2`; a `v` prefix on tags is fine.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub semver: Option<Spanned<String>>,
+    /// Only the newest N tags (in version order) of what the rest selected.
+    #[serde(default)]
+    #[schemars(with = "Option<usize>", range(min = 1))]
+    pub latest: Option<Spanned<usize>>,
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Tags, D::Error> {
+        struct TagsVisitor;
+        impl<'de> serde::de::Visitor<'de> for TagsVisitor {
+            type Value = Tags;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of tags, or a selector such as `{regex: 'v1\\..*', latest: 3}`")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Tags, A::Error> {
+                let mut tags = Vec::new();
+                while let Some(tag) = seq.next_element::<Spanned<String>>()? {
+                    tags.push(tag);
+                }
+                Ok(Tags::List(tags))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Tags, A::Error> {
+                TagSelector::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|s| Tags::Select(Box::new(s)))
+            }
+        }
+        deserializer.deserialize_any(TagsVisitor)
+    }
 }
 
 /// One thing wrong with the file, and where.

@@ -9,6 +9,8 @@
 //! - [`config`]: `mirror.yaml` as written, with line and column of each value.
 //! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
 //!   every problem with its place; `--only`/`--target` selection.
+//! - [`tags`]: tag selectors (`regex`, `exclude`, `semver`, `latest`)
+//!   applied to a source's tag list at run time.
 //! - [`shard`]: `--shard I/N` and `plan --matrix N`, splitting a plan across
 //!   CI runners by a hash of each image's name.
 //! - [`registry`]: the HTTP client every request passes through: auth
@@ -38,6 +40,7 @@ pub mod report;
 pub mod shard;
 pub mod source;
 pub mod spool;
+pub mod tags;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -3,7 +3,6 @@
 //! 0 all good, 1 some image/target pairs failed, 2 config or usage error,
 //! 3 authentication failure, 4 verification found a digest mismatch.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +19,7 @@ use regmirror::registry::RegistryClient;
 use regmirror::report::{Outcome, Status, Summary, github, json, markdown};
 use regmirror::shard::{self, Shard};
 use regmirror::source::Source;
+use regmirror::tags;
 use regmirror::verify;
 
 #[derive(Parser)]
@@ -319,19 +319,29 @@ async fn grouped<T>(title: &str, body: impl Future<Output = T>) -> T {
     value
 }
 
+/// The plan's jobs, plus those of its tag selectors (the source tag lists
+/// are read now), and a failed outcome for each source that could not be listed.
+async fn jobs_of(client: &RegistryClient, plan: Plan) -> (Vec<Job>, Vec<Outcome>) {
+    let (mut selected, failures) = tags::expand(client, &plan.queries).await;
+    let mut jobs = plan.jobs;
+    jobs.append(&mut selected);
+    (jobs, failures)
+}
+
 async fn sync(
     command: &str,
-    jobs: Vec<Job>,
-    registries: HashMap<String, regmirror::registry::RegistryOptions>,
+    plan: Plan,
     options: Options,
     show_progress: bool,
     reports: &ReportArgs,
 ) -> Result<u8, Failure> {
-    let client = Arc::new(RegistryClient::new(registries)?);
+    let client = Arc::new(RegistryClient::new(plan.registries.clone())?);
+    let (jobs, failures) = jobs_of(&client, plan).await;
     let engine = Engine::new(client, options)?;
     let reporter = progress(show_progress, jobs.len());
     let title = format!("regmirror {command}: {} image×tag jobs", jobs.len());
-    let summary = grouped(&title, engine.run(&jobs, &reporter)).await;
+    let mut summary = grouped(&title, engine.run(&jobs, &reporter)).await;
+    summary.outcomes.splice(0..0, failures);
     if let Some(bar) = &reporter.0 {
         bar.finish_and_clear();
     }
@@ -373,15 +383,7 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
         }
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
-            let images: std::collections::BTreeSet<&str> =
-                plan.jobs.iter().map(|j| j.image.as_str()).collect();
-            println!(
-                "{}: ok; {} images, {} image×tag jobs, {} image×tag×target pairs",
-                config.config.display(),
-                images.len(),
-                plan.jobs.len(),
-                plan.pairs()
-            );
+            println!("{}: ok; {}", config.config.display(), plan.size());
             Ok(0)
         }
         Command::Sync {
@@ -399,15 +401,7 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 jobs,
                 ..Options::default()
             };
-            sync(
-                "sync",
-                plan.jobs,
-                plan.registries,
-                options,
-                show_progress,
-                &report,
-            )
-            .await
+            sync("sync", plan, options, show_progress, &report).await
         }
         Command::Copy {
             source,
@@ -415,15 +409,11 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             report,
         } => {
             let job = copy_job(&source, &destinations)?;
-            sync(
-                "copy",
-                vec![job],
-                HashMap::new(),
-                Options::default(),
-                false,
-                &report,
-            )
-            .await
+            let plan = Plan {
+                jobs: vec![job],
+                ..Plan::default()
+            };
+            sync("copy", plan, Options::default(), false, &report).await
         }
         Command::Verify {
             config,
@@ -432,13 +422,15 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             report: reports,
         } => {
             let plan = load_plan(&config, Some(&selection))?;
-            let client = RegistryClient::new(plan.registries)?;
+            let client = RegistryClient::new(plan.registries.clone())?;
             let started = std::time::Instant::now();
             let started_at = std::time::SystemTime::now();
-            let title = format!("regmirror verify: {} image×tag jobs", plan.jobs.len());
-            let checks = grouped(&title, verify::verify(&client, &plan.jobs, deep, 8)).await;
+            let (jobs, failures) = jobs_of(&client, plan).await;
+            let title = format!("regmirror verify: {} image×tag jobs", jobs.len());
+            let checks = grouped(&title, verify::verify(&client, &jobs, deep, 8)).await;
             print!("{}", verify::table(&checks));
             let mut summary = verify::summary(&checks, started.elapsed());
+            summary.outcomes.splice(0..0, failures);
             summary.started = Some(started_at);
             report("verify", &summary, &reports)?;
             Ok(summary.exit_code() as u8)

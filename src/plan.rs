@@ -10,11 +10,12 @@ use std::sync::Arc;
 use globset::Glob;
 use serde_saphyr::Spanned;
 
-use crate::config::{ConfigFile, Problem, Problems, problem_at};
+use crate::config::{ConfigFile, Problem, Problems, TagSelector, Tags, problem_at};
 use crate::digest::Digest;
 use crate::reference::{Reference, Repository, valid_tag};
 use crate::registry::RegistryOptions;
 use crate::source::Source;
+use crate::tags::{TagFilter, anchored, semver_range};
 
 /// One place to write an image: a named target's repository and the tag to set.
 #[derive(Clone, Debug)]
@@ -42,11 +43,52 @@ pub struct Job {
     pub destinations: Vec<Destination>,
 }
 
+/// An image whose tags come from a selector: its jobs are known only once
+/// the source's tag list is read ([`crate::tags::expand`]).
+#[derive(Clone, Debug)]
+pub struct TagQuery {
+    /// The image entry's name.
+    pub image: String,
+    /// Where the tags and bytes come from.
+    pub source: Arc<Source>,
+    /// The repository whose tags are listed.
+    pub repository: Repository,
+    /// Which tags to take.
+    pub filter: TagFilter,
+    /// Target name and repository for each destination.
+    pub targets: Vec<(String, Repository)>,
+}
+
+impl TagQuery {
+    /// One job per selected tag, the same tag on every target.
+    pub fn jobs(&self, tags: &[String]) -> Vec<Job> {
+        tags.iter()
+            .map(|tag| Job {
+                image: self.image.clone(),
+                source: self.source.clone(),
+                reference: tag.clone(),
+                pinned: None,
+                destinations: self
+                    .targets
+                    .iter()
+                    .map(|(name, repository)| Destination {
+                        name: name.clone(),
+                        repository: repository.clone(),
+                        tag: tag.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// The resolved work of a run.
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Jobs in file order.
     pub jobs: Vec<Job>,
+    /// Images with tag selectors, in file order; they become jobs at run time.
+    pub queries: Vec<TagQuery>,
     /// Per-registry settings, keyed by registry as written.
     pub registries: HashMap<String, RegistryOptions>,
     /// Target names defined in the file.
@@ -175,6 +217,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
     }
 
     let mut jobs = Vec::new();
+    let mut queries = Vec::new();
     let mut names = HashSet::new();
     for (i, entry) in file.images.iter().enumerate() {
         let place = |key: &str| format!("images[{i}].{key}");
@@ -227,8 +270,29 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             ));
         }
 
-        let tags: Vec<&Spanned<String>> = entry.tags.iter().flatten().collect();
-        if tags.is_empty() {
+        let (tags, filter): (Vec<&Spanned<String>>, Option<TagFilter>) = match &entry.tags {
+            None => (Vec::new(), None),
+            Some(Tags::List(list)) => (list.iter().collect(), None),
+            Some(Tags::Select(selector)) => {
+                if reference.digest.is_some() {
+                    problems.push(problem_at(
+                        &entry.source,
+                        place("tags"),
+                        "a digest-pinned source takes a list of tags to set, not a selector",
+                    ));
+                }
+                let filter = compile_selector(selector, &place("tags"), &mut problems);
+                let empty = selector.regex.is_none()
+                    && selector.exclude.is_none()
+                    && selector.semver.is_none()
+                    && selector.latest.is_none();
+                if empty {
+                    problems.push(problem_at(&entry.source, place("tags"), "an empty selector: give `regex`, `semver` or `latest` (`regex: '.*'` takes every tag)"));
+                }
+                (Vec::new(), filter)
+            }
+        };
+        if tags.is_empty() && filter.is_none() && !matches!(entry.tags, Some(Tags::Select(_))) {
             problems.push(problem_at(&entry.source, place("tags"), "no tags: list the tags to copy (for a pinned source, the tags to set on the targets)"));
         }
         let mut seen_tags = HashSet::new();
@@ -292,6 +356,15 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         }
 
         let source = Arc::new(Source::Registry(reference.repository.clone()));
+        if let Some(filter) = filter {
+            queries.push(TagQuery {
+                image: name.clone(),
+                source: source.clone(),
+                repository: reference.repository.clone(),
+                filter,
+                targets: repositories.clone(),
+            });
+        }
         for tag in tags {
             let destinations = repositories
                 .iter()
@@ -324,8 +397,70 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
     }
     Ok(Plan {
         jobs,
+        queries,
         registries,
         target_names: file.targets.keys().cloned().collect(),
+    })
+}
+
+/// Compiles `tags: {regex, exclude, semver, latest}`; `None` when a key is
+/// wrong (its problem is pushed).
+fn compile_selector(
+    selector: &TagSelector,
+    place: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<TagFilter> {
+    let before = problems.len();
+    let mut regex = |value: &Option<Spanned<String>>, key: &str| {
+        let value = value.as_ref()?;
+        anchored(&value.value)
+            .map_err(|message| {
+                problems.push(problem_at(value, format!("{place}.{key}"), message));
+            })
+            .ok()
+    };
+    let (include, exclude) = (
+        regex(&selector.regex, "regex"),
+        regex(&selector.exclude, "exclude"),
+    );
+    let semver = match &selector.semver {
+        Some(range) => semver_range(&range.value).unwrap_or_else(|message| {
+            problems.push(problem_at(range, format!("{place}.semver"), message));
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    if let Some(latest) = &selector.latest
+        && latest.value == 0
+    {
+        problems.push(problem_at(
+            latest,
+            format!("{place}.latest"),
+            "must be at least 1",
+        ));
+    }
+    let mut text = Vec::new();
+    for (key, value) in [
+        ("regex", &selector.regex),
+        ("exclude", &selector.exclude),
+        ("semver", &selector.semver),
+    ] {
+        if let Some(value) = value {
+            text.push(format!("{key}: {}", value.value));
+        }
+    }
+    if let Some(latest) = &selector.latest {
+        text.push(format!("latest: {}", latest.value));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(TagFilter {
+        regex: include,
+        exclude,
+        semver,
+        latest: selector.latest.as_ref().map(|l| l.value),
+        text: format!("{{{}}}", text.join(", ")),
     })
 }
 
@@ -353,21 +488,36 @@ impl Plan {
             matchers.push((pattern, glob.compile_matcher()));
         }
         for (pattern, matcher) in &matchers {
-            if !self.jobs.iter().any(|job| matcher.is_match(&job.image)) {
+            if !self.images().any(|image| matcher.is_match(image)) {
                 return Err(format!("`--only {pattern}` matches no image"));
             }
         }
-        self.jobs.retain(|job| {
-            matchers.is_empty() || matchers.iter().any(|(_, m)| m.is_match(&job.image))
-        });
+        let wanted =
+            |image: &str| matchers.is_empty() || matchers.iter().any(|(_, m)| m.is_match(image));
+        self.jobs.retain(|job| wanted(&job.image));
+        self.queries.retain(|query| wanted(&query.image));
         if !selection.targets.is_empty() {
             for job in &mut self.jobs {
                 job.destinations
                     .retain(|d| selection.targets.contains(&d.name));
             }
             self.jobs.retain(|job| !job.destinations.is_empty());
+            for query in &mut self.queries {
+                query
+                    .targets
+                    .retain(|(name, _)| selection.targets.contains(name));
+            }
+            self.queries.retain(|query| !query.targets.is_empty());
         }
         Ok(self)
+    }
+
+    /// Every image name in the plan (an image with several tags repeats).
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        self.jobs
+            .iter()
+            .map(|j| j.image.as_str())
+            .chain(self.queries.iter().map(|q| q.image.as_str()))
     }
 
     /// One row per image × tag: the source reference (with the pinned
@@ -395,13 +545,42 @@ impl Plan {
                 ]
             })
             .collect();
+        let mut rows = rows;
+        for query in &self.queries {
+            let destinations: Vec<String> = query
+                .targets
+                .iter()
+                .map(|(name, repository)| format!("{name}={repository}"))
+                .collect();
+            rows.push(vec![
+                query.image.clone(),
+                query.filter.text.clone(),
+                query.repository.to_string(),
+                destinations.join(" "),
+            ]);
+        }
         let mut out = crate::report::render_table(&["IMAGE", "TAG", "SOURCE", "TARGETS"], &rows);
-        out.push_str(&format!(
-            "\n{} image×tag jobs, {} image×tag×target pairs\n",
+        out.push_str(&format!("\n{}\n", self.size()));
+        out
+    }
+
+    /// `N images, N image×tag jobs, N image×tag×target pairs` and, when
+    /// there are selectors, how many images get their tags at run time.
+    pub fn size(&self) -> String {
+        let images: HashSet<&str> = self.images().collect();
+        let mut text = format!(
+            "{} images, {} image×tag jobs, {} image×tag×target pairs",
+            images.len(),
             self.jobs.len(),
             self.pairs()
-        ));
-        out
+        );
+        if !self.queries.is_empty() {
+            text += &format!(
+                ", plus {} images whose tags a selector picks at run time",
+                self.queries.len()
+            );
+        }
+        text
     }
 
     /// Image × tag × target pairs in the plan.

@@ -86,6 +86,7 @@ impl Plan {
     /// Keeps the jobs of images in `shard`.
     pub fn shard(mut self, shard: &Shard) -> Plan {
         self.jobs.retain(|job| shard.contains(&job.image));
+        self.queries.retain(|query| shard.contains(&query.image));
         self
     }
 }
@@ -122,6 +123,13 @@ pub fn matrix(plan: &Plan, jobs: usize) -> Matrix {
         weight.0 += 1;
         weight.1 += job.destinations.len();
         weight.2.insert(job.image.as_str());
+    }
+    // A selector's tag count is unknown until run time: count it as one.
+    for query in &plan.queries {
+        let weight = &mut weights[bucket(&query.image, of) - 1];
+        weight.0 += 1;
+        weight.1 += query.targets.len();
+        weight.2.insert(query.image.as_str());
     }
     let mut order: Vec<usize> = (0..of).filter(|&b| weights[b].0 > 0).collect();
     // Heaviest first; ties by bucket number so the result is deterministic.

@@ -482,6 +482,113 @@ async fn only_with_a_glob_selects_images() {
     assert!(none.stderr.contains("matches no image"), "{}", none.stderr);
 }
 
+/// Tag selectors pick from the source's tag list at run time: regex with
+/// exclude, and a semver range with `latest`; `plan` shows them as written.
+#[tokio::test]
+async fn tag_selectors_pick_from_the_source_tag_list() {
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        platforms: vec![("amd64", None)],
+        attestations: false,
+        ..Spec::new("rancher/k3s", "v1.30.4-k3s1", false)
+    };
+    let image = images::generate(&spec);
+    images::push(&upstream.url(), "rancher/k3s", "v1.30.4-k3s1", &image).await;
+    let http = reqwest::Client::new();
+    let (_, media_type, bytes) = &image.root;
+    for (repo, tag) in [
+        ("rancher/k3s", "v1.29.9-k3s1"),
+        ("rancher/k3s", "v1.31.1-k3s1"),
+        ("rancher/k3s", "v1.31.2-rc1-k3s1"),
+        ("rancher/k3s", "latest"),
+    ] {
+        images::put_manifest(&http, &upstream.url(), repo, tag, media_type, bytes).await;
+    }
+    images::push(&upstream.url(), "library/postgres", "15.8", &image).await;
+    for tag in [
+        "16.3",
+        "16.4",
+        "17.1",
+        "17.2",
+        "18.0",
+        "17-alpine",
+        "latest",
+    ] {
+        images::put_manifest(
+            &http,
+            &upstream.url(),
+            "library/postgres",
+            tag,
+            media_type,
+            bytes,
+        )
+        .await;
+    }
+    let (up, t) = (&upstream.host, &target.host);
+    let config = format!(
+        "version: 1
+targets: {{t: {t}/m}}
+defaults: {{targets: [t]}}
+images:
+  - name: k3s
+    source: {up}/rancher/k3s
+    tags: {{regex: 'v1\\.(30|31)\\..*', exclude: '.*-rc.*'}}
+  - name: postgres
+    source: {up}/library/postgres
+    tags: {{semver: '>=16 <18', latest: 3}}
+"
+    );
+    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    let plan = regmirror(dir.path(), &["plan"], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("{semver: >=16 <18, latest: 3}"),
+        "{}",
+        plan.stdout
+    );
+
+    let run = regmirror(dir.path(), &["sync", "--json", "report.json"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let mut copied: Vec<String> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["image"].as_str().unwrap(),
+                r["tag"].as_str().unwrap()
+            )
+        })
+        .collect();
+    copied.sort();
+    assert_eq!(
+        copied,
+        [
+            "k3s:v1.30.4-k3s1",
+            "k3s:v1.31.1-k3s1",
+            "postgres:16.4",
+            "postgres:17.1",
+            "postgres:17.2"
+        ]
+    );
+    for (repo, tag) in [
+        ("m/rancher/k3s", "v1.31.1-k3s1"),
+        ("m/library/postgres", "16.4"),
+    ] {
+        assert_eq!(
+            skopeo_raw(t, repo, tag, None).as_deref(),
+            Some(bytes.as_slice()),
+            "{repo}:{tag}"
+        );
+    }
+    assert!(skopeo_raw(t, "m/library/postgres", "16.3", None).is_none());
+}
+
 /// Bad configurations: exit 2, every problem listed with its line.
 #[test]
 fn bad_configs_exit_2_naming_the_line() {
@@ -505,6 +612,19 @@ fn bad_configs_exit_2_naming_the_line() {
         (
             "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
             &["bad.yaml:5:", "no targets"],
+        ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nimages:\n  - source: docker.io/a/b\n    tags:\n      regex: 'v1.(('\n      semver: '>= banana'\n      latest: 0\n  - source: docker.io/c/d\n    tags: {}\n",
+            &[
+                "bad.yaml:7:14: images[0].tags.regex: ",
+                "bad.yaml:8:15: images[0].tags.semver: `>= banana` is not a version range",
+                "bad.yaml:9:15: images[0].tags.latest: must be at least 1",
+                "images[1].tags: an empty selector",
+            ],
+        ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nimages:\n  - source: docker.io/e/f\n    tags: {semver: '>=1', limit: 3}\n",
+            &["bad.yaml:6:27: unknown field `limit`"],
         ),
     ];
     for (i, (config, needles)) in table.iter().enumerate() {

@@ -118,6 +118,22 @@ pub fn is_loopback(host: &str) -> bool {
     name == "localhost" || name == "::1" || name.starts_with("127.")
 }
 
+/// Most pages of a tag list we follow (1,000 tags each).
+pub const MAX_TAG_PAGES: usize = 1000;
+
+/// The target of `rel="next"` in a `Link` header:
+/// `</v2/x/tags/list?n=2&last=b>; rel="next"`.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_string())
+    })
+}
+
 fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -492,6 +508,61 @@ impl RegistryClient {
                 ))
             }
         }
+    }
+
+    /// Every tag of `repository`, following the spec's pagination (`n`, and
+    /// the `Link: <…>; rel="next"` header). Capped at [`MAX_TAG_PAGES`] pages
+    /// so a registry that keeps linking cannot keep us forever.
+    pub async fn list_tags(&self, repository: &Repository) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let base = self.host(repository).base.clone();
+        let mut url = self.url(repository, "tags/list?n=1000");
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let answer = self
+                .send(
+                    repository,
+                    Access::Pull(&repository.path),
+                    Method::GET,
+                    &url,
+                    &|r| r,
+                    true,
+                )
+                .await?;
+            let response = answer.response;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(Error::NotFound {
+                        what: repository.to_string(),
+                    });
+                }
+                status => {
+                    let body = error_body(response).await;
+                    return Err(Self::status_error("GET", &url, status, body));
+                }
+            }
+            let next = header(&response, "link").and_then(next_link);
+            let page: TagList = response.json().await.map_err(|source| Error::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) if next.starts_with('/') => url = format!("{base}{next}"),
+                Some(next) => url = next,
+                None => return Ok(tags),
+            }
+        }
+        Err(Error::Manifest {
+            what: format!("{repository} tags"),
+            reason: format!("more than {MAX_TAG_PAGES} pages of tags"),
+        })
     }
 
     /// Fetches a manifest's exact bytes and checks them against `expected`
@@ -914,6 +985,19 @@ mod tests {
         for host in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com"] {
             assert!(!is_loopback(host), "{host}");
         }
+    }
+
+    #[test]
+    fn next_link_follows_rel_next_only() {
+        assert_eq!(
+            next_link(r#"</v2/x/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/x/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link(r#"<https://r/prev>; rel="prev", <https://r/next>; rel=next"#).as_deref(),
+            Some("https://r/next")
+        );
+        assert_eq!(next_link(r#"<https://r/prev>; rel="prev""#), None);
     }
 
     #[test]
