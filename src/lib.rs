@@ -21,6 +21,7 @@
 //! - [`copy`]: the engine: HEAD first, read once, write N, children before
 //!   parents, tags last.
 //! - [`verify`]: digest equality across source and targets, optionally deep.
+//! - [`import`]: a `mirror.yaml` from a regsync or skopeo-sync file.
 //! - [`report`]: outcomes, the summary, exit codes; rendered as a table, as
 //!   the `--json` document, as step-summary markdown, as Actions annotations.
 //!
@@ -31,6 +32,7 @@ pub mod config;
 pub mod copy;
 pub mod digest;
 pub mod error;
+pub mod import;
 pub mod layout;
 pub mod manifest;
 pub mod plan;

@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use regmirror::copy::{Engine, Options, Reporter};
+use regmirror::import;
 use regmirror::layout::{self, Layout};
 use regmirror::plan::{self, Destination, Job, Plan, Selection};
 use regmirror::reference::Reference;
@@ -124,6 +125,17 @@ enum Command {
         #[command(flatten)]
         report: ReportArgs,
     },
+    /// Print a `mirror.yaml` equivalent to another tool's configuration; what cannot be carried over is listed on stderr.
+    Import {
+        /// The tool that reads FILE.
+        #[arg(long, value_enum)]
+        from: ImportFormat,
+        /// The other tool's configuration.
+        file: PathBuf,
+        /// skopeo only: the destination prefix (what `skopeo sync` takes on its command line).
+        #[arg(long, value_name = "REGISTRY/PREFIX")]
+        dest: Option<String>,
+    },
     /// Print the JSON Schema of `mirror.yaml` (or, with `--report`, of the `--json` report).
     Schema {
         /// The `--json` report's schema instead.
@@ -145,6 +157,14 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    /// regclient's regsync (`regsync.yml`).
+    Regsync,
+    /// `skopeo sync --src yaml`.
+    Skopeo,
 }
 
 /// An error with the exit code it deserves.
@@ -352,6 +372,23 @@ async fn sync(
 
 async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
     match cli.command {
+        Command::Import { from, file, dest } => {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read `{name}`"))
+                .map_err(usage)?;
+            let format = match from {
+                ImportFormat::Regsync => import::Format::Regsync,
+                ImportFormat::Skopeo => import::Format::Skopeo,
+            };
+            let imported = import::import(format, &name, &text, dest.as_deref())
+                .map_err(|message| usage(anyhow!(message)))?;
+            for warning in &imported.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", imported.yaml);
+            Ok(0)
+        }
         Command::Schema { report } => {
             print!(
                 "{}",

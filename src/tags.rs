@@ -56,6 +56,17 @@ pub fn anchored(pattern: &str) -> Result<Regex, String> {
 pub fn semver_range(range: &str) -> Result<Vec<VersionReq>, String> {
     let mut alternatives = Vec::new();
     for alternative in range.split("||") {
+        // A hyphen range, `1.2 - 1.4`: both ends included.
+        let words: Vec<&str> = alternative.split_whitespace().collect();
+        if let [low, "-", high] = words.as_slice() {
+            let bare = |v: &str| v.strip_prefix('v').unwrap_or(v).to_string();
+            let requirement = format!(">={}, <={}", bare(low), bare(high));
+            alternatives.push(
+                VersionReq::parse(&requirement)
+                    .map_err(|e| format!("`{range}` is not a version range: {e}"))?,
+            );
+            continue;
+        }
         let mut comparators: Vec<String> = Vec::new();
         let mut pending_operator = String::new();
         for token in alternative.split([' ', ',']).filter(|t| !t.is_empty()) {
@@ -231,6 +242,8 @@ mod tests {
             ("= 3.7", "3.7", true),
             ("^1.2 || ^3", "3.1.0", true),
             ("^1.2 || ^3", "2.0.0", false),
+            ("v3.1.1 - v3.4.0", "v3.4.0", true),
+            ("v3.1.1 - v3.4.0", "v3.4.1", false),
             (">=1.0.0", "1.1.0-rc.1", false),
         ];
         for (range, tag, expected) in cases {

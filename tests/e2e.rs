@@ -1035,3 +1035,86 @@ fn matrix_shards_cover_the_plan_once() {
     whole.sort();
     assert_eq!(union, whole);
 }
+
+/// Every regsync and skopeo-sync configuration in the shared fixtures
+/// converts, and `check` passes on what `import` prints. For the 7,526-pair
+/// rancher file, the plan holds exactly the source → target pairs the
+/// regsync file lists.
+#[test]
+fn import_converts_every_real_regsync_and_skopeo_config() {
+    let fixtures = support::shared_fixtures()
+        .expect("../shared/fixtures/real is beside the repository")
+        .join("mirror-configs");
+    let dir = tempfile::tempdir().unwrap();
+    let mut converted = 0;
+    for (from, folder) in [("regsync", "regsync"), ("skopeo", "skopeo-sync")] {
+        for entry in std::fs::read_dir(fixtures.join(folder)).unwrap() {
+            let file = entry.unwrap().path();
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            // retagger's own format, not skopeo's.
+            if name.contains("renamed-images") {
+                continue;
+            }
+            let run = regmirror(
+                dir.path(),
+                &["import", "--from", from, file.to_str().unwrap()],
+                &[],
+            );
+            assert_eq!(run.code, 0, "{name}: {}", run.all());
+            let out = dir.path().join(format!("{name}.mirror.yaml"));
+            std::fs::write(&out, &run.stdout).unwrap();
+            let check = regmirror(dir.path(), &["check", "-c", out.to_str().unwrap()], &[]);
+            assert_eq!(check.code, 0, "{name}: {}\n{}", check.all(), run.stdout);
+            converted += 1;
+        }
+    }
+    assert_eq!(converted, 21);
+
+    let rancher = fixtures.join("regsync/rancher-image-mirror__regsync.yaml");
+    let regsync: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&rancher).unwrap()).unwrap();
+    let normal = |reference: &str| -> String {
+        let (first, _) = reference.split_once('/').unwrap_or(("", reference));
+        let hosted = first.contains('.') || first.contains(':');
+        match (hosted, reference.contains('/')) {
+            (true, _) => reference.to_string(),
+            (false, true) => format!("docker.io/{reference}"),
+            (false, false) => format!("docker.io/library/{reference}"),
+        }
+    };
+    let mut expected: Vec<String> = regsync["sync"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                normal(e["source"].as_str().unwrap()),
+                normal(e["target"].as_str().unwrap())
+            )
+        })
+        .collect();
+    let run = regmirror(
+        dir.path(),
+        &["import", "--from", "regsync", rancher.to_str().unwrap()],
+        &[],
+    );
+    std::fs::write(dir.path().join("rancher.yaml"), &run.stdout).unwrap();
+    let plan = regmirror(dir.path(), &["plan", "-c", "rancher.yaml"], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    let mut planned: Vec<String> = Vec::new();
+    for line in plan.stdout.lines().skip(1).take_while(|l| !l.is_empty()) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        for destination in &columns[3..] {
+            let (_, repository) = destination.split_once('=').unwrap();
+            planned.push(format!("{} {repository}", columns[2]));
+        }
+    }
+    expected.sort();
+    planned.sort();
+    assert_eq!(expected.len(), 7526);
+    assert!(
+        planned == expected,
+        "the imported plan differs from the regsync pairs"
+    );
+}
