@@ -1118,3 +1118,67 @@ fn import_converts_every_real_regsync_and_skopeo_config() {
         "the imported plan differs from the regsync pairs"
     );
 }
+
+/// The GitHub workflows and the composite action are valid by GitHub's
+/// schemas (check-jsonschema's vendored copies, offline), and every
+/// `inputs.X` they use is an input they define.
+#[test]
+fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<(std::path::PathBuf, &str)> =
+        std::fs::read_dir(root.join(".github/workflows"))
+            .unwrap()
+            .map(|e| (e.unwrap().path(), "builtin:vendor.github-workflows"))
+            .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["ci.yml", "mirror.yml", "release.yml"]);
+    files.push((root.join("action.yml"), "builtin:vendor.github-actions"));
+    let reference = regex::Regex::new(r"inputs\.([A-Za-z0-9_-]+)").unwrap();
+    for (file, schema) in &files {
+        support::check_jsonschema(schema, file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text = std::fs::read_to_string(file).unwrap();
+        let document: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let mut defined: Vec<String> = Vec::new();
+        for inputs in [
+            &document["inputs"],
+            &document["on"]["workflow_dispatch"]["inputs"],
+            &document["on"]["workflow_call"]["inputs"],
+        ] {
+            defined.extend(
+                inputs
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys().cloned()),
+            );
+        }
+        for capture in reference.captures_iter(&text) {
+            let name = &capture[1];
+            assert!(
+                defined.iter().any(|d| d == name),
+                "{}: `inputs.{name}` is not defined (defined: {defined:?})",
+                file.display()
+            );
+        }
+    }
+    // The scheduled mirror has what the design asks of it.
+    let mirror = std::fs::read_to_string(root.join(".github/workflows/mirror.yml")).unwrap();
+    for needle in [
+        "schedule:",
+        "workflow_dispatch:",
+        "concurrency:",
+        "plan --matrix",
+        "fromJSON(needs.plan.outputs.matrix)",
+        "--shard \"$SHARD\"",
+        "docker/login-action",
+        "aws-actions/amazon-ecr-login",
+        "registry-type: public",
+        "regmirror verify",
+    ] {
+        assert!(mirror.contains(needle), "mirror.yml lacks `{needle}`");
+    }
+}
