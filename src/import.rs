@@ -329,15 +329,8 @@ fn skopeo_pairs(
 /// The documents of a file; a Kubernetes ConfigMap (regclient's example)
 /// contributes the documents in its `data` values instead.
 fn documents(text: &str) -> Result<Vec<Value>, String> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        e.to_string()
-            .lines()
-            .next()
-            .unwrap_or("not YAML")
-            .to_string()
-    })?;
     let mut out = Vec::new();
-    for document in documents {
+    for document in yaml_documents(text)? {
         if document.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
             for value in document["data"]
                 .as_object()
@@ -345,7 +338,7 @@ fn documents(text: &str) -> Result<Vec<Value>, String> {
                 .flat_map(|d| d.values())
             {
                 if let Some(inner) = value.as_str() {
-                    out.extend(documents_plain(inner)?);
+                    out.extend(yaml_documents(inner)?);
                 }
             }
         } else if document.get("kind").is_none() && !document.is_null() {
@@ -355,7 +348,8 @@ fn documents(text: &str) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
-fn documents_plain(text: &str) -> Result<Vec<Value>, String> {
+/// Every YAML document in `text`; the error is the parser's first line.
+fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
     serde_saphyr::from_multiple(text).map_err(|e| {
         e.to_string()
             .lines()

@@ -270,9 +270,14 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             ));
         }
 
+        let no_tags =
+            "no tags: list the tags to copy (for a pinned source, the tags to set on the targets)";
         let (tags, filter): (Vec<&Spanned<String>>, Option<TagFilter>) = match &entry.tags {
-            None => (Vec::new(), None),
-            Some(Tags::List(list)) => (list.iter().collect(), None),
+            Some(Tags::List(list)) if !list.is_empty() => (list.iter().collect(), None),
+            None | Some(Tags::List(_)) => {
+                problems.push(problem_at(&entry.source, place("tags"), no_tags));
+                (Vec::new(), None)
+            }
             Some(Tags::Select(selector)) => {
                 if reference.digest.is_some() {
                     problems.push(problem_at(
@@ -281,20 +286,11 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                         "a digest-pinned source takes a list of tags to set, not a selector",
                     ));
                 }
-                let filter = compile_selector(selector, &place("tags"), &mut problems);
-                let empty = selector.regex.is_none()
-                    && selector.exclude.is_none()
-                    && selector.semver.is_none()
-                    && selector.latest.is_none();
-                if empty {
-                    problems.push(problem_at(&entry.source, place("tags"), "an empty selector: give `regex`, `semver` or `latest` (`regex: '.*'` takes every tag)"));
-                }
+                let filter =
+                    compile_selector(selector, &entry.source, &place("tags"), &mut problems);
                 (Vec::new(), filter)
             }
         };
-        if tags.is_empty() && filter.is_none() && !matches!(entry.tags, Some(Tags::Select(_))) {
-            problems.push(problem_at(&entry.source, place("tags"), "no tags: list the tags to copy (for a pinned source, the tags to set on the targets)"));
-        }
         let mut seen_tags = HashSet::new();
         for (t, tag) in tags.iter().enumerate() {
             if !valid_tag(&tag.value) {
@@ -404,9 +400,11 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
 }
 
 /// Compiles `tags: {regex, exclude, semver, latest}`; `None` when a key is
-/// wrong (its problem is pushed).
+/// wrong or none is given (the problem is pushed; an empty selector has no
+/// position of its own, so it is reported at `entry`, the image's source).
 fn compile_selector(
     selector: &TagSelector,
+    entry: &Spanned<String>,
     place: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<TagFilter> {
@@ -451,6 +449,13 @@ fn compile_selector(
     }
     if let Some(latest) = &selector.latest {
         text.push(format!("latest: {}", latest.value));
+    }
+    if text.is_empty() {
+        problems.push(problem_at(
+            entry,
+            place,
+            "an empty selector: give `regex`, `semver` or `latest` (`regex: '.*'` takes every tag)",
+        ));
     }
     if problems.len() > before {
         return None;

@@ -323,27 +323,45 @@ impl Summary {
     }
 }
 
+/// An outcome for the report tests: `image:tag` to target `ghcr`
+/// (`ghcr.io/a/IMAGE:TAG`), with `status` and, when given, a failure of
+/// `kind` whose chain is `chain`.
+#[cfg(test)]
+pub(crate) fn sample(
+    image: &str,
+    tag: &str,
+    status: Status,
+    failure: Option<(FailureKind, &[&str])>,
+) -> Outcome {
+    Outcome {
+        image: image.into(),
+        tag: tag.into(),
+        target: "ghcr".into(),
+        destination: format!("ghcr.io/a/{image}:{tag}"),
+        source_digest: None,
+        before: None,
+        after: None,
+        status,
+        failure: failure.map(|(kind, chain)| Failure {
+            kind,
+            chain: chain.iter().map(|c| c.to_string()).collect(),
+        }),
+        transfer: Transfer::default(),
+        duration: Duration::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn outcome(status: Status, failure: Option<FailureKind>) -> Outcome {
-        Outcome {
-            image: "k3s".into(),
-            tag: "v1".into(),
-            target: "ghcr".into(),
-            destination: "ghcr.io/a/k3s:v1".into(),
-            source_digest: None,
-            before: None,
-            after: None,
+        sample(
+            "k3s",
+            "v1",
             status,
-            failure: failure.map(|kind| Failure {
-                kind,
-                chain: vec!["boom".into()],
-            }),
-            transfer: Transfer::default(),
-            duration: Duration::ZERO,
-        }
+            failure.map(|kind| (kind, &["boom"][..])),
+        )
     }
 
     #[test]

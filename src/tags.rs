@@ -56,40 +56,42 @@ pub fn anchored(pattern: &str) -> Result<Regex, String> {
 pub fn semver_range(range: &str) -> Result<Vec<VersionReq>, String> {
     let mut alternatives = Vec::new();
     for alternative in range.split("||") {
-        // A hyphen range, `1.2 - 1.4`: both ends included.
         let words: Vec<&str> = alternative.split_whitespace().collect();
-        if let [low, "-", high] = words.as_slice() {
-            let bare = |v: &str| v.strip_prefix('v').unwrap_or(v).to_string();
-            let requirement = format!(">={}, <={}", bare(low), bare(high));
-            alternatives.push(
-                VersionReq::parse(&requirement)
-                    .map_err(|e| format!("`{range}` is not a version range: {e}"))?,
-            );
-            continue;
-        }
-        let mut comparators: Vec<String> = Vec::new();
-        let mut pending_operator = String::new();
-        for token in alternative.split([' ', ',']).filter(|t| !t.is_empty()) {
-            if token.chars().all(|c| "<>=~^".contains(c)) {
-                pending_operator.push_str(token);
-                continue;
+        let requirement = match words.as_slice() {
+            // A hyphen range, `1.2 - 1.4`: both ends included.
+            [low, "-", high] => {
+                let bare = |v: &str| v.strip_prefix('v').unwrap_or(v).to_string();
+                format!(">={}, <={}", bare(low), bare(high))
             }
-            let (operator, version) =
-                token.split_at(token.find(|c: char| !"<>=~^".contains(c)).unwrap_or(0));
-            let version = version.strip_prefix('v').unwrap_or(version);
-            comparators.push(format!("{pending_operator}{operator}{version}"));
-            pending_operator.clear();
-        }
-        if !pending_operator.is_empty() || comparators.is_empty() {
-            return Err(format!("`{range}` is not a version range"));
-        }
-        let requirement = comparators.join(", ");
+            _ => comparators(alternative)
+                .ok_or_else(|| format!("`{range}` is not a version range"))?,
+        };
         alternatives.push(
             VersionReq::parse(&requirement)
                 .map_err(|e| format!("`{range}` is not a version range: {e}"))?,
         );
     }
     Ok(alternatives)
+}
+
+/// `>= 1.2 <2` as `>=1.2, <2`: operators joined to their versions, `v`
+/// prefixes dropped, comparators comma-separated. `None` if an operator
+/// has no version or there is nothing at all.
+fn comparators(alternative: &str) -> Option<String> {
+    let mut comparators: Vec<String> = Vec::new();
+    let mut pending_operator = String::new();
+    for token in alternative.split([' ', ',']).filter(|t| !t.is_empty()) {
+        if token.chars().all(|c| "<>=~^".contains(c)) {
+            pending_operator.push_str(token);
+            continue;
+        }
+        let (operator, version) =
+            token.split_at(token.find(|c: char| !"<>=~^".contains(c)).unwrap_or(0));
+        let version = version.strip_prefix('v').unwrap_or(version);
+        comparators.push(format!("{pending_operator}{operator}{version}"));
+        pending_operator.clear();
+    }
+    (pending_operator.is_empty() && !comparators.is_empty()).then(|| comparators.join(", "))
 }
 
 /// A tag as a version: `v` prefix tolerated, missing minor and patch are 0.

@@ -66,8 +66,7 @@ pub fn annotations(summary: &Summary) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Failure, Status, Transfer};
-    use std::time::Duration;
+    use crate::report::{Status, sample};
 
     #[test]
     fn messages_cannot_break_out_of_the_command() {
@@ -81,28 +80,11 @@ mod tests {
 
     #[test]
     fn failures_become_errors_and_missing_tags_warnings() {
-        let failed = |kind, chain: &str| Outcome {
-            image: "k3s".into(),
-            tag: "v1".into(),
-            target: "ghcr".into(),
-            destination: "ghcr.io/a/k3s:v1".into(),
-            source_digest: None,
-            before: None,
-            after: None,
-            status: Status::Failed,
-            failure: Some(Failure {
-                kind,
-                chain: vec![chain.into()],
-            }),
-            transfer: Transfer::default(),
-            duration: Duration::ZERO,
-        };
-        let mut ok = failed(FailureKind::Other, "");
-        ok.status = Status::Copied;
-        ok.failure = None;
+        let failed =
+            |kind, chain: &str| sample("k3s", "v1", Status::Failed, Some((kind, &[chain][..])));
         let summary = Summary {
             outcomes: vec![
-                ok,
+                sample("k3s", "v1", Status::Copied, None),
                 failed(FailureKind::Other, "upload: reset"),
                 failed(FailureKind::Missing, "no such tag"),
                 failed(

@@ -150,26 +150,12 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Failure, FailureKind, Transfer};
-    use std::time::Duration;
+    use crate::report::{FailureKind, sample};
 
     fn outcome(image: &str, tag: &str, status: Status) -> Outcome {
-        Outcome {
-            image: image.into(),
-            tag: tag.into(),
-            target: "ghcr".into(),
-            destination: format!("ghcr.io/a/{image}:{tag}"),
-            source_digest: None,
-            before: None,
-            after: None,
-            status,
-            failure: (status == Status::Failed).then(|| Failure {
-                kind: FailureKind::Other,
-                chain: vec!["push `x`".into(), "status 500 | oops".into()],
-            }),
-            transfer: Transfer::default(),
-            duration: Duration::ZERO,
-        }
+        let chain = &["push `x`", "status 500 | oops"][..];
+        let failure = (status == Status::Failed).then_some((FailureKind::Other, chain));
+        sample(image, tag, status, failure)
     }
 
     #[test]
