@@ -16,7 +16,10 @@ use futures::{StreamExt, stream};
 use regex::Regex;
 use semver::{Version, VersionReq};
 
+use std::collections::HashMap;
+
 use crate::plan::{Job, TagQuery};
+use crate::reference::Repository;
 use crate::registry::RegistryClient;
 use crate::report::{Failure, FailureKind, Outcome, Status, Transfer};
 
@@ -147,20 +150,24 @@ impl TagFilter {
 }
 
 /// Reads each query's source tag list and turns the selected tags into
-/// jobs, in query order. A source whose tags cannot be listed fails that
-/// image on each of its targets (reported, not fatal to the others).
+/// jobs, in query order. A repository several queries select from is listed
+/// once. A source whose tags cannot be listed fails that image on each of
+/// its targets (reported, not fatal to the others).
 pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec<Outcome>) {
-    let listed: Vec<_> = stream::iter(queries)
-        .map(|query| async move { (query, client.list_tags(&query.repository).await) })
-        .buffered(LISTS_IN_FLIGHT)
+    let mut repositories: Vec<&Repository> = queries.iter().map(|q| &q.repository).collect();
+    repositories.sort_by_key(|r| r.to_string());
+    repositories.dedup();
+    let lists: HashMap<&Repository, crate::Result<Vec<String>>> = stream::iter(repositories)
+        .map(|repository| async move { (repository, client.list_tags(repository).await) })
+        .buffer_unordered(LISTS_IN_FLIGHT)
         .collect()
         .await;
     let mut jobs = Vec::new();
     let mut failures = Vec::new();
-    for (query, result) in listed {
-        match result {
+    for query in queries {
+        match &lists[&query.repository] {
             Ok(available) => {
-                let tags = query.filter.select(&available);
+                let tags = query.filter.select(available);
                 tracing::info!(
                     "{}: {} of {} tags selected by {}",
                     query.image,
@@ -200,7 +207,7 @@ pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>,
                         before: None,
                         after: None,
                         status: Status::Failed,
-                        failure: Some(Failure::of(kind, &error)),
+                        failure: Some(Failure::of(kind, error)),
                         transfer: Transfer::default(),
                         duration: std::time::Duration::ZERO,
                     });

@@ -538,6 +538,9 @@ images:
   - name: postgres
     source: {up}/library/postgres
     tags: {{semver: '>=16 <18', latest: 3}}
+  - name: postgres-15
+    source: {up}/library/postgres
+    tags: {{semver: '~15'}}
 "
     );
     std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
@@ -549,8 +552,12 @@ images:
         plan.stdout
     );
 
+    let mark = upstream.mark();
     let run = regmirror(dir.path(), &["sync", "--json", "report.json"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
+    // Two selectors on postgres, one tag list read per repository.
+    let lists = upstream.count_since(mark, "GET", |r| r.path.contains("/tags/list"));
+    assert_eq!(lists, 2, "{:#?}", upstream.requests());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     let mut copied: Vec<String> = report["results"]
@@ -571,6 +578,7 @@ images:
         [
             "k3s:v1.30.4-k3s1",
             "k3s:v1.31.1-k3s1",
+            "postgres-15:15.8",
             "postgres:16.4",
             "postgres:17.1",
             "postgres:17.2"
