@@ -696,6 +696,83 @@ sync:
         }
     }
 
+    /// regclient's Kubernetes example wraps regsync.yml in a ConfigMap;
+    /// YAML merge keys fill in entries; a `{{ env "X" }}` host becomes
+    /// `x.invalid` with a warning; the most common target set becomes
+    /// `defaults.targets` and only the odd image names its own.
+    #[test]
+    fn configmaps_merge_keys_env_hosts_and_default_targets() {
+        let file = r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: regsync}
+data:
+  regsync.yml: |
+    x-hub: &hub
+      type: repository
+      tags: {allow: ['1\.\d+']}
+    sync:
+      - <<: *hub
+        source: docker.io/library/nginx
+        target: '{{ env "MIRROR_HOST" }}/library/nginx'
+      - <<: *hub
+        source: docker.io/library/redis
+        target: '{{ env "MIRROR_HOST" }}/library/redis'
+      - source: quay.io/coreos/etcd:v3.5.0
+        target: ghcr.io/acme/coreos/etcd:v3.5.0
+        type: image
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: regsync}
+"#;
+        let imported = import(Format::Regsync, "k8s.yaml", file, None).unwrap();
+        let plan = crate::plan::load("out.yaml", &imported.yaml)
+            .unwrap_or_else(|p| panic!("{p}\n{}", imported.yaml));
+        let queries: Vec<String> = plan
+            .queries
+            .iter()
+            .map(|q| format!("{} → {}", q.repository, q.targets[0].1))
+            .collect();
+        assert_eq!(
+            queries,
+            [
+                "docker.io/library/nginx → mirror-host.invalid/library/nginx",
+                "docker.io/library/redis → mirror-host.invalid/library/redis"
+            ],
+            "{}",
+            imported.yaml
+        );
+        assert_eq!(
+            plan.queries[0]
+                .filter
+                .select(&["1.25".into(), "2.0".into()]),
+            ["1.25"]
+        );
+        assert_eq!(
+            plan.jobs[0].destinations[0].repository.to_string(),
+            "ghcr.io/acme/coreos/etcd"
+        );
+        assert!(
+            imported
+                .yaml
+                .contains("defaults:\n  targets: [mirror-host-invalid]"),
+            "{}",
+            imported.yaml
+        );
+        assert!(
+            imported.yaml.contains("    targets: [ghcr-io]"),
+            "{}",
+            imported.yaml
+        );
+        assert!(
+            imported.warnings.iter().any(|w| w
+                .contains("`mirror-host.invalid`: set that target to the value of $MIRROR_HOST")),
+            "{:#?}",
+            imported.warnings
+        );
+    }
+
     #[test]
     fn skopeo_regex_is_anchored_like_skopeo_matches() {
         let cases = [

@@ -262,6 +262,17 @@ mod tests {
         let (min, max) = (tags.iter().min().unwrap(), tags.iter().max().unwrap());
         // 600 tags over 6 jobs: within a few percent of 100 each.
         assert!(max - min <= 10, "{tags:?}");
+        // An image with a tag selector weighs one job until run time.
+        let selector = crate::plan::load(
+            "m.yaml",
+            "version: 1\ntargets: {t: ghcr.io/a}\nimages:\n  - {source: docker.io/x/y, tags: {latest: 5}, targets: [t]}\n",
+        )
+        .unwrap();
+        let one = super::matrix(&selector, 2);
+        assert_eq!(
+            (one.include.len(), one.include[0].tags, one.include[0].pairs),
+            (1, 1, 1)
+        );
         // More jobs than images: the empty ones are left out.
         assert_eq!(super::matrix(&config(&names(3)), 8).include.len(), 3);
         assert_eq!(super::matrix(&Plan::default(), 4).include[0].shard, "1/1");
