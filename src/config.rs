@@ -49,6 +49,40 @@ pub struct RegistryEntry {
     #[serde(default)]
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub concurrency: Option<Spanned<usize>>,
+    /// Our own quota on metered requests (manifest GETs, which Docker Hub
+    /// counts as pulls).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitEntry>,
+    /// Stop starting pulls from this registry when its `ratelimit-remaining`
+    /// (or `x-ratelimit-remaining`) falls to this; the images left are
+    /// deferred to the next run.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub min_remaining: Option<Spanned<u64>>,
+    /// A PEM file of CA certificates to trust for this registry (relative
+    /// to this file); implies TLS, even on a loopback host.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<Spanned<String>>,
+    /// Require TLS even on a loopback host (which otherwise speaks plain HTTP).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// `registries.<host>.rate_limit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitEntry {
+    /// Requests allowed per `per`.
+    #[schemars(with = "u32", range(min = 1))]
+    pub requests: Spanned<u32>,
+    /// The window, as a duration: `1h`, `6h`, `30s`.
+    #[schemars(with = "String")]
+    pub per: Spanned<String>,
+    /// Requests allowed at once before the pace applies (default: `requests`).
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub burst: Option<Spanned<u32>>,
 }
 
 /// `defaults`.

@@ -100,6 +100,12 @@ pub struct Engine {
 }
 
 fn failure_of(error: &Error) -> Failure {
+    if let Some(until) = error.rate_limited_until() {
+        return Failure {
+            retry_at: until,
+            ..Failure::of(FailureKind::RateLimited, error)
+        };
+    }
     let kind = if error.is_auth() {
         FailureKind::Auth
     } else if matches!(error.root(), Error::Verification { .. }) {
@@ -154,18 +160,24 @@ impl Engine {
                        result: Result<(Status, Transfer)>| {
             let (status, transfer, failure) = match result {
                 Ok((status, transfer)) => (status, transfer, None),
-                Err(error) => (
-                    Status::Failed,
-                    Transfer::default(),
-                    Some(failure_of(&error)),
-                ),
+                Err(error) => {
+                    let failure = failure_of(&error);
+                    let status = if failure.kind == FailureKind::RateLimited {
+                        Status::Deferred
+                    } else {
+                        Status::Failed
+                    };
+                    (status, Transfer::default(), Some(failure))
+                }
             };
             // Copied is only reported after the tag was HEADed back; a
             // failed target's state is unknown.
             let after = match status {
                 _ if failure.is_some() => None,
                 Status::Copied | Status::Present => source.cloned(),
-                Status::Planned | Status::Verified | Status::Failed => before.clone(),
+                Status::Planned | Status::Verified | Status::Failed | Status::Deferred => {
+                    before.clone()
+                }
             };
             let outcome = Outcome {
                 image: job.image.clone(),

@@ -62,6 +62,21 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The registry's TLS certificate did not verify.
+    #[error(
+        "TLS to `{url}` failed: the certificate is not trusted (if `{registry}` uses a private CA, set `registries.{registry}.ca` to its PEM file)"
+    )]
+    Tls {
+        registry: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A CA file from the configuration that cannot be used.
+    #[error("CA file `{path}`: {reason}")]
+    Ca { path: String, reason: String },
+
     /// A manifest we cannot or will not copy.
     #[error("unsupported manifest `{what}`: {reason}")]
     Manifest { what: String, reason: String },
@@ -88,6 +103,15 @@ pub enum Error {
         found: String,
     },
 
+    /// The registry has no pulls left for us (its budget is down to
+    /// `min_remaining`, or it answered 429 for longer than we wait).
+    #[error("rate limited at `{registry}`: {reason}{}", until_suffix(.until))]
+    RateLimited {
+        registry: String,
+        until: Option<std::time::SystemTime>,
+        reason: String,
+    },
+
     /// The same failure seen by several waiters (one upstream fetch, many targets).
     #[error(transparent)]
     Shared(Arc<Error>),
@@ -98,6 +122,16 @@ fn body_suffix(body: &str) -> String {
         String::new()
     } else {
         format!(": {body}")
+    }
+}
+
+fn until_suffix(until: &Option<std::time::SystemTime>) -> String {
+    match until {
+        Some(at) => format!(
+            "; try again after {}",
+            humantime::format_rfc3339_seconds(*at)
+        ),
+        None => String::new(),
     }
 }
 
@@ -133,6 +167,15 @@ impl Error {
     /// (distribution: `MANIFEST_BLOB_UNKNOWN`).
     pub fn is_blob_unknown(&self) -> bool {
         matches!(self.root(), Error::Status { status: 400, body, .. } if body.contains("BLOB_UNKNOWN"))
+    }
+
+    /// When a rate-limited registry expects us back (`Some(None)`: rate
+    /// limited, no time given); `None` for every other error.
+    pub fn rate_limited_until(&self) -> Option<Option<std::time::SystemTime>> {
+        match self.root() {
+            Error::RateLimited { until, .. } => Some(*until),
+            _ => None,
+        }
     }
 
     /// True when bytes did not match their digest or size.

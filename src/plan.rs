@@ -14,6 +14,8 @@ use crate::config::{ConfigFile, Problem, Problems, TagSelector, Tags, problem_at
 use crate::digest::Digest;
 use crate::reference::{Reference, Repository, valid_tag};
 use crate::registry::RegistryOptions;
+
+mod registries;
 use crate::source::Source;
 use crate::tags::{TagFilter, anchored, semver_range};
 
@@ -176,25 +178,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         }
     }
 
-    let mut registries = HashMap::new();
-    for (host, entry) in &file.registries {
-        let mut options = RegistryOptions {
-            insecure: entry.insecure,
-            ..RegistryOptions::default()
-        };
-        if let Some(concurrency) = &entry.concurrency {
-            if concurrency.value == 0 {
-                problems.push(problem_at(
-                    concurrency,
-                    format!("registries.{host}.concurrency"),
-                    "must be at least 1",
-                ));
-            }
-            options.concurrency = concurrency.value.max(1);
-        }
-        let (registry, _) = crate::reference::normalize_docker_hub(host, "x");
-        registries.insert(registry, options);
-    }
+    let registries = registries::resolve(file_name, &file.registries, &mut problems);
 
     let known_target = |name: &Spanned<String>, place: String, problems: &mut Vec<Problem>| {
         if !file.targets.contains_key(&name.value) {

@@ -26,6 +26,9 @@ pub enum Status {
     Verified,
     /// It did not work; see the failure.
     Failed,
+    /// Not attempted: the source registry's rate limit is spent; the next
+    /// run picks it up (see the failure for when).
+    Deferred,
 }
 
 impl Status {
@@ -37,6 +40,7 @@ impl Status {
             Status::Planned => "would copy",
             Status::Verified => "verified",
             Status::Failed => "FAILED",
+            Status::Deferred => "deferred",
         }
     }
 }
@@ -51,6 +55,8 @@ pub enum FailureKind {
     Verification,
     /// On `verify`, the target does not have the tag at all (exit 4).
     Missing,
+    /// The source's rate limit is spent (exit 0: deferred, not failed).
+    RateLimited,
     /// Anything else (exit 1).
     Other,
 }
@@ -62,6 +68,7 @@ impl FailureKind {
             FailureKind::Auth => "auth",
             FailureKind::Verification => "verification",
             FailureKind::Missing => "missing",
+            FailureKind::RateLimited => "rate-limited",
             FailureKind::Other => "other",
         }
     }
@@ -75,6 +82,8 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The error and its causes, outermost first.
     pub chain: Vec<String>,
+    /// For a rate limit: when the registry expects us back, if it said.
+    pub retry_at: Option<SystemTime>,
 }
 
 impl Failure {
@@ -83,6 +92,7 @@ impl Failure {
         Failure {
             kind,
             chain: error_chain_parts(error),
+            retry_at: None,
         }
     }
 
@@ -209,12 +219,14 @@ impl Summary {
     }
 
     /// The exit code the run deserves: 3 for auth, 4 for a verification
-    /// mismatch, 1 for any other failure, else 0.
+    /// mismatch, 1 for any other failure, else 0. Deferred work is not a
+    /// failure: the next run does it.
     pub fn exit_code(&self) -> i32 {
         let kinds: Vec<FailureKind> = self
             .outcomes
             .iter()
             .filter_map(|o| o.failure.as_ref().map(|f| f.kind))
+            .filter(|k| *k != FailureKind::RateLimited)
             .collect();
         if kinds.contains(&FailureKind::Auth) {
             3
@@ -253,6 +265,7 @@ impl Summary {
             Status::Present,
             Status::Verified,
             Status::Planned,
+            Status::Deferred,
             Status::Failed,
         ] {
             let n = self.count(status);
@@ -345,6 +358,7 @@ pub(crate) fn sample(
         failure: failure.map(|(kind, chain)| Failure {
             kind,
             chain: chain.iter().map(|c| c.to_string()).collect(),
+            retry_at: None,
         }),
         transfer: Transfer::default(),
         duration: Duration::ZERO,

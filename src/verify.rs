@@ -188,6 +188,7 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                 Some(Failure {
                     kind,
                     chain: vec![text],
+                    retry_at: None,
                 })
             };
             let failure = match &c.state {
@@ -216,6 +217,7 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                         FailureKind::Other
                     },
                     chain: chain.clone(),
+                    retry_at: None,
                 }),
             };
             Outcome {

@@ -8,12 +8,13 @@
 //! host and scope. Transient failures are retried as [`retry`] decides.
 
 pub mod auth;
+pub mod limits;
 pub mod retry;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -30,21 +31,36 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::reference::Repository;
 use auth::{Challenge, Credential, Tokens};
+use limits::{Limits, RateLimit};
+use retry::Attempt;
 
 /// Per-registry settings from `mirror.yaml` (`registries.<host>`).
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
     /// Allow plain HTTP to this registry.
     pub insecure: bool,
+    /// Require TLS even on a loopback host.
+    pub tls: bool,
     /// Requests in flight to this registry at once.
     pub concurrency: usize,
+    /// Our own quota on metered requests (manifest GETs).
+    pub rate_limit: Option<RateLimit>,
+    /// Stop starting pulls when the registry says this many are left.
+    pub min_remaining: Option<u64>,
+    /// A PEM file of CA certificates to trust for this registry, besides
+    /// the system's.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             insecure: false,
+            tls: false,
             concurrency: 8,
+            rate_limit: None,
+            min_remaining: None,
+            ca: None,
         }
     }
 }
@@ -89,6 +105,10 @@ struct Host {
     /// its body is read; callers never hold one while waiting on another
     /// request, so there is no wait cycle.
     permits: Arc<Semaphore>,
+    /// Our quota and the registry's remaining budget.
+    limits: Limits,
+    /// The HTTP client for this host (its own when it has its own CA).
+    http: reqwest::Client,
     /// Learned once from `GET /v2/`, replaced if a later 401 says otherwise.
     /// An async lock: the first requests to a host wait for one ping
     /// instead of each sending their own.
@@ -106,6 +126,8 @@ struct Answer {
 /// The registry client. Cheap to share behind an `Arc`.
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// Clients for registries with their own CA, by registry as written.
+    own_ca: HashMap<String, reqwest::Client>,
     options: HashMap<String, RegistryOptions>,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     tokens: Tokens,
@@ -138,6 +160,11 @@ fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+fn retry_after(response: &Response) -> Option<Duration> {
+    header(response, RETRY_AFTER.as_str())
+        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
+}
+
 async fn error_body(response: Response) -> String {
     let text = response.text().await.unwrap_or_default();
     let mut text: String = text.trim().chars().take(300).collect();
@@ -147,22 +174,65 @@ async fn error_body(response: Response) -> String {
     text
 }
 
+/// The HTTP client: redirects followed (blob GETs land on storage), no
+/// proxy from the environment, and `ca` trusted besides the system's roots.
+fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .no_proxy();
+    if let Some(path) = ca {
+        let ca_error = |reason: String| Error::Ca {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ca_error(format!("not a PEM certificate bundle ({e})")))?;
+        if certificates.is_empty() {
+            return Err(ca_error("holds no PEM certificate".into()));
+        }
+        builder = builder.tls_certs_merge(certificates);
+    }
+    builder.build().map_err(|source| match ca {
+        Some(path) => Error::Ca {
+            path: path.display().to_string(),
+            reason: format!("cannot be used ({source})"),
+        },
+        None => Error::Transport {
+            method: "build".into(),
+            url: "client".into(),
+            source,
+        },
+    })
+}
+
+/// True when a transport error is a certificate that did not verify.
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.to_string().to_ascii_lowercase().contains("certificate") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 impl RegistryClient {
     /// A client with per-registry `options` (keyed by registry as written).
     pub fn new(options: HashMap<String, RegistryOptions>) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .no_proxy()
-            .build()
-            .map_err(|source| Error::Transport {
-                method: "build".into(),
-                url: "client".into(),
-                source,
-            })?;
+        let http = http_client(None)?;
+        let mut own_ca = HashMap::new();
+        for (registry, options) in &options {
+            if let Some(ca) = &options.ca {
+                own_ca.insert(registry.clone(), http_client(Some(ca))?);
+            }
+        }
         Ok(RegistryClient {
             http,
+            own_ca,
             options,
             hosts: Mutex::new(HashMap::new()),
             tokens: Tokens::default(),
@@ -180,15 +250,21 @@ impl RegistryClient {
                     .get(&repository.registry)
                     .cloned()
                     .unwrap_or_default();
-                let scheme = if options.insecure || is_loopback(api_host) {
-                    "http"
-                } else {
-                    "https"
-                };
+                // TLS unless allowed otherwise; a loopback host speaks plain
+                // HTTP unless it has a CA or `tls` is asked for.
+                let plain = options.insecure
+                    || (is_loopback(api_host) && !options.tls && options.ca.is_none());
+                let scheme = if plain { "http" } else { "https" };
                 Arc::new(Host {
                     registry: repository.registry.clone(),
                     base: format!("{scheme}://{api_host}"),
                     permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+                    limits: Limits::new(options.rate_limit, options.min_remaining),
+                    http: self
+                        .own_ca
+                        .get(&repository.registry)
+                        .unwrap_or(&self.http)
+                        .clone(),
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
                 })
@@ -285,7 +361,7 @@ impl RegistryClient {
                     form.append_pair("service", service);
                 }
                 form.append_pair("scope", &access.scopes().join(" "));
-                self.http
+                host.http
                     .post(url.clone())
                     .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(form.finish())
@@ -300,7 +376,7 @@ impl RegistryClient {
                         query.append_pair("scope", &scope);
                     }
                 }
-                let request = self.http.get(url.clone());
+                let request = host.http.get(url.clone());
                 match other {
                     Some(Credential::Basic { username, password }) => {
                         request.basic_auth(username, Some(password))
@@ -345,9 +421,11 @@ impl RegistryClient {
         Ok(token)
     }
 
-    /// Sends one request, retrying transient failures when `idempotent`.
-    /// Waits for a host permit only once the auth header is known, so a token
-    /// fetch never waits behind the requests it is meant to enable.
+    /// Sends one request, retrying transient failures when `idempotent`
+    /// (as [`retry`] decides). Waits for a host permit only once the auth
+    /// header is known, so a token fetch never waits behind the requests it
+    /// is meant to enable. Notes the rate-limit budget of every answer; a
+    /// 429 that retrying did not cure becomes [`Error::RateLimited`].
     async fn attempt_loop(
         &self,
         host: &Host,
@@ -357,55 +435,77 @@ impl RegistryClient {
         build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
         idempotent: bool,
     ) -> Result<Answer> {
-        let mut attempt = 0;
-        loop {
-            let mut request = self.http.request(method.clone(), url);
-            if let Some(value) = authorization {
-                request = request.header(AUTHORIZATION, value);
-            }
-            let request = build(request);
-            let permit = host
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("host semaphore is never closed");
-            let retry_after;
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if !(idempotent
-                        && retry::status_is_retryable(status)
-                        && attempt + 1 < retry::MAX_ATTEMPTS)
-                    {
-                        return Ok(Answer {
+        let answer = retry::run(|_| {
+            let method = method.clone();
+            async move {
+                let mut request = host.http.request(method.clone(), url);
+                if let Some(value) = authorization {
+                    request = request.header(AUTHORIZATION, value);
+                }
+                let request = build(request);
+                let permit = host
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("host semaphore is never closed");
+                match request.send().await {
+                    Ok(response) => {
+                        host.limits.observe(response.headers());
+                        let status = response.status().as_u16();
+                        let retry_after = retry_after(&response);
+                        let result = Ok(Answer {
                             response,
                             _permit: permit,
                         });
+                        if idempotent && retry::status_is_retryable(status) {
+                            tracing::debug!(%url, status, "transient status");
+                            Attempt::Transient {
+                                result,
+                                retry_after,
+                            }
+                        } else {
+                            Attempt::Final(result)
+                        }
                     }
-                    retry_after =
-                        header(&response, RETRY_AFTER.as_str()).and_then(retry::parse_retry_after);
-                    tracing::debug!(%url, status, attempt, "retrying");
-                }
-                Err(source) => {
-                    if !(idempotent
-                        && retry::transport_is_retryable(&source)
-                        && attempt + 1 < retry::MAX_ATTEMPTS)
-                    {
-                        return Err(Error::Transport {
+                    Err(source) if is_certificate_error(&source) => {
+                        Attempt::Final(Err(Error::Tls {
+                            registry: host.registry.clone(),
+                            url: url.to_string(),
+                            source,
+                        }))
+                    }
+                    Err(source) => {
+                        let retryable = idempotent && retry::transport_is_retryable(&source);
+                        tracing::debug!(%url, error = %source, retryable, "transport failure");
+                        let result = Err(Error::Transport {
                             method: method.to_string(),
                             url: url.to_string(),
                             source,
                         });
+                        if retryable {
+                            Attempt::Transient {
+                                result,
+                                retry_after: None,
+                            }
+                        } else {
+                            Attempt::Final(result)
+                        }
                     }
-                    retry_after = None;
-                    tracing::debug!(%url, attempt, error = %source, "retrying");
                 }
             }
-            drop(permit);
-            tokio::time::sleep(retry::delay(attempt, retry_after)).await;
-            attempt += 1;
+        })
+        .await?;
+        if answer.response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let until = retry_after(&answer.response).map(|wait| SystemTime::now() + wait);
+            let body = error_body(answer.response).await;
+            return Err(Error::RateLimited {
+                registry: host.registry.clone(),
+                until,
+                reason: format!("`{method} {url}` answered 429: {body}"),
+            });
         }
+        Ok(answer)
     }
 
     /// Sends an authenticated request; on a 401 it refreshes the token (or
@@ -575,6 +675,11 @@ impl RegistryClient {
         expected: Option<&Digest>,
     ) -> Result<Manifest> {
         let url = self.url(repository, &format!("manifests/{reference}"));
+        // The one metered request (Docker Hub counts manifest GETs as pulls).
+        self.host(repository)
+            .limits
+            .before_pull(&repository.registry)
+            .await?;
         let answer = self
             .send(
                 repository,
@@ -715,20 +820,24 @@ impl RegistryClient {
         path: &Path,
     ) -> Result<()> {
         let url = self.url(repository, &format!("blobs/{}", blob.digest));
-        let mut attempt = 0;
-        loop {
+        retry::run(|_| async {
             match self.download_once(repository, blob, &url, path).await {
-                Err(Error::Transport { source, .. })
-                    if attempt + 1 < retry::MAX_ATTEMPTS
-                        && retry::transport_is_retryable(&source) =>
-                {
-                    tracing::debug!(%url, attempt, error = %source, "blob download broke; retrying");
-                    tokio::time::sleep(retry::delay(attempt, None)).await;
-                    attempt += 1;
+                Err(Error::Transport { source, .. }) if retry::transport_is_retryable(&source) => {
+                    tracing::debug!(%url, error = %source, "blob download broke");
+                    let result = Err(Error::Transport {
+                        method: "GET".into(),
+                        url: url.clone(),
+                        source,
+                    });
+                    Attempt::Transient {
+                        result,
+                        retry_after: None,
+                    }
                 }
-                other => return other,
+                other => Attempt::Final(other),
             }
-        }
+        })
+        .await
     }
 
     async fn download_once(
@@ -855,25 +964,28 @@ impl RegistryClient {
         repository: &Repository,
         blob: &Descriptor,
         path: &Path,
-        mut session: Option<String>,
+        session: Option<String>,
     ) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .upload_once(repository, blob, path, session.take())
-                .await;
+        let session = Mutex::new(session);
+        retry::run(|_| async {
+            let session = session.lock().expect("session lock poisoned").take();
+            let result = self.upload_once(repository, blob, path, session).await;
             let retryable = match &result {
                 Err(Error::Transport { source, .. }) => retry::transport_is_retryable(source),
                 Err(Error::Status { status, .. }) => retry::status_is_retryable(*status),
                 _ => false,
             };
-            if !retryable || attempt + 1 >= retry::MAX_ATTEMPTS {
-                return result;
+            if retryable {
+                tracing::debug!(repository = %repository, digest = %blob.digest, "upload failed; retrying from the spool");
+                Attempt::Transient {
+                    result,
+                    retry_after: None,
+                }
+            } else {
+                Attempt::Final(result)
             }
-            tracing::debug!(repository = %repository, digest = %blob.digest, attempt, "upload failed; retrying from the spool");
-            tokio::time::sleep(retry::delay(attempt, None)).await;
-            attempt += 1;
-        }
+        })
+        .await
     }
 
     async fn upload_once(

@@ -1,16 +1,35 @@
 //! What is worth asking again, and how long to wait first.
 //!
-//! One place decides: 408, 429, 500, 502, 503, 504 and transport failures are
-//! retried with jittered exponential backoff, honouring `Retry-After`
-//! (seconds) up to a cap; 401, 403, 404 and digest mismatches never are.
+//! One place decides:
+//! - 429 and 503 wait as long as `Retry-After` says (seconds or HTTP-date),
+//!   up to [`MAX_DELAY`]; a registry asking for longer is not waited for:
+//!   the request gives up at once and reports when to come back.
+//! - 408, 500, 502, 504 and transport failures (connect, reset, timeout)
+//!   retry with jittered exponential backoff.
+//! - 401, 403, 404 and digest mismatches never retry (they are `Final`).
+//!
+//! Every loop is bounded by [`MAX_ATTEMPTS`], and every loop is [`run`].
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
 
 /// Attempts per request, the first included.
 pub const MAX_ATTEMPTS: u32 = 4;
 
 /// Longest we wait between attempts, whatever `Retry-After` says.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// What one attempt came to.
+pub enum Attempt<T> {
+    /// Use this result, good or bad.
+    Final(T),
+    /// This failed in a way that may pass if asked again; `retry_after` is
+    /// the server's `Retry-After`, if any.
+    Transient {
+        result: T,
+        retry_after: Option<Duration>,
+    },
+}
 
 /// True for statuses that may succeed if asked again.
 pub fn status_is_retryable(status: u16) -> bool {
@@ -22,28 +41,71 @@ pub fn transport_is_retryable(error: &reqwest::Error) -> bool {
     error.is_connect() || error.is_timeout() || error.is_request() || error.is_body()
 }
 
-/// Parses `Retry-After` given in seconds.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` in either form: delay-seconds or an HTTP-date (a date in
+/// the past means now). `None` for anything else.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
-/// How long to wait before attempt `attempt + 1` (0-based `attempt` just failed).
-pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
+/// How long to wait before attempt `attempt + 1` (0-based `attempt` just
+/// failed), or `None` to stop: attempts used up, or the server asked for a
+/// wait longer than [`MAX_DELAY`].
+pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+    if attempt + 1 >= MAX_ATTEMPTS {
+        return None;
+    }
     if let Some(after) = retry_after {
-        return after.min(MAX_DELAY);
+        return (after <= MAX_DELAY).then_some(after);
     }
     let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt);
     // Jitter of up to half the base spreads retries of parallel requests.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     let jitter = base.mul_f64(f64::from(nanos % 1000) / 2000.0);
-    (base + jitter).min(MAX_DELAY)
+    Some((base + jitter).min(MAX_DELAY))
+}
+
+/// Runs `attempt(0)`, `attempt(1)`, … until one is final or [`delay`] says
+/// stop, sleeping in between. A transient result is dropped before the
+/// sleep (it may hold a connection or a host permit).
+pub async fn run<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt(n).await {
+            Attempt::Final(result) => return result,
+            Attempt::Transient {
+                result,
+                retry_after,
+            } => {
+                let Some(wait) = delay(n, retry_after) else {
+                    return result;
+                };
+                drop(result);
+                tracing::debug!(attempt = n, wait_ms = wait.as_millis() as u64, "retrying");
+                tokio::time::sleep(wait).await;
+                n += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::time::Instant;
+
     use super::*;
 
     #[test]
@@ -57,16 +119,93 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(delay(0, None) >= Duration::from_millis(200));
-        assert!(delay(0, None) <= Duration::from_millis(300));
-        assert!(delay(3, None) >= Duration::from_millis(1600));
+    fn retry_after_in_seconds_and_as_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after(" 60 ", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past: ask again now.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_bounded() {
+        assert!(delay(0, None).unwrap() >= Duration::from_millis(200));
+        assert!(delay(0, None).unwrap() <= Duration::from_millis(300));
+        assert!(delay(2, None).unwrap() >= Duration::from_millis(800));
         assert_eq!(
             delay(0, Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
+            Some(Duration::from_secs(7))
         );
-        assert_eq!(delay(0, Some(Duration::from_secs(7200))), MAX_DELAY);
-        assert_eq!(parse_retry_after(" 60 "), Some(Duration::from_secs(60)));
-        assert_eq!(parse_retry_after("soon"), None);
+        // Longer than we wait: stop now rather than sleep and fail anyway.
+        assert_eq!(delay(0, Some(Duration::from_secs(7200))), None);
+        assert_eq!(delay(MAX_ATTEMPTS - 1, None), None);
+    }
+
+    /// Runs `run` over a script of attempt results; returns the result,
+    /// the attempts made and the (paused, virtual) time spent.
+    async fn script(steps: Vec<Option<Option<Duration>>>) -> (usize, u32, Duration) {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let result = run(|n| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let step = steps[n as usize];
+            async move {
+                match step {
+                    None => Attempt::Final(n as usize),
+                    Some(retry_after) => Attempt::Transient {
+                        result: n as usize,
+                        retry_after,
+                    },
+                }
+            }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst), start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_exactly() {
+        let (result, calls, elapsed) = script(vec![
+            Some(Some(Duration::from_secs(5))),
+            Some(Some(Duration::from_secs(20))),
+            None,
+        ])
+        .await;
+        assert_eq!((result, calls), (2, 3));
+        assert_eq!(elapsed, Duration::from_secs(25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_answer_is_never_retried() {
+        let (result, calls, elapsed) = script(vec![None]).await;
+        assert_eq!((result, calls, elapsed), (0, 1, Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_and_stop() {
+        let (result, calls, elapsed) = script(vec![Some(None); MAX_ATTEMPTS as usize]).await;
+        // The last transient result is what the caller gets.
+        assert_eq!((result, calls), (MAX_ATTEMPTS as usize - 1, MAX_ATTEMPTS));
+        // 200 + 400 + 800 ms, each with up to half again of jitter.
+        assert!(elapsed >= Duration::from_millis(1400), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(2100), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_beyond_the_cap_gives_up_at_once() {
+        let (result, calls, elapsed) =
+            script(vec![Some(Some(Duration::from_secs(3600))), None]).await;
+        assert_eq!((result, calls, elapsed), (0, 1, Duration::ZERO));
     }
 }

@@ -49,6 +49,7 @@ fn annotation(o: &Outcome) -> Option<String> {
         FailureKind::Verification => ("error", "regmirror: digest mismatch"),
         FailureKind::Auth => ("error", "regmirror: authentication failed"),
         FailureKind::Other => ("error", "regmirror: copy failed"),
+        FailureKind::RateLimited => ("warning", "regmirror: deferred by a rate limit"),
     };
     Some(command(
         level,

@@ -45,6 +45,8 @@ pub struct Totals {
     pub verified: usize,
     /// Results that failed.
     pub failed: usize,
+    /// Results deferred because the source's rate limit was spent.
+    pub deferred: usize,
     /// Blobs uploaded.
     pub blobs_uploaded: usize,
     /// Blobs mounted from another repository of the same registry.
@@ -71,6 +73,9 @@ pub enum OutcomeName {
     Verified,
     /// See `error`.
     Failed,
+    /// Not attempted: the source's rate limit is spent; `error.retry_at`
+    /// says when it resets, if the registry said.
+    Deferred,
 }
 
 /// One image × tag × target.
@@ -101,7 +106,7 @@ pub struct Row {
     pub bytes_uploaded: u64,
     /// Wall time of the image × tag (shared by its targets).
     pub duration_seconds: f64,
-    /// Why it failed; null unless `outcome` is `failed`.
+    /// Why it failed or was deferred; null otherwise.
     pub error: Option<ErrorReport>,
 }
 
@@ -121,12 +126,16 @@ pub struct Blobs {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorReport {
-    /// `auth` (exit 3), `verification` or `missing` (exit 4), or `other` (exit 1).
+    /// `auth` (exit 3), `verification` or `missing` (exit 4), `other`
+    /// (exit 1), or `rate-limited` (a deferred result; exit 0).
     pub kind: String,
     /// The whole chain on one line.
     pub message: String,
     /// The error, then each cause.
     pub chain: Vec<String>,
+    /// `rate-limited`: when the registry's window resets (RFC 3339, UTC),
+    /// if it said.
+    pub retry_at: Option<String>,
 }
 
 fn row(o: &Outcome) -> Row {
@@ -145,6 +154,7 @@ fn row(o: &Outcome) -> Row {
             Status::Planned => OutcomeName::Planned,
             Status::Verified => OutcomeName::Verified,
             Status::Failed => OutcomeName::Failed,
+            Status::Deferred => OutcomeName::Deferred,
         },
         blobs: Blobs {
             uploaded: o.transfer.blobs_uploaded,
@@ -158,6 +168,9 @@ fn row(o: &Outcome) -> Row {
             kind: f.kind.as_str().to_string(),
             message: f.message(),
             chain: f.chain.clone(),
+            retry_at: f
+                .retry_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         }),
     }
 }
@@ -181,6 +194,7 @@ impl Document {
                 planned: summary.count(Status::Planned),
                 verified: summary.count(Status::Verified),
                 failed: summary.count(Status::Failed),
+                deferred: summary.count(Status::Deferred),
                 blobs_uploaded: totals.blobs_uploaded,
                 blobs_mounted: totals.blobs_mounted,
                 blobs_skipped: totals.blobs_skipped,

@@ -32,6 +32,7 @@ struct ImageRow<'a> {
     verified: usize,
     planned: usize,
     failed: usize,
+    deferred: usize,
     bytes: u64,
 }
 
@@ -71,34 +72,14 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
         totals.manifests_pushed,
     );
 
-    let failures: Vec<&Outcome> = summary
-        .outcomes
-        .iter()
-        .filter(|o| o.failure.is_some())
-        .collect();
-    if !failures.is_empty() {
-        let _ = writeln!(out, "### Failures ({})\n", failures.len());
-        let _ = writeln!(out, "| image | tag | target | destination | error |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
-        for o in failures.iter().take(MAX_ROWS) {
-            let failure = o.failure.as_ref().expect("filtered on failure");
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} |",
-                cell(&o.image),
-                code(&o.tag),
-                cell(&o.target),
-                code(&o.destination),
-                cell(&failure.message())
-            );
-        }
-        more(
-            &mut out,
-            failures.len().saturating_sub(MAX_ROWS),
-            "failures",
-        );
-        out.push('\n');
-    }
+    problems(&mut out, summary, Status::Failed, "Failures", "failures");
+    problems(
+        &mut out,
+        summary,
+        Status::Deferred,
+        "Deferred by rate limits (the next run picks them up)",
+        "deferred",
+    );
 
     // One row per image, in plan order.
     let mut order = Vec::new();
@@ -116,6 +97,7 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
             Status::Verified => row.verified += 1,
             Status::Planned => row.planned += 1,
             Status::Failed => row.failed += 1,
+            Status::Deferred => row.deferred += 1,
         }
         row.bytes += o.transfer.bytes_uploaded;
     }
@@ -123,14 +105,14 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
         let _ = writeln!(out, "### Images ({})\n", order.len());
         let _ = writeln!(
             out,
-            "| image | tags | targets | copied | present | verified | would copy | failed | uploaded |"
+            "| image | tags | targets | copied | present | verified | would copy | failed | deferred | uploaded |"
         );
-        let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|");
         for name in order.iter().take(MAX_ROWS) {
             let row = &images[name];
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(name),
                 code(&row.tags.join(", ")),
                 cell(&row.targets.join(", ")),
@@ -139,12 +121,42 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
                 row.verified,
                 row.planned,
                 row.failed,
+                row.deferred,
                 bytes(row.bytes)
             );
         }
         more(&mut out, order.len().saturating_sub(MAX_ROWS), "images");
     }
     out
+}
+
+/// A table of the outcomes with `status`, each with its error.
+fn problems(out: &mut String, summary: &Summary, status: Status, title: &str, what: &str) {
+    let rows: Vec<&Outcome> = summary
+        .outcomes
+        .iter()
+        .filter(|o| o.status == status)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### {title} ({})\n", rows.len());
+    let _ = writeln!(out, "| image | tag | target | destination | error |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for o in rows.iter().take(MAX_ROWS) {
+        let message = o.failure.as_ref().map(|f| f.message()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&o.image),
+            code(&o.tag),
+            cell(&o.target),
+            code(&o.destination),
+            cell(&message)
+        );
+    }
+    more(out, rows.len().saturating_sub(MAX_ROWS), what);
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -175,7 +187,7 @@ mod tests {
         assert!(totals < failures && failures < images, "{text}");
         assert!(text.contains("push `x`: status 500 \\| oops"), "{text}");
         assert!(
-            text.contains("| k3s | `v1, v2` | ghcr | 1 | 0 | 0 | 0 | 1 |"),
+            text.contains("| k3s | `v1, v2` | ghcr | 1 | 0 | 0 | 0 | 1 | 0 |"),
             "{text}"
         );
     }

@@ -1,0 +1,140 @@
+//! `registries.<host>` resolved into client options, with the defaults we
+//! keep for Docker Hub.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{Problem, RateLimitEntry, RegistryEntry, problem_at};
+use crate::registry::RegistryOptions;
+use crate::registry::limits::RateLimit;
+
+/// Docker Hub, unless `registries.docker.io` says otherwise: a steady pace
+/// of manifest GETs (its anti-abuse limit answers bursts with 429), and
+/// deferring pulls while 10 are left, so that a scheduled run never spends
+/// the last pulls of the runners' shared address.
+pub fn docker_hub_defaults() -> RegistryOptions {
+    RegistryOptions {
+        rate_limit: Some(RateLimit {
+            requests: NonZeroU32::new(100).expect("not zero"),
+            per: Duration::from_secs(60),
+            burst: NonZeroU32::new(20),
+        }),
+        min_remaining: Some(10),
+        ..RegistryOptions::default()
+    }
+}
+
+/// Options for every registry the file names, keyed by registry as the
+/// references spell it (`docker.io`), plus Docker Hub's defaults.
+pub fn resolve(
+    file_name: &str,
+    entries: &std::collections::BTreeMap<String, RegistryEntry>,
+    problems: &mut Vec<Problem>,
+) -> HashMap<String, RegistryOptions> {
+    let mut registries = HashMap::new();
+    registries.insert("docker.io".to_string(), docker_hub_defaults());
+    for (host, entry) in entries {
+        let (registry, _) = crate::reference::normalize_docker_hub(host, "x");
+        let mut options = registries.remove(&registry).unwrap_or_default();
+        options.insecure = entry.insecure;
+        options.tls = entry.tls;
+        let place = |key: &str| format!("registries.{host}.{key}");
+        if let Some(concurrency) = &entry.concurrency {
+            if concurrency.value == 0 {
+                problems.push(problem_at(
+                    concurrency,
+                    place("concurrency"),
+                    "must be at least 1",
+                ));
+            }
+            options.concurrency = concurrency.value.max(1);
+        }
+        if let Some(entry) = &entry.rate_limit {
+            options.rate_limit = rate_limit(entry, &place("rate_limit"), problems);
+        }
+        if let Some(min) = &entry.min_remaining {
+            options.min_remaining = Some(min.value);
+        }
+        if let Some(ca) = &entry.ca {
+            let base = Path::new(file_name).parent().unwrap_or(Path::new(""));
+            let path = base.join(&ca.value);
+            if !path.is_file() {
+                problems.push(problem_at(
+                    ca,
+                    place("ca"),
+                    format!("no such file `{}`", path.display()),
+                ));
+            }
+            options.ca = Some(path);
+        }
+        if entry.insecure && (entry.tls || entry.ca.is_some()) {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                place: place("insecure"),
+                message: "`insecure: true` with `tls` or `ca`: choose one".into(),
+            });
+        }
+        registries.insert(registry, options);
+    }
+    registries
+}
+
+fn rate_limit(
+    entry: &RateLimitEntry,
+    place: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<RateLimit> {
+    let before = problems.len();
+    let requests = NonZeroU32::new(entry.requests.value);
+    if requests.is_none() {
+        problems.push(problem_at(
+            &entry.requests,
+            format!("{place}.requests"),
+            "must be at least 1",
+        ));
+    }
+    let per = match humantime::parse_duration(&entry.per.value) {
+        Ok(per) if !per.is_zero() => Some(per),
+        Ok(_) => {
+            problems.push(problem_at(
+                &entry.per,
+                format!("{place}.per"),
+                "must be longer than 0s",
+            ));
+            None
+        }
+        Err(e) => {
+            problems.push(problem_at(
+                &entry.per,
+                format!("{place}.per"),
+                format!(
+                    "`{}` is not a duration like `1h` or `30s` ({e})",
+                    entry.per.value
+                ),
+            ));
+            None
+        }
+    };
+    let burst = entry.burst.as_ref().map(|burst| {
+        let value = NonZeroU32::new(burst.value);
+        if value.is_none() {
+            problems.push(problem_at(
+                burst,
+                format!("{place}.burst"),
+                "must be at least 1",
+            ));
+        }
+        value
+    });
+    if problems.len() > before {
+        return None;
+    }
+    Some(RateLimit {
+        requests: requests?,
+        per: per?,
+        burst: burst.flatten(),
+    })
+}
