@@ -856,10 +856,12 @@ async fn upload_broken_mid_blob_is_retried_from_the_spool() {
     let other = Registry::start(Auth::None);
     let proxy = support::proxy::Proxy::start(
         &target.host,
-        support::proxy::Fault::ResetUploadAfter {
-            bytes: 20_000,
-            times: 3,
-        },
+        vec![support::proxy::Rule::new(
+            "PUT",
+            "/blobs/uploads/",
+            3,
+            support::proxy::Action::CutRequestAfter(20_000),
+        )],
     );
     let dir = tempfile::tempdir().unwrap();
     let image = images::generate(&Spec::new("team/app", "v1", false));
@@ -871,11 +873,7 @@ async fn upload_broken_mid_blob_is_retried_from_the_spool() {
     std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
     let run = regmirror(dir.path(), &["sync"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(
-        proxy.triggered.load(std::sync::atomic::Ordering::SeqCst),
-        3,
-        "the fault never fired"
-    );
+    assert_eq!(proxy.applied(0), 3, "the fault never fired");
     assert_eq!(
         skopeo_raw(&target.host, "m/team/app", "v1", None).as_deref(),
         Some(image.root.2.as_slice())

@@ -36,9 +36,16 @@ pub fn status_is_retryable(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
-/// True for transport failures that may succeed if asked again.
+/// True for transport failures that may succeed if asked again. reqwest
+/// reports a response body cut short (a reset mid-download) as a decode
+/// error, so that counts too; we never ask reqwest to decode anything else
+/// on a retried path.
 pub fn transport_is_retryable(error: &reqwest::Error) -> bool {
-    error.is_connect() || error.is_timeout() || error.is_request() || error.is_body()
+    error.is_connect()
+        || error.is_timeout()
+        || error.is_request()
+        || error.is_body()
+        || error.is_decode()
 }
 
 /// `Retry-After` in either form: delay-seconds or an HTTP-date (a date in

@@ -5,6 +5,7 @@
 //! and a runner for the real `regmirror` binary.
 #![allow(dead_code)]
 
+pub mod check;
 pub mod images;
 pub mod proxy;
 pub mod token;
@@ -232,6 +233,18 @@ impl Run {
 /// Runs `regmirror` with `args` in `dir`, with a clean credential
 /// environment plus `env`.
 pub fn regmirror(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
+    let output = regmirror_command(dir, args, env)
+        .output()
+        .expect("run regmirror");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The command [`regmirror`] runs, for tests that need the process itself.
+pub fn regmirror_command(dir: &Path, args: &[&str], env: &[(String, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
     command
         .args(args)
@@ -247,12 +260,7 @@ pub fn regmirror(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = command.output().expect("run regmirror");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    command
 }
 
 /// The `REGMIRROR_AUTH_<HOST>` variable regmirror reads for `registry`.

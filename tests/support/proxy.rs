@@ -1,44 +1,148 @@
-//! A fault-injecting HTTP/1.1 proxy in front of a real registry. One request
-//! per upstream connection (`Connection: close`), so faults can be aimed at
-//! exactly the requests a test names.
+//! A fault-injecting HTTP/1.1 proxy in front of a real registry, scripted
+//! per test with [`Rule`]s. One request per upstream connection
+//! (`Connection: close`), so a fault hits exactly the requests a rule names.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// What to break.
-#[derive(Clone, Copy)]
-pub enum Fault {
-    /// Cut the first `times` blob upload PUTs after `bytes` of their body.
-    ResetUploadAfter { bytes: usize, times: usize },
+/// Response headers to add, given how many requests the rule matched before.
+pub type HeaderFn = Arc<dyn Fn(usize) -> Vec<(String, String)> + Send + Sync>;
+
+/// What to do to a request a rule matches.
+#[derive(Clone)]
+pub enum Action {
+    /// Answer this instead of asking the registry.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Forward only this many bytes of the request body, then cut both sides
+    /// (a reset in the middle of an upload).
+    CutRequestAfter(usize),
+    /// Forward the response, cut after this many bytes of its body (a reset
+    /// in the middle of a download).
+    CutResponseAfter(usize),
+    /// Wait this long before forwarding.
+    Delay(Duration),
+    /// Flip the first byte of the response body (tampering in transit).
+    Corrupt,
+    /// Forward, adding these response headers.
+    Headers(HeaderFn),
+}
+
+/// Matches requests by method and a substring of the path, `times` times.
+#[derive(Clone)]
+pub struct Rule {
+    /// `GET`, `HEAD`, `PUT`, …; empty for any.
+    pub method: &'static str,
+    /// A substring of the path (`/manifests/`, `/blobs/sha256:`); empty for any.
+    pub path: String,
+    /// How many matching requests get the action (`usize::MAX`: all).
+    pub times: usize,
+    pub action: Action,
+}
+
+impl Rule {
+    pub fn new(method: &'static str, path: &str, times: usize, action: Action) -> Rule {
+        Rule {
+            method,
+            path: path.to_string(),
+            times,
+            action,
+        }
+    }
+
+    /// A cut rule only counts requests with more body than it lets through.
+    fn matches(&self, method: &str, path: &str, content_length: usize) -> bool {
+        let cuttable = match self.action {
+            Action::CutRequestAfter(bytes) => content_length > bytes,
+            _ => true,
+        };
+        (self.method.is_empty() || self.method == method) && path.contains(&self.path) && cuttable
+    }
+}
+
+/// One request the proxy saw, and the rule (index) applied to it, if any.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub rule: Option<usize>,
+    pub at: std::time::Instant,
 }
 
 pub struct Proxy {
     /// `127.0.0.1:PORT`.
     pub host: String,
-    /// How many requests were broken.
-    pub triggered: Arc<AtomicUsize>,
+    rules: Arc<Vec<(Rule, AtomicUsize)>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Proxy {
-    pub fn start(upstream: &str, fault: Fault) -> Proxy {
+    pub fn start(upstream: &str, rules: Vec<Rule>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
-        let triggered = Arc::new(AtomicUsize::new(0));
+        let rules: Arc<Vec<(Rule, AtomicUsize)>> = Arc::new(
+            rules
+                .into_iter()
+                .map(|r| (r, AtomicUsize::new(0)))
+                .collect(),
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let upstream = upstream.to_string();
-        let counter = triggered.clone();
+        let (shared_rules, shared_seen) = (rules.clone(), seen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (upstream, counter) = (upstream.clone(), counter.clone());
-                std::thread::spawn(move || serve(client, &upstream, fault, &counter));
+                let (upstream, rules, seen) =
+                    (upstream.clone(), shared_rules.clone(), shared_seen.clone());
+                std::thread::spawn(move || serve(client, &upstream, &rules, &seen));
             }
         });
-        Proxy { host, triggered }
+        Proxy { host, rules, seen }
+    }
+
+    /// How many requests rule `index` was applied to.
+    pub fn applied(&self, index: usize) -> usize {
+        self.rules[index]
+            .1
+            .load(Ordering::SeqCst)
+            .min(self.rules[index].0.times)
+    }
+
+    /// Every request seen, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
-fn serve(client: TcpStream, upstream: &str, fault: Fault, triggered: &AtomicUsize) {
+/// The first rule that matches and has uses left, counting the use.
+fn pick(
+    rules: &[(Rule, AtomicUsize)],
+    method: &str,
+    path: &str,
+    content_length: usize,
+) -> Option<(usize, Action, usize)> {
+    for (index, (rule, hits)) in rules.iter().enumerate() {
+        if rule.matches(method, path, content_length) {
+            let before = hits.fetch_add(1, Ordering::SeqCst);
+            if before < rule.times {
+                return Some((index, rule.action.clone(), before));
+            }
+        }
+    }
+    None
+}
+
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    rules: &[(Rule, AtomicUsize)],
+    seen: &Mutex<Vec<Seen>>,
+) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
     let mut head = Vec::new();
@@ -69,29 +173,102 @@ fn serve(client: TcpStream, upstream: &str, fault: Fault, triggered: &AtomicUsiz
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
     let path = parts.next().unwrap_or_default().to_string();
+    let picked = pick(rules, &method, &path, content_length);
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        rule: picked.as_ref().map(|(i, _, _)| *i),
+        at: std::time::Instant::now(),
+    });
+    let action = picked.map(|(_, action, n)| (action, n));
+
+    if let Some((
+        Action::Respond {
+            status,
+            headers,
+            body,
+        },
+        _,
+    )) = &action
+    {
+        let _ = std::io::copy(
+            &mut (&mut reader).take(content_length as u64),
+            &mut std::io::sink(),
+        );
+        let mut answer = format!("HTTP/1.1 {status} Fault\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            answer.push_str(&format!("{name}: {value}\r\n"));
+        }
+        answer.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        let _ = client.write_all(answer.as_bytes());
+        let _ = client.shutdown(Shutdown::Write);
+        return;
+    }
+    if let Some((Action::Delay(wait), _)) = &action {
+        std::thread::sleep(*wait);
+    }
     let Ok(mut server) = TcpStream::connect(upstream) else {
         return;
     };
     server.write_all(&head).unwrap_or(());
 
-    let Fault::ResetUploadAfter { bytes, times } = fault;
-    let cut = method == "PUT"
-        && path.contains("/blobs/uploads/")
-        && content_length > bytes
-        && triggered.load(Ordering::SeqCst) < times;
-    let limit = if cut { bytes } else { content_length };
-    let mut body = (&mut reader).take(limit as u64);
-    if std::io::copy(&mut body, &mut server).is_err() {
+    let cut_request = match &action {
+        Some((Action::CutRequestAfter(bytes), _)) => Some(*bytes),
+        _ => None,
+    };
+    let limit = cut_request.unwrap_or(content_length);
+    if std::io::copy(&mut (&mut reader).take(limit as u64), &mut server).is_err() {
         return;
     }
-    if cut {
-        triggered.fetch_add(1, Ordering::SeqCst);
+    if cut_request.is_some() {
         let _ = server.shutdown(Shutdown::Both);
         let _ = client.shutdown(Shutdown::Both);
         return;
     }
-    // The registry closes after answering (we asked), so copy until EOF;
-    // its `Connection: close` tells the client to stop reusing us too.
-    let _ = std::io::copy(&mut server, &mut client);
+
+    // The response head, then its body until EOF (the registry closes after
+    // answering, as asked; its `Connection: close` stops the client reusing us).
+    let mut response = BufReader::new(server);
+    let mut response_head = Vec::new();
+    let mut is_head_request_or_empty = method == "HEAD";
+    loop {
+        let mut line = Vec::new();
+        match response.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line == b"\r\n" {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with(b"content-length: 0") {
+            is_head_request_or_empty = true;
+        }
+        response_head.extend_from_slice(&line);
+    }
+    if let Some((Action::Headers(headers), n)) = &action {
+        for (name, value) in headers(*n) {
+            response_head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+    }
+    response_head.extend_from_slice(b"\r\n");
+    if client.write_all(&response_head).is_err() {
+        return;
+    }
+    match &action {
+        Some((Action::CutResponseAfter(bytes), _)) => {
+            let _ = std::io::copy(&mut (&mut response).take(*bytes as u64), &mut client);
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+        Some((Action::Corrupt, _)) if !is_head_request_or_empty => {
+            let mut first = [0u8; 1];
+            if response.read_exact(&mut first).is_ok() {
+                first[0] ^= 0xff;
+                let _ = client.write_all(&first);
+            }
+        }
+        _ => {}
+    }
+    let _ = std::io::copy(&mut response, &mut client);
     let _ = client.shutdown(Shutdown::Write);
 }

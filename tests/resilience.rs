@@ -1,0 +1,522 @@
+//! Faults, rate limits, tampering and crashes: a scripted proxy in front of
+//! real `docker-registry` processes, and every test ends with an independent
+//! deep check of every target (each tag complete and byte-exact, or absent
+//! and reported as not done; never a tag on an incomplete image).
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use support::check::{TagState, deep_check};
+use support::images::{self, Generated, Spec};
+use support::proxy::{Action, Proxy, Rule};
+use support::{Auth, Registry, regmirror, regmirror_command};
+
+/// A small single-platform image `team/<name>:v1` (two manifest GETs).
+fn small(name: &str, seed: u64) -> Generated {
+    images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        base: 100 + seed,
+        attestations: false,
+        ..Spec::new(&format!("team/{name}"), "v1", seed.is_multiple_of(2))
+    })
+}
+
+/// An upstream registry with `count` small images, and `targets` empty ones.
+struct Setup {
+    upstream: Registry,
+    targets: Vec<Registry>,
+    images: Vec<(String, Generated)>,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(count: usize, targets: usize) -> Setup {
+        let upstream = Registry::start(Auth::None);
+        let mut images = Vec::new();
+        for i in 0..count {
+            let name = format!("app{i}");
+            let image = small(&name, i as u64);
+            images::push(&upstream.url(), &format!("team/{name}"), "v1", &image).await;
+            images.push((name, image));
+        }
+        Setup {
+            upstream,
+            targets: (0..targets).map(|_| Registry::start(Auth::None)).collect(),
+            images,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `mirror.yaml` reading from `source` (the upstream or a proxy in front
+    /// of it) into `targets` (hosts, named t0, t1, …), plus `registries` YAML.
+    fn config(&self, source: &str, targets: &[&str], registries: &str) {
+        let mut text = String::from("version: 1\ntargets:\n");
+        for (i, host) in targets.iter().enumerate() {
+            text.push_str(&format!("  t{i}: {host}/m\n"));
+        }
+        let names: Vec<String> = (0..targets.len()).map(|i| format!("t{i}")).collect();
+        text.push_str(&format!(
+            "defaults:\n  targets: [{}]\n{registries}images:\n",
+            names.join(", ")
+        ));
+        for (name, _) in &self.images {
+            text.push_str(&format!(
+                "  - name: {name}\n    source: {source}/team/{name}\n    tags: [v1]\n"
+            ));
+        }
+        std::fs::write(self.dir.path().join("mirror.yaml"), text).unwrap();
+    }
+
+    fn sync(&self, args: &[&str]) -> (support::Run, Value) {
+        let mut all = vec!["sync", "--json", "report.json"];
+        all.extend_from_slice(args);
+        let run = regmirror(self.dir.path(), &all, &[]);
+        let report = std::fs::read(self.dir.path().join("report.json"))
+            .unwrap_or_else(|e| panic!("no report ({e}):\n{}", run.all()));
+        (run, serde_json::from_slice(&report).unwrap())
+    }
+
+    fn target_hosts(&self) -> Vec<&str> {
+        self.targets.iter().map(|t| t.host.as_str()).collect()
+    }
+
+    /// The deep check: every image on every target is complete with the
+    /// source's digest when the report says copied or present, and absent
+    /// otherwise. Returns the outcomes seen, per image, for more asserts.
+    async fn check_targets(&self, report: &Value) -> Vec<(String, String)> {
+        let mut outcomes = Vec::new();
+        for (t, target) in self.targets.iter().enumerate() {
+            for (name, image) in &self.images {
+                let outcome = outcome(report, name, &format!("t{t}"));
+                let state = deep_check(&target.host, &format!("m/team/{name}"), "v1").await;
+                match outcome.as_str() {
+                    "copied" | "present" => assert_eq!(
+                        state,
+                        TagState::Complete(image.root.0.clone()),
+                        "{name} on t{t} is reported {outcome}"
+                    ),
+                    _ => assert_eq!(state, TagState::Absent, "{name} on t{t} is {outcome}"),
+                }
+                outcomes.push((name.clone(), outcome));
+            }
+        }
+        outcomes
+    }
+}
+
+fn outcome(report: &Value, image: &str, target: &str) -> String {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["image"] == image && r["target"] == target)
+        .unwrap_or_else(|| panic!("no result for {image} → {target}: {report:#}"))["outcome"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn count(outcomes: &[(String, String)], which: &str) -> usize {
+    outcomes.iter().filter(|(_, o)| o == which).count()
+}
+
+fn respond(status: u16, headers: &[(&str, &str)]) -> Action {
+    Action::Respond {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"slow down\"}]}".into(),
+    }
+}
+
+/// 429 and 503 with `Retry-After` in both forms are waited out; the upstream
+/// registry itself sees no extra manifest GET.
+#[tokio::test]
+async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
+    let setup = Setup::new(3, 2).await;
+    let in_a_second = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            Rule::new(
+                "GET",
+                "/manifests/",
+                2,
+                respond(429, &[("Retry-After", "1")]),
+            ),
+            Rule::new(
+                "GET",
+                "/manifests/",
+                1,
+                respond(503, &[("Retry-After", &in_a_second)]),
+            ),
+        ],
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!((proxy.applied(0), proxy.applied(1)), (2, 1));
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "copied"), 6);
+    let gets = setup
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.is_manifest())
+        .count();
+    assert_eq!(gets, 3 * 2, "an index and a manifest per image, once each");
+}
+
+/// A registry that asks us to come back in two hours is not waited for and
+/// not asked again: that image is deferred with the time, the others copy.
+#[tokio::test]
+async fn a_long_retry_after_defers_the_image_at_once() {
+    let setup = Setup::new(2, 1).await;
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/team/app0/manifests/",
+            usize::MAX,
+            respond(429, &[("Retry-After", "7200")]),
+        )],
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "deferred is not failed: {}", run.all());
+    assert_eq!(proxy.applied(0), 1, "asked again after a 429 for 2 h");
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(outcomes[0], ("app0".into(), "deferred".into()));
+    assert_eq!(outcomes[1], ("app1".into(), "copied".into()));
+    let error = &report["results"][0]["error"];
+    assert_eq!(error["kind"], "rate-limited");
+    let retry_at = humantime::parse_rfc3339(error["retry_at"].as_str().unwrap()).unwrap();
+    let ahead = retry_at.duration_since(SystemTime::now()).unwrap();
+    assert!(ahead > Duration::from_secs(7000), "{ahead:?}");
+    assert_eq!(report["totals"]["deferred"], 1);
+}
+
+/// The registry's own count (`ratelimit-remaining: N;w=3600`, as Docker Hub
+/// sends): at `min_remaining` no new pull starts, so no 429 is ever earned;
+/// the deferred images are picked up by the next run.
+#[tokio::test]
+async fn pulls_stop_at_min_remaining_and_the_next_run_catches_up() {
+    let setup = Setup::new(6, 1).await;
+    let budget = |left: fn(usize) -> usize| -> Action {
+        Action::Headers(std::sync::Arc::new(move |n| {
+            vec![
+                ("RateLimit-Limit".into(), "100;w=3600".into()),
+                ("RateLimit-Remaining".into(), format!("{};w=3600", left(n))),
+            ]
+        }))
+    };
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            // The first run: 5, 4, 3, 2 pulls left after each GET.
+            Rule::new("GET", "/manifests/", 4, budget(|n| 5 - n)),
+            // The next run: a new window.
+            Rule::new("GET", "/manifests/", usize::MAX, budget(|_| 90)),
+        ],
+    );
+    let registries = format!("registries:\n  {}:\n    min_remaining: 2\n", proxy.host);
+    setup.config(&proxy.host, &setup.target_hosts(), &registries);
+    // One job at a time, so the order is known: two images take the
+    // budget from 5 to 2, and the four after them are deferred.
+    let (run, report) = setup.sync(&["--jobs", "1"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(
+        (count(&outcomes, "copied"), count(&outcomes, "deferred")),
+        (2, 4),
+        "{outcomes:?}"
+    );
+    let gets = |proxy: &Proxy| {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
+            .count()
+    };
+    assert_eq!(gets(&proxy), 4, "a deferred image made a metered request");
+    let deferred = &report["results"][5]["error"];
+    assert!(
+        deferred["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 pulls left, and `min_remaining` is 2"),
+        "{deferred:#}"
+    );
+    assert!(deferred["retry_at"].is_string(), "{deferred:#}");
+
+    let (run, report) = setup.sync(&["--jobs", "1"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(
+        (count(&outcomes, "present"), count(&outcomes, "copied")),
+        (2, 4)
+    );
+    assert_eq!(gets(&proxy), 4 + 4 * 2);
+}
+
+/// `rate_limit` paces metered requests: with 4 per second and no burst, the
+/// manifest GETs reaching the upstream are a quarter second apart.
+#[tokio::test]
+async fn the_quota_paces_manifest_gets() {
+    let setup = Setup::new(3, 1).await;
+    let proxy = Proxy::start(&setup.upstream.host, vec![]);
+    let registries = format!(
+        "registries:\n  {}:\n    rate_limit: {{ requests: 4, per: 1s, burst: 1 }}\n",
+        proxy.host
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), &registries);
+    let (run, report) = setup.sync(&["--jobs", "3"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    setup.check_targets(&report).await;
+    let gets: Vec<Instant> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/manifests/"))
+        .map(|s| s.at)
+        .collect();
+    assert_eq!(gets.len(), 6);
+    for pair in gets.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(200), "GETs {gap:?} apart");
+    }
+}
+
+/// A download cut in the middle of a layer is fetched again, and only that
+/// layer; uploads cut in the middle are retried from the spool; 5xx bursts
+/// on both sides are retried. Everything ends complete.
+#[tokio::test]
+async fn resets_and_server_error_bursts_are_retried() {
+    let setup = Setup::new(2, 2).await;
+    let layer = setup.images[0].1.blobs[1].0.clone();
+    let upstream_proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            Rule::new(
+                "GET",
+                &format!("/blobs/{layer}"),
+                2,
+                Action::CutResponseAfter(5_000),
+            ),
+            Rule::new("GET", "/manifests/", 2, respond(500, &[])),
+            Rule::new("HEAD", "/manifests/", 1, respond(502, &[])),
+        ],
+    );
+    let target_proxy = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            Rule::new("PUT", "/blobs/uploads/", 2, Action::CutRequestAfter(10_000)),
+            Rule::new("POST", "/blobs/uploads/", 2, respond(503, &[])),
+            Rule::new("PUT", "/manifests/", 1, respond(504, &[])),
+        ],
+    );
+    setup.config(
+        &upstream_proxy.host,
+        &[&target_proxy.host, &setup.targets[1].host],
+        "",
+    );
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    for (proxy, rules) in [(&upstream_proxy, [2, 2, 1]), (&target_proxy, [2, 2, 1])] {
+        for (index, times) in rules.iter().enumerate() {
+            assert_eq!(proxy.applied(index), *times, "rule {index} did not fire");
+        }
+    }
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "copied"), 4);
+    let layer_gets = upstream_proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&layer))
+        .count();
+    assert_eq!(layer_gets, 3, "two broken downloads, then one whole");
+    let other_blob_gets = setup
+        .upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.is_blob() && !r.path.ends_with(&layer))
+        .count();
+    let unique: std::collections::HashSet<&String> = setup
+        .images
+        .iter()
+        .flat_map(|(_, g)| g.blobs.iter().map(|(d, _)| d))
+        .filter(|d| **d != layer)
+        .collect();
+    assert_eq!(other_blob_gets, unique.len(), "a blob was fetched twice");
+}
+
+/// A slow upstream still completes; a target that answers 503 to everything
+/// fails alone, named, after a bounded number of attempts.
+#[tokio::test]
+async fn a_slow_upstream_completes_and_a_failing_target_fails_alone() {
+    let setup = Setup::new(2, 2).await;
+    let slow = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "",
+            "/v2/team/",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(150)),
+        )],
+    );
+    let down = Proxy::start(
+        &setup.targets[0].host,
+        vec![Rule::new("", "", usize::MAX, respond(503, &[]))],
+    );
+    setup.config(&slow.host, &[&down.host, &setup.targets[1].host], "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("app0:v1 → {}/m/team/app0:v1 (t0)", down.host)),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(outcome(&report, "app0", "t0"), "failed");
+    assert!(
+        report["results"][0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 503"),
+        "{report:#}"
+    );
+    // Retries are bounded: a few attempts per request, not a loop.
+    assert!(down.seen().len() <= 40, "{} requests", down.seen().len());
+    // The failing target is reported failed and has nothing; the other is complete.
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "failed"), 2);
+}
+
+/// Bytes that do not match their digest in transit (a blob, a manifest) are
+/// refused: nothing of those images is pushed, the error names both digests,
+/// and the other images complete.
+#[tokio::test]
+async fn tampering_in_transit_is_refused_and_nothing_of_it_is_pushed() {
+    let setup = Setup::new(3, 2).await;
+    let layer = setup.images[0].1.blobs[1].0.clone();
+    let index = setup.images[1].1.root.clone();
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            Rule::new(
+                "GET",
+                &format!("/blobs/{layer}"),
+                usize::MAX,
+                Action::Corrupt,
+            ),
+            Rule::new(
+                "GET",
+                &format!("/team/app1/manifests/{}", index.0),
+                usize::MAX,
+                Action::Corrupt,
+            ),
+        ],
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let flipped = |bytes: &[u8]| {
+        let mut bytes = bytes.to_vec();
+        bytes[0] ^= 0xff;
+        images::sha256(&bytes)
+    };
+    let layer_bytes = &setup.images[0].1.blobs[1].1;
+    for (expected, actual) in [
+        (&layer, flipped(layer_bytes)),
+        (&index.0, flipped(&index.2)),
+    ] {
+        let line = format!("expected `{expected}`, got `{actual}`");
+        assert!(
+            run.stderr.contains(&line),
+            "no `{line}` in:\n{}",
+            run.stderr
+        );
+    }
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|(name, o)| name == "app2" && o == "copied")
+            .count(),
+        2
+    );
+    assert_eq!(count(&outcomes, "failed"), 4);
+    for target in &setup.targets {
+        let writes: Vec<_> = target
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                (r.path.contains("/team/app0/") || r.path.contains("/team/app1/"))
+                    && r.method == "PUT"
+                    && r.is_manifest()
+            })
+            .collect();
+        assert!(writes.is_empty(), "a manifest was pushed: {writes:?}");
+        let http = reqwest::Client::new();
+        let status = http
+            .head(format!("{}/v2/m/team/app0/blobs/{layer}", target.url()))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "the corrupted layer reached a target");
+    }
+}
+
+/// A sync killed with SIGKILL mid-way leaves its spool; the next run removes
+/// it, completes, and verifies clean; a normal run leaves nothing behind.
+#[tokio::test]
+async fn a_killed_sync_is_completed_by_the_next_run_without_garbage() {
+    let setup = Setup::new(4, 2).await;
+    let slow = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(300)),
+        )],
+    );
+    setup.config(&slow.host, &setup.target_hosts(), "");
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let env = [("REGMIRROR_SPOOL".to_string(), spool.display().to_string())];
+    let mut child = regmirror_command(setup.dir.path(), &["sync", "--jobs", "2"], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup.targets[0]
+        .requests()
+        .iter()
+        .all(|r| !(r.method == "PUT" && r.is_upload()))
+    {
+        assert!(Instant::now() < deadline, "no upload started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+    assert_eq!(left.len(), 1, "the killed run's spool should be there");
+
+    let run = regmirror(setup.dir.path(), &["sync", "--json", "report.json"], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "failed"), 0);
+    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();
+    assert!(left.is_empty(), "garbage in the spool: {left:?}");
+    let verify = regmirror(setup.dir.path(), &["verify", "--deep"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
