@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -519,4 +520,131 @@ async fn a_killed_sync_is_completed_by_the_next_run_without_garbage() {
     assert!(left.is_empty(), "garbage in the spool: {left:?}");
     let verify = regmirror(setup.dir.path(), &["verify", "--deep"], &env);
     assert_eq!(verify.code, 0, "{}", verify.all());
+}
+
+/// Writes `len` incompressible bytes from `seed` to `path` in 1 MiB pieces
+/// (never the whole blob in memory) and returns their digest.
+fn write_random_file(path: &Path, seed: u64, len: u64) -> String {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut hasher = sha2::Sha256::new();
+    let piece = 1 << 20;
+    let mut written = 0;
+    while written < len {
+        let n = piece.min(len - written);
+        let bytes = images::random_bytes(seed + written, n as usize);
+        hasher.update(&bytes);
+        file.write_all(&bytes).unwrap();
+        written += n;
+    }
+    file.flush().unwrap();
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// Pushes the file at `path` as blob `digest`, streamed from disk.
+async fn push_file(registry: &Registry, repo: &str, digest: &str, path: &Path) {
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/v2/{repo}/blobs/uploads/", registry.url()))
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let file = tokio::fs::File::open(path).await.unwrap();
+    let size = file.metadata().await.unwrap().len();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+    let response = http
+        .put(format!("{location}{separator}digest={digest}"))
+        .header("content-length", size)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "upload of the big layer");
+}
+
+/// A 1 GiB layer to three targets: fetched from the upstream once, every
+/// target byte-exact, and regmirror's peak RSS stays under 64 MiB.
+#[tokio::test]
+async fn a_one_gib_layer_is_read_once_and_streamed_to_three_targets() {
+    const GIB: u64 = 1 << 30;
+    let upstream = Registry::start(Auth::None);
+    let targets: Vec<Registry> = (0..3).map(|_| Registry::start(Auth::None)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let layer_path = dir.path().join("layer");
+    let layer = write_random_file(&layer_path, 42, GIB);
+    push_file(&upstream, "big/app", &layer, &layer_path).await;
+    std::fs::remove_file(&layer_path).unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer]}
+    }))
+    .unwrap();
+    let config_digest = images::sha256(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": images::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": GIB}]
+    }))
+    .unwrap();
+    let config_image = Generated {
+        blobs: vec![(config_digest, config)],
+        children: vec![],
+        root: (
+            images::sha256(&manifest),
+            images::OCI_MANIFEST.into(),
+            manifest,
+        ),
+    };
+    images::push(&upstream.url(), "big/app", "v1", &config_image).await;
+
+    let mut text = String::from("version: 1\ntargets:\n");
+    for (i, target) in targets.iter().enumerate() {
+        text.push_str(&format!("  t{i}: {}/m\n", target.host));
+    }
+    text.push_str(&format!(
+        "defaults:\n  targets: [t0, t1, t2]\nimages:\n  - name: big\n    source: {}/big/app\n    tags: [v1]\n",
+        upstream.host
+    ));
+    std::fs::write(dir.path().join("mirror.yaml"), text).unwrap();
+    let rss_file = dir.path().join("rss");
+    let output = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["sync"])
+        .current_dir(dir.path())
+        .env("DOCKER_CONFIG", dir.path().join("none"))
+        .env("REGMIRROR_SPOOL", dir.path())
+        .output()
+        .expect("/usr/bin/time is installed (scripts/install-deps)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    let layer_gets = upstream
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&layer))
+        .count();
+    assert_eq!(
+        layer_gets, 1,
+        "the 1 GiB layer was fetched {layer_gets} times"
+    );
+    for target in &targets {
+        assert_eq!(
+            deep_check(&target.host, "m/big/app", "v1").await,
+            TagState::Complete(config_image.root.0.clone())
+        );
+    }
+    let rss_kib: u64 = std::fs::read_to_string(&rss_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("peak RSS of regmirror sync, 1 GiB layer to 3 targets: {rss_kib} KiB");
+    assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB");
 }
