@@ -648,3 +648,57 @@ async fn a_one_gib_layer_is_read_once_and_streamed_to_three_targets() {
     eprintln!("peak RSS of regmirror sync, 1 GiB layer to 3 targets: {rss_kib} KiB");
     assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB");
 }
+
+/// TLS is verified: a registry with a certificate from a private CA is
+/// refused with a message saying what to configure, and accepted once
+/// `registries.<host>.ca` names the CA.
+#[tokio::test]
+async fn tls_is_verified_and_a_configured_ca_is_trusted() {
+    let setup = Setup::new(1, 0).await;
+    let (secure, ca_pem) = Registry::start_tls();
+    std::fs::write(setup.dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let host = &secure.host;
+    let write = |registry: &str| {
+        let text = format!(
+            "version: 1\ntargets:\n  secure: {host}/m\ndefaults:\n  targets: [secure]\nregistries:\n  {host}:\n{registry}images:\n  - name: app0\n    source: {}/team/app0\n    tags: [v1]\n",
+            setup.upstream.host
+        );
+        std::fs::write(setup.dir.path().join("mirror.yaml"), text).unwrap();
+    };
+
+    write("    tls: true\n");
+    let run = regmirror(setup.dir.path(), &["sync"], &[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let hint = format!(
+        "the certificate is not trusted (if `{host}` uses a private CA, set `registries.{host}.ca`"
+    );
+    assert!(run.stderr.contains(&hint), "{}", run.stderr);
+
+    write("    ca: ca.pem\n");
+    let run = regmirror(setup.dir.path(), &["sync"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let trusting = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (digest, media_type, bytes) = &setup.images[0].1.root;
+    let served = trusting
+        .get(format!("https://{host}/v2/m/team/app0/manifests/v1"))
+        .header("accept", media_type.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(served.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // A CA file that is not there is a config problem, with its line.
+    write("    ca: missing.pem\n");
+    let run = regmirror(setup.dir.path(), &["check"], &[]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains(&format!("8:9: registries.{host}.ca: no such file")),
+        "{}",
+        run.stderr
+    );
+}

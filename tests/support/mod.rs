@@ -34,6 +34,8 @@ pub struct Registry {
     pub host: String,
     /// Kept alive as long as the registry.
     pub auth: Auth,
+    /// Files the registry reads (certificates), kept as long as it runs.
+    _keep: Vec<tempfile::TempDir>,
 }
 
 /// One line of the registry's access log.
@@ -68,6 +70,38 @@ impl Registry {
     /// Starts a registry on a free loopback port (the registry binds port 0
     /// and logs which it got, so parallel tests never race for ports).
     pub fn start(auth: Auth) -> Registry {
+        Registry::start_with(auth, None)
+    }
+
+    /// Starts a registry serving HTTPS with a certificate for 127.0.0.1
+    /// signed by a fresh CA; returns it and the CA's PEM.
+    pub fn start_tls() -> (Registry, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "regmirror test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert_path.display(),
+            key_path.display()
+        );
+        let mut registry = Registry::start_with(Auth::None, Some(tls));
+        registry._keep.push(dir);
+        (registry, ca_cert.pem())
+    }
+
+    fn start_with(auth: Auth, tls: Option<String>) -> Registry {
         assert!(
             docker_registry_available(),
             "docker-registry is not installed: run scripts/install-deps (see README)"
@@ -97,8 +131,9 @@ impl Registry {
             ),
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: regmirror-test-secret\n{auth_yaml}",
-            dir.path().join("data").display()
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: regmirror-test-secret\n{}{auth_yaml}",
+            dir.path().join("data").display(),
+            tls.unwrap_or_default()
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
@@ -116,6 +151,7 @@ impl Registry {
             dir,
             host: String::new(),
             auth,
+            _keep: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
