@@ -116,20 +116,36 @@ impl Layout {
             digest: entry.digest.clone(),
             size: entry.size,
             platform: None,
+            urls: None,
         })
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        // `Digest` only holds a known algorithm and lowercase hex: no `..`, no `/`.
-        self.dir
+    /// The file holding `digest`. `Digest` only holds a known algorithm and
+    /// lowercase hex (no `..`, no `/`), and a file that resolves outside the
+    /// layout (a symlink out of it) is refused before it is read.
+    fn blob_path(&self, digest: &Digest) -> Result<PathBuf> {
+        let path = self
+            .dir
             .join("blobs")
             .join(digest.algorithm())
-            .join(digest.hex())
+            .join(digest.hex());
+        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.dir.canonicalize())
+            && !real.starts_with(&root)
+        {
+            return Err(Error::Layout {
+                path: self.dir.display().to_string(),
+                reason: format!(
+                    "blob `{digest}` resolves to `{}`, outside the layout; refused",
+                    real.display()
+                ),
+            });
+        }
+        Ok(path)
     }
 
     /// Reads and checks a manifest; `media_type` is the descriptor's claim.
     pub async fn manifest(&self, digest: &Digest, media_type: Option<&str>) -> Result<Manifest> {
-        let path = self.blob_path(digest);
+        let path = self.blob_path(digest)?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.missing(digest, e))?;
@@ -150,7 +166,7 @@ impl Layout {
 
     /// Copies a blob to `to`, checking digest and size.
     pub async fn copy_blob(&self, blob: &Descriptor, to: &Path) -> Result<()> {
-        let path = self.blob_path(&blob.digest);
+        let path = self.blob_path(&blob.digest)?;
         let mut input = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.missing(&blob.digest, e))?;

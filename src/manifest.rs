@@ -59,6 +59,18 @@ pub struct Descriptor {
     /// The platform, on index entries.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Where a foreign (non-distributable) layer is downloaded from.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+}
+
+impl Descriptor {
+    /// True for a layer that clients fetch from its `urls`, not from the
+    /// registry (Windows base layers): it is not copied, and those URLs are
+    /// never followed; the manifest keeps pointing at them, as it did.
+    pub fn is_foreign(&self) -> bool {
+        self.urls.as_ref().is_some_and(|urls| !urls.is_empty())
+    }
 }
 
 #[derive(Deserialize)]
@@ -90,7 +102,8 @@ pub struct Manifest {
     pub bytes: Bytes,
     /// Child manifests, for an index.
     pub children: Vec<Descriptor>,
-    /// Config and layers, for an image manifest.
+    /// Config and layers, for an image manifest; foreign layers are left
+    /// out (see [`Descriptor::is_foreign`]).
     pub blobs: Vec<Descriptor>,
 }
 
@@ -106,6 +119,12 @@ impl Manifest {
         digest.verify(&bytes, None, &format!("manifest {what}"))?;
         let body: Body = serde_json::from_slice(&bytes)
             .map_err(|e| refuse(&what, &format!("not a JSON manifest ({e})")))?;
+        if let Some(version) = body.schema_version.filter(|v| *v > 2) {
+            return Err(refuse(
+                &what,
+                &format!("schemaVersion {version} is not supported (2 is)"),
+            ));
+        }
         if body.schema_version == Some(1) || body.signatures.is_some() || body.fs_layers.is_some() {
             return Err(refuse(
                 &what,
@@ -136,7 +155,12 @@ impl Manifest {
                     .config
                     .ok_or_else(|| refuse(&what, "image manifest without `config`"))?;
                 let mut blobs = vec![config];
-                blobs.extend(body.layers.unwrap_or_default());
+                blobs.extend(
+                    body.layers
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|layer| !layer.is_foreign()),
+                );
                 (Vec::new(), blobs)
             }
             other => {

@@ -150,13 +150,16 @@ impl FromStr for Reference {
             input: input.to_string(),
             reason: reason.to_string(),
         };
-        let (rest, digest) = match input.split_once('@') {
-            Some((rest, digest)) => (
-                rest,
-                Some(digest.parse::<Digest>().map_err(|_| fail("bad digest"))?),
-            ),
-            None => (input, None),
-        };
+        let (rest, digest) =
+            match input.split_once('@') {
+                Some((rest, digest)) => (
+                    rest,
+                    Some(digest.parse::<Digest>().map_err(|e| {
+                        fail(&format!("{e} (`sha256:` and 64 lowercase hex digits)"))
+                    })?),
+                ),
+                None => (input, None),
+            };
         // A tag is after the last ':' that comes after the last '/'.
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
         let (name, tag) = match rest[last_slash..].rfind(':') {

@@ -702,3 +702,276 @@ async fn tls_is_verified_and_a_configured_ca_is_trusted() {
         run.stderr
     );
 }
+
+fn shared_manifest(path: &str) -> Vec<u8> {
+    let dir = support::shared_fixtures().expect("../shared/fixtures/real is missing");
+    let path = dir.join("manifests/containers-image").join(path);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// Malformed and hostile manifests, served by a registry stand-in (the proxy
+/// answers manifest requests with the bytes): each image fails alone with
+/// a message naming the image and what is wrong; a good image still copies.
+#[tokio::test]
+async fn malformed_manifests_fail_alone_naming_the_place() {
+    let setup = Setup::new(1, 1).await;
+    let big_index = {
+        let entry = serde_json::json!({"mediaType": images::OCI_MANIFEST, "digest": images::sha256(b"x"), "size": 1});
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": images::OCI_INDEX,
+            "manifests": vec![entry; 1025]
+        }))
+        .unwrap()
+    };
+    let mut huge = b"{\"schemaVersion\":2,\"annotations\":{\"pad\":\"".to_vec();
+    huge.resize(4 * 1024 * 1024 + 10, b'a');
+    huge.extend_from_slice(b"\"}}");
+    // (name, bytes, content type, what the error must say)
+    let cases: Vec<(&str, Vec<u8>, &str, String)> = vec![
+        (
+            "non-json",
+            shared_manifest("internal_manifest_testdata/non-json.manifest.json"),
+            "application/vnd.oci.image.manifest.v1+json",
+            "not a JSON manifest".into(),
+        ),
+        (
+            "schema1-signed",
+            shared_manifest("internal_manifest_testdata/v2s1.manifest.json"),
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "Docker schema1 manifests are deprecated and not copied".into(),
+        ),
+        (
+            "schema1-invalid-signatures",
+            shared_manifest("internal_manifest_testdata/v2s1-invalid-signatures.manifest.json"),
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "Docker schema1 manifests are deprecated and not copied".into(),
+        ),
+        (
+            "unknown-version",
+            shared_manifest("internal_manifest_testdata/unknown-version.manifest.json"),
+            "application/json",
+            "schemaVersion 99999 is not supported".into(),
+        ),
+        (
+            // The layer type is not ours to judge (bytes are copied as they
+            // are); the blobs it names do not exist upstream, and the error
+            // says which.
+            "invalid-layer-media-type",
+            shared_manifest("manifest_fixtures/ociv1.invalid.mediatype.manifest.json"),
+            "application/vnd.oci.image.manifest.v1+json",
+            "/bad/invalid-layer-media-type@sha256:".into(),
+        ),
+        (
+            "fan-out",
+            big_index,
+            images::OCI_INDEX,
+            "index has more than 1024 entries".into(),
+        ),
+        (
+            "oversized",
+            huge,
+            images::OCI_MANIFEST,
+            "larger than 4 MiB".into(),
+        ),
+    ];
+    let mut rules = Vec::new();
+    let mut entries = String::new();
+    for (name, bytes, content_type, _) in &cases {
+        let body = String::from_utf8_lossy(bytes).into_owned();
+        // Exact bytes: the non-JSON case is not UTF-8, so serve it raw.
+        let digest = images::sha256(bytes);
+        rules.push(Rule::new(
+            "",
+            &format!("/bad/{name}/manifests/"),
+            usize::MAX,
+            Action::RespondBytes {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), content_type.to_string()),
+                    ("Docker-Content-Digest".into(), digest),
+                ],
+                body: bytes.clone(),
+            },
+        ));
+        let _ = body;
+        entries.push_str(&format!(
+            "  - name: {name}\n    source: PROXY/bad/{name}\n    tags: [v1]\n"
+        ));
+    }
+    let proxy = Proxy::start(&setup.upstream.host, rules);
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let path = setup.dir.path().join("mirror.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&entries.replace("PROXY", &proxy.host));
+    std::fs::write(&path, text).unwrap();
+
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    for (name, _, _, expected) in &cases {
+        let result = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["image"] == *name)
+            .unwrap_or_else(|| panic!("no result for {name}"));
+        assert_eq!(result["outcome"], "failed", "{name}");
+        let message = result["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected.as_str()), "{name}: {message}");
+        assert!(
+            run.stderr.contains(&format!(
+                "{name}:v1 → {}/m/bad/{name}:v1",
+                setup.targets[0].host
+            )),
+            "{name} is not named in:\n{}",
+            run.stderr
+        );
+        let state = deep_check(&setup.targets[0].host, &format!("m/bad/{name}"), "v1").await;
+        assert_eq!(state, TagState::Absent, "{name}");
+    }
+}
+
+/// A foreign layer (with `urls`) is not fetched and its URL is never
+/// followed; the manifest is copied byte for byte, pointing where it did.
+#[tokio::test]
+async fn foreign_layers_are_not_followed() {
+    let setup = Setup::new(0, 1).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!(
+        "http://{}/windows-base-layer",
+        listener.local_addr().unwrap()
+    );
+    let base = small("base", 9);
+    let config = &base.blobs[0];
+    let layer = &base.blobs[1];
+    let foreign = images::sha256(b"a layer that lives elsewhere");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": images::DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config.0, "size": config.1.len()},
+        "layers": [
+            {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": foreign, "size": 28, "urls": [url]},
+            {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.0, "size": layer.1.len()}
+        ]
+    }))
+    .unwrap();
+    let image = Generated {
+        blobs: vec![config.clone(), layer.clone()],
+        children: vec![],
+        root: (
+            images::sha256(&manifest),
+            images::DOCKER_MANIFEST.into(),
+            manifest,
+        ),
+    };
+    images::push(&setup.upstream.url(), "team/win", "v1", &image).await;
+    let mut setup = setup;
+    setup.images.push(("win".into(), image));
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    setup.check_targets(&report).await;
+    assert!(
+        listener.accept().is_err(),
+        "regmirror connected to the foreign layer's URL"
+    );
+    let fetched: Vec<_> = setup
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains(&foreign))
+        .collect();
+    assert!(fetched.is_empty(), "{fetched:?}");
+}
+
+/// Hostile OCI layouts and bad references: digests are validated before
+/// any path is built, nothing outside the layout is read, and each case
+/// exits with its code and a message naming the place.
+#[tokio::test]
+async fn hostile_layouts_and_bad_references_are_refused_naming_the_place() {
+    let setup = Setup::new(0, 1).await;
+    let image = small("layout", 3);
+    let target = format!("{}/m/layout:v1", setup.targets[0].host);
+    let fresh = |name: &str| {
+        let dir = setup.dir.path().join(name);
+        images::write_layout(&dir, "v1", &image);
+        dir
+    };
+
+    // `index.json` naming a path instead of a digest.
+    let traversal = fresh("traversal");
+    let index = std::fs::read_to_string(traversal.join("index.json")).unwrap();
+    let escaped = index.replace(&image.root.0, "sha256:../../../../../../etc/passwd");
+    std::fs::write(traversal.join("index.json"), escaped).unwrap();
+
+    // A blob that is a symlink to a file outside the layout.
+    let symlinked = fresh("symlinked");
+    let outside = setup.dir.path().join("secret");
+    std::fs::write(&outside, b"not for you").unwrap();
+    let config = symlinked
+        .join("blobs/sha256")
+        .join(image.blobs[0].0.trim_start_matches("sha256:"));
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink(&outside, &config).unwrap();
+
+    // No `oci-layout` marker.
+    let unmarked = fresh("unmarked");
+    std::fs::remove_file(unmarked.join("oci-layout")).unwrap();
+
+    let oci = |dir: &Path| format!("oci:{}:v1", dir.display());
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            vec![oci(&traversal), target.clone()],
+            2,
+            "`index.json`: invalid digest `sha256:../../../../../../etc/passwd`".into(),
+        ),
+        (
+            vec![oci(&symlinked), target.clone()],
+            1,
+            format!(
+                "blob `{}` resolves to `{}`, outside the layout; refused",
+                image.blobs[0].0,
+                outside.canonicalize().unwrap().display()
+            ),
+        ),
+        (
+            vec![oci(&unmarked), target.clone()],
+            2,
+            format!("oci layout `{}`: no `oci-layout` file", unmarked.display()),
+        ),
+        (
+            vec!["Upper/Case:v1".into(), target.clone()],
+            2,
+            "invalid reference `Upper/Case:v1`".into(),
+        ),
+        (
+            vec![oci(&fresh("good")), format!("{target}@{}", image.root.0)],
+            2,
+            "give a tag, not a digest".into(),
+        ),
+        (
+            vec![
+                format!("{}/team/x@sha256:abc", setup.upstream.host),
+                target.clone(),
+            ],
+            2,
+            "invalid digest `sha256:abc`".into(),
+        ),
+    ];
+    for (args, code, message) in cases {
+        let mut all = vec!["copy"];
+        all.extend(args.iter().map(String::as_str));
+        let run = regmirror(setup.dir.path(), &all, &[]);
+        assert_eq!(run.code, code, "{args:?}: {}", run.all());
+        assert!(
+            run.stderr.contains(&message),
+            "{args:?}: no `{message}` in\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/layout", "v1").await,
+        TagState::Absent,
+        "something was tagged from a hostile layout"
+    );
+}

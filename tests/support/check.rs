@@ -69,7 +69,8 @@ pub async fn deep_check(host: &str, repo: &str, tag: &str) -> TagState {
             .into_iter()
             .flatten()
             .chain(manifest.get("config"));
-        for blob in blobs {
+        // Foreign layers live at their `urls`, not in the registry.
+        for blob in blobs.filter(|b| b.get("urls").is_none()) {
             let blob_digest = blob["digest"].as_str().unwrap_or_default();
             let response = http
                 .get(format!("{base}/blobs/{blob_digest}"))

@@ -20,6 +20,12 @@ pub enum Action {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// Answer with these exact bytes instead of asking the registry.
+    RespondBytes {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Forward only this many bytes of the request body, then cut both sides
     /// (a reset in the middle of an upload).
     CutRequestAfter(usize),
@@ -182,15 +188,26 @@ fn serve(
     });
     let action = picked.map(|(_, action, n)| (action, n));
 
-    if let Some((
-        Action::Respond {
-            status,
-            headers,
-            body,
-        },
-        _,
-    )) = &action
-    {
+    let respond = match &action {
+        Some((
+            Action::Respond {
+                status,
+                headers,
+                body,
+            },
+            _,
+        )) => Some((*status, headers.clone(), body.as_bytes().to_vec())),
+        Some((
+            Action::RespondBytes {
+                status,
+                headers,
+                body,
+            },
+            _,
+        )) => Some((*status, headers.clone(), body.clone())),
+        _ => None,
+    };
+    if let Some((status, headers, body)) = respond {
         let _ = std::io::copy(
             &mut (&mut reader).take(content_length as u64),
             &mut std::io::sink(),
@@ -199,8 +216,12 @@ fn serve(
         for (name, value) in headers {
             answer.push_str(&format!("{name}: {value}\r\n"));
         }
-        answer.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        let _ = client.write_all(answer.as_bytes());
+        answer.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut answer = answer.into_bytes();
+        if method != "HEAD" {
+            answer.extend_from_slice(&body);
+        }
+        let _ = client.write_all(&answer);
         let _ = client.shutdown(Shutdown::Write);
         return;
     }
