@@ -77,6 +77,10 @@ pub enum Error {
     #[error("CA file `{path}`: {reason}")]
     Ca { path: String, reason: String },
 
+    /// A registry sent more than we accept (pages of tags).
+    #[error("`{what}`: {reason}")]
+    Limit { what: String, reason: String },
+
     /// A manifest we cannot or will not copy.
     #[error("unsupported manifest `{what}`: {reason}")]
     Manifest { what: String, reason: String },

@@ -634,6 +634,25 @@ fn bad_configs_exit_2_naming_the_line() {
             "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nimages:\n  - source: docker.io/e/f\n    tags: {semver: '>=1', limit: 3}\n",
             &["bad.yaml:6:27: unknown field `limit`"],
         ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nregistries:\n  docker.io:\n    rate_limit: {requests: 0, per: soon, burst: 0}\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
+            &[
+                "bad.yaml:6:28: registries.docker.io.rate_limit.requests: must be at least 1",
+                "bad.yaml:6:36: registries.docker.io.rate_limit.per: `soon` is not a duration like `1h` or `30s`",
+                "bad.yaml:6:49: registries.docker.io.rate_limit.burst: must be at least 1",
+            ],
+        ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nregistries:\n  docker.io:\n    min_remaining: -1\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
+            &["bad.yaml:6:20: "],
+        ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nregistries:\n  ghcr.io:\n    insecure: true\n    ca: ca.pem\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
+            &[
+                "bad.yaml:7:9: registries.ghcr.io.ca: no such file",
+                "bad.yaml:7:9: registries.ghcr.io.ca: `insecure: true` turns TLS off; it cannot go with `tls` or `ca`",
+            ],
+        ),
     ];
     for (i, (config, needles)) in table.iter().enumerate() {
         std::fs::write(dir.path().join("bad.yaml"), config).unwrap();
@@ -916,7 +935,18 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
     let mut env = lab.env();
     env.retain(|(k, _)| !k.starts_with("REGMIRROR_AUTH_"));
     env.push((support::auth_var(basic), format!("alice:{wrong}")));
-    let run = regmirror(lab.dir.path(), &["-vv", "sync"], &env);
+    let run = regmirror(
+        lab.dir.path(),
+        &[
+            "-vv",
+            "sync",
+            "--json",
+            "report.json",
+            "--summary",
+            "summary.md",
+        ],
+        &env,
+    );
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
         run.stderr
@@ -924,8 +954,18 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
         "{}",
         run.stderr
     );
-    let output = run.all();
+    // Every output: the log at trace level, the JSON report, the summary.
+    let mut output = run.all();
+    for file in ["report.json", "summary.md"] {
+        output.push_str(&std::fs::read_to_string(lab.dir.path().join(file)).unwrap());
+    }
+    assert!(output.contains("\"kind\": \"auth\""), "{output}");
     let mut secrets = lab.secrets();
+    assert!(
+        secrets.len() >= 3,
+        "no bearer token was issued, so none could leak: {}",
+        secrets.len()
+    );
     secrets.push(wrong.to_string());
     secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("alice:{wrong}")));
     for secret in secrets {

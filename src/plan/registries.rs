@@ -70,11 +70,15 @@ pub fn resolve(
             options.ca = Some(path);
         }
         if entry.insecure && (entry.tls || entry.ca.is_some()) {
-            problems.push(Problem {
-                line: 0,
-                column: 0,
-                place: place("insecure"),
-                message: "`insecure: true` with `tls` or `ca`: choose one".into(),
+            let message = "`insecure: true` turns TLS off; it cannot go with `tls` or `ca`";
+            problems.push(match &entry.ca {
+                Some(ca) => problem_at(ca, place("ca"), message),
+                None => Problem {
+                    line: 0,
+                    column: 0,
+                    place: place("tls"),
+                    message: message.into(),
+                },
             });
         }
         registries.insert(registry, options);

@@ -659,9 +659,9 @@ impl RegistryClient {
                 None => return Ok(tags),
             }
         }
-        Err(Error::Manifest {
+        Err(Error::Limit {
             what: format!("{repository} tags"),
-            reason: format!("more than {MAX_TAG_PAGES} pages of tags"),
+            reason: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow more"),
         })
     }
 
