@@ -14,7 +14,8 @@
 //! - [`shard`]: `--shard I/N` and `plan --matrix N`, splitting a plan across
 //!   CI runners by a hash of each image's name.
 //! - [`registry`]: the HTTP client every request passes through: auth
-//!   (Docker credential chain, bearer tokens), per-registry limits, retries.
+//!   (Docker credential chain, bearer tokens), per-registry limits (a
+//!   governor quota, the registry's own `ratelimit-remaining`), retries.
 //! - [`source`], [`layout`]: where images are read from (a registry, or an
 //!   OCI layout directory).
 //! - [`spool`]: blobs fetched once per run, on disk, for every target.

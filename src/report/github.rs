@@ -92,11 +92,22 @@ mod tests {
                     FailureKind::Verification,
                     "`ghcr.io/a/k3s:v1` serves `sha256:1`",
                 ),
+                sample(
+                    "k3s",
+                    "v2",
+                    Status::Deferred,
+                    Some((FailureKind::RateLimited, &["rate limited"][..])),
+                ),
             ],
             ..Summary::default()
         };
         let lines = annotations(&summary);
-        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[3].starts_with("::warning title=regmirror%3A deferred by a rate limit::"),
+            "{}",
+            lines[3]
+        );
         assert_eq!(
             lines[0],
             "::error title=regmirror%3A copy failed::k3s:v1 → ghcr.io/a/k3s:v1: upload: reset"

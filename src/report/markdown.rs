@@ -193,6 +193,36 @@ mod tests {
     }
 
     #[test]
+    fn deferred_results_have_their_own_table_and_do_not_fail_the_run() {
+        let deferred = sample(
+            "postgres",
+            "17",
+            Status::Deferred,
+            Some((
+                FailureKind::RateLimited,
+                &["rate limited at `docker.io`: 10 pulls left"][..],
+            )),
+        );
+        let summary = Summary {
+            outcomes: vec![outcome("k3s", "v1", Status::Copied), deferred],
+            ..Summary::default()
+        };
+        assert_eq!(summary.exit_code(), 0);
+        let text = markdown("sync", &summary);
+        assert!(text.starts_with("## ✅"), "{text}");
+        assert!(!text.contains("### Failures"), "{text}");
+        assert!(
+            text.contains("### Deferred by rate limits (the next run picks them up) (1)"),
+            "{text}"
+        );
+        assert!(text.contains("10 pulls left"), "{text}");
+        assert!(
+            text.contains("1 copied, 0 present, 1 deferred, 0 failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn long_runs_are_cut_with_a_count() {
         let outcomes = (0..MAX_ROWS + 7)
             .map(|i| outcome(&format!("image{i}"), "v1", Status::Present))
