@@ -37,10 +37,15 @@ impl Spool {
             .or_else(|| std::env::var_os("RUNNER_TEMP"))
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        remove_abandoned(&base);
+        Spool::in_dir(&base)
+    }
+
+    /// A spool in `base`, after removing the abandoned ones there.
+    pub fn in_dir(base: &Path) -> Result<Spool> {
+        remove_abandoned(base);
         let dir = tempfile::Builder::new()
             .prefix(PREFIX)
-            .tempdir_in(&base)
+            .tempdir_in(base)
             .map_err(|e| Error::io(format!("create spool in {}", base.display()), e))?;
         let lock = File::create(dir.path().join(LOCK))
             .and_then(|file| file.lock().map(|()| file))
@@ -145,11 +150,8 @@ mod tests {
         std::fs::create_dir(&unrelated).unwrap();
         std::fs::write(unrelated.join(LOCK), b"").unwrap();
 
-        // SAFETY: this is the only test that sets `REGMIRROR_SPOOL`.
-        unsafe { std::env::set_var("REGMIRROR_SPOOL", base.path()) };
-        let live = Spool::new().unwrap();
-        let second = Spool::new().unwrap();
-        unsafe { std::env::remove_var("REGMIRROR_SPOOL") };
+        let live = Spool::in_dir(base.path()).unwrap();
+        let second = Spool::in_dir(base.path()).unwrap();
 
         assert!(!abandoned.exists(), "the abandoned spool is still there");
         assert!(settling.exists() && unrelated.exists());

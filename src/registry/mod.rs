@@ -970,9 +970,16 @@ impl RegistryClient {
         retry::run(|_| async {
             let session = session.lock().expect("session lock poisoned").take();
             let result = self.upload_once(repository, blob, path, session).await;
+            // The PUT is sent once per attempt (its body is a stream), so its
+            // failures are retried here, with a new upload session; the POST
+            // that opens a session was already retried where it was sent.
             let retryable = match &result {
-                Err(Error::Transport { source, .. }) => retry::transport_is_retryable(source),
-                Err(Error::Status { status, .. }) => retry::status_is_retryable(*status),
+                Err(Error::Transport { method, source, .. }) => {
+                    method == "PUT" && retry::transport_is_retryable(source)
+                }
+                Err(Error::Status { method, status, .. }) => {
+                    method == "PUT" && retry::status_is_retryable(*status)
+                }
                 _ => false,
             };
             if retryable {
