@@ -347,6 +347,7 @@ impl Engine {
                         lacking,
                         total,
                         before.as_ref() == Some(source_digest),
+                        before.is_none(),
                     )
                     .await?;
                 let wrote =
@@ -374,6 +375,7 @@ impl Engine {
         lacking: Vec<Descriptor>,
         total: usize,
         tagged: bool,
+        fresh: bool,
     ) -> Result<Transfer> {
         let repository = &destination.repository;
         let mut transfer = Transfer {
@@ -400,7 +402,7 @@ impl Engine {
             }
         }
         for child in &image.children {
-            if self.ensure_manifest(job, repository, child).await? {
+            if self.ensure_manifest(job, repository, child, !fresh).await? {
                 transfer.manifests_pushed += 1;
             }
         }
@@ -553,23 +555,28 @@ impl Engine {
         Ok((*written, mine.load(Ordering::Relaxed)))
     }
 
-    /// Puts a child manifest by digest unless the repository has it. True if pushed.
+    /// Puts a child manifest by digest unless the repository has it. True if
+    /// pushed. `check_first: false` (the tag was absent, so its children
+    /// most likely are too) skips the HEAD: putting a manifest the registry
+    /// already has is harmless and costs one request, as the HEAD would.
     async fn ensure_manifest(
         &self,
         job: &Job,
         repository: &Repository,
         manifest: &Manifest,
+        check_first: bool,
     ) -> Result<bool> {
         let cell = self.cell(Self::key(true, repository, &manifest.digest));
         let mine = AtomicBool::new(false);
         let written = cell
             .get_or_try_init(|| async {
-                if self
-                    .client
-                    .head_manifest(repository, manifest.digest.as_str())
-                    .await?
-                    .as_ref()
-                    == Some(&manifest.digest)
+                if check_first
+                    && self
+                        .client
+                        .head_manifest(repository, manifest.digest.as_str())
+                        .await?
+                        .as_ref()
+                        == Some(&manifest.digest)
                 {
                     return Ok(Written::Present);
                 }

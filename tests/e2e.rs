@@ -199,6 +199,13 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
             .filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201)
             .count();
         assert!(mounts > 0, "{name}: no cross-repository mounts");
+        // Fresh tags: children are put without a HEAD first; the only manifest
+        // HEADs are by tag (before writing, and the check after).
+        let child_heads: Vec<&Request> = requests
+            .iter()
+            .filter(|r| r.method == "HEAD" && r.path.contains("/manifests/sha256:"))
+            .collect();
+        assert!(child_heads.is_empty(), "{name}: {child_heads:#?}");
         // One writer per blob per repository.
         let mut uploads = HashSet::new();
         for r in requests
