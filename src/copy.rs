@@ -340,15 +340,7 @@ impl Engine {
             async move {
                 let lacking = lacking?;
                 let transfer = self
-                    .push(
-                        job,
-                        image,
-                        destination,
-                        lacking,
-                        total,
-                        before.as_ref() == Some(source_digest),
-                        before.is_none(),
-                    )
+                    .push(job, image, destination, lacking, total, before.as_ref())
                     .await?;
                 let wrote =
                     transfer.blobs_uploaded + transfer.blobs_mounted + transfer.manifests_pushed
@@ -374,10 +366,13 @@ impl Engine {
         destination: &Destination,
         lacking: Vec<Descriptor>,
         total: usize,
-        tagged: bool,
-        fresh: bool,
+        before: Option<&Digest>,
     ) -> Result<Transfer> {
         let repository = &destination.repository;
+        // The tag already names the image (a `--deep` repair); or there was
+        // no tag at all, so its children are most likely missing too.
+        let tagged = before == Some(&image.root.digest);
+        let fresh = before.is_none();
         let mut transfer = Transfer {
             blobs_skipped: total - lacking.len(),
             ..Transfer::default()
