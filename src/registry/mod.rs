@@ -435,7 +435,7 @@ impl RegistryClient {
         build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
         idempotent: bool,
     ) -> Result<Answer> {
-        let answer = retry::run(|_| {
+        let answer = retry::run(|| {
             let method = method.clone();
             async move {
                 let mut request = host.http.request(method.clone(), url);
@@ -820,21 +820,17 @@ impl RegistryClient {
         path: &Path,
     ) -> Result<()> {
         let url = self.url(repository, &format!("blobs/{}", blob.digest));
-        retry::run(|_| async {
-            match self.download_once(repository, blob, &url, path).await {
-                Err(Error::Transport { source, .. }) if retry::transport_is_retryable(&source) => {
+        retry::run(|| async {
+            let result = self.download_once(repository, blob, &url, path).await;
+            match &result {
+                Err(Error::Transport { source, .. }) if retry::transport_is_retryable(source) => {
                     tracing::debug!(%url, error = %source, "blob download broke");
-                    let result = Err(Error::Transport {
-                        method: "GET".into(),
-                        url: url.clone(),
-                        source,
-                    });
                     Attempt::Transient {
                         result,
                         retry_after: None,
                     }
                 }
-                other => Attempt::Final(other),
+                _ => Attempt::Final(result),
             }
         })
         .await
@@ -967,7 +963,7 @@ impl RegistryClient {
         session: Option<String>,
     ) -> Result<()> {
         let session = Mutex::new(session);
-        retry::run(|_| async {
+        retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
             let result = self.upload_once(repository, blob, path, session).await;
             // The PUT is sent once per attempt (its body is a stream), so its

@@ -79,17 +79,17 @@ pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
     Some((base + jitter).min(MAX_DELAY))
 }
 
-/// Runs `attempt(0)`, `attempt(1)`, … until one is final or [`delay`] says
-/// stop, sleeping in between. A transient result is dropped before the
-/// sleep (it may hold a connection or a host permit).
+/// Runs `attempt()` until it is final or [`delay`] says stop, sleeping in
+/// between. A transient result is dropped before the sleep (it may hold a
+/// connection or a host permit).
 pub async fn run<T, F, Fut>(mut attempt: F) -> T
 where
-    F: FnMut(u32) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = Attempt<T>>,
 {
     let mut n = 0;
     loop {
-        match attempt(n).await {
+        match attempt().await {
             Attempt::Final(result) => return result,
             Attempt::Transient {
                 result,
@@ -164,8 +164,8 @@ mod tests {
     async fn script(steps: Vec<Option<Option<Duration>>>) -> (usize, u32, Duration) {
         let calls = AtomicU32::new(0);
         let start = Instant::now();
-        let result = run(|n| {
-            calls.fetch_add(1, Ordering::SeqCst);
+        let result = run(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
             let step = steps[n as usize];
             async move {
                 match step {
