@@ -574,6 +574,40 @@ impl RegistryClient {
         }
     }
 
+    /// A pull-scoped GET or HEAD, its answer sorted: `Some` for 200, `None`
+    /// for 404, an error naming the request (and, for a GET, the registry's
+    /// error body) for any other status.
+    async fn pull(
+        &self,
+        repository: &Repository,
+        method: Method,
+        url: &str,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Option<Answer>> {
+        let answer = self
+            .send(
+                repository,
+                Access::Pull(&repository.path),
+                method.clone(),
+                url,
+                build,
+                true,
+            )
+            .await?;
+        match answer.response.status() {
+            StatusCode::OK => Ok(Some(answer)),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => {
+                let body = if method == Method::HEAD {
+                    String::new()
+                } else {
+                    error_body(answer.response).await
+                };
+                Err(Self::status_error(method.as_str(), url, status, body))
+            }
+        }
+    }
+
     /// The digest `reference` (tag or digest) resolves to, or `None` if absent.
     /// A HEAD: Docker Hub does not count it as a pull.
     pub async fn head_manifest(
@@ -582,31 +616,18 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Option<Digest>> {
         let url = self.url(repository, &format!("manifests/{reference}"));
-        let answer = self
-            .send(
-                repository,
-                Access::Pull(&repository.path),
-                Method::HEAD,
-                &url,
-                &|r| r.header(ACCEPT, manifest::ACCEPT),
-                true,
-            )
-            .await?;
-        let response = answer.response;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(Self::status_error("HEAD", &url, status, String::new())),
-        }
-        match header(&response, "docker-content-digest").map(str::parse::<Digest>) {
-            Some(Ok(digest)) => Ok(Some(digest)),
+        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::ACCEPT);
+        let Some(answer) = self.pull(repository, Method::HEAD, &url, &accept).await? else {
+            return Ok(None);
+        };
+        let stated = header(&answer.response, "docker-content-digest")
+            .and_then(|d| d.parse::<Digest>().ok());
+        match stated {
+            Some(digest) => Ok(Some(digest)),
             // A registry that omits the header: the bytes must tell us.
-            _ => {
-                drop(response);
-                Ok(Some(
-                    self.get_manifest(repository, reference, None).await?.digest,
-                ))
-            }
+            None => Ok(Some(
+                self.get_manifest(repository, reference, None).await?.digest,
+            )),
         }
     }
 
@@ -624,28 +645,12 @@ impl RegistryClient {
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
             let answer = self
-                .send(
-                    repository,
-                    Access::Pull(&repository.path),
-                    Method::GET,
-                    &url,
-                    &|r| r,
-                    true,
-                )
-                .await?;
+                .pull(repository, Method::GET, &url, &|r| r)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    what: repository.to_string(),
+                })?;
             let response = answer.response;
-            match response.status() {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => {
-                    return Err(Error::NotFound {
-                        what: repository.to_string(),
-                    });
-                }
-                status => {
-                    let body = error_body(response).await;
-                    return Err(Self::status_error("GET", &url, status, body));
-                }
-            }
             let next = header(&response, "link").and_then(next_link);
             let page: TagList = response.json().await.map_err(|source| Error::Transport {
                 method: "GET".into(),
@@ -680,33 +685,14 @@ impl RegistryClient {
             .limits
             .before_pull(&repository.registry)
             .await?;
+        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::ACCEPT);
         let answer = self
-            .send(
-                repository,
-                Access::Pull(&repository.path),
-                Method::GET,
-                &url,
-                &|r| r.header(ACCEPT, manifest::ACCEPT),
-                true,
-            )
-            .await?;
+            .pull(repository, Method::GET, &url, &accept)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{repository}:{reference}"),
+            })?;
         let response = answer.response;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound {
-                    what: format!("{repository}:{reference}"),
-                });
-            }
-            status => {
-                return Err(Self::status_error(
-                    "GET",
-                    &url,
-                    status,
-                    error_body(response).await,
-                ));
-            }
-        }
         let content_type = header(&response, CONTENT_TYPE.as_str()).map(str::to_string);
         let claimed =
             header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
@@ -794,21 +780,10 @@ impl RegistryClient {
     /// True when the repository has the blob (a HEAD).
     pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
         let url = self.url(repository, &format!("blobs/{digest}"));
-        let answer = self
-            .send(
-                repository,
-                Access::Pull(&repository.path),
-                Method::HEAD,
-                &url,
-                &|r| r,
-                true,
-            )
-            .await?;
-        match answer.response.status() {
-            StatusCode::OK => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            status => Err(Self::status_error("HEAD", &url, status, String::new())),
-        }
+        Ok(self
+            .pull(repository, Method::HEAD, &url, &|r| r)
+            .await?
+            .is_some())
     }
 
     /// Streams a blob into `path`, checking digest and size as it goes.
@@ -844,32 +819,12 @@ impl RegistryClient {
         path: &Path,
     ) -> Result<()> {
         let answer = self
-            .send(
-                repository,
-                Access::Pull(&repository.path),
-                Method::GET,
-                url,
-                &|r| r,
-                true,
-            )
-            .await?;
+            .pull(repository, Method::GET, url, &|r| r)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{repository}@{}", blob.digest),
+            })?;
         let response = answer.response;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound {
-                    what: format!("{repository}@{}", blob.digest),
-                });
-            }
-            status => {
-                return Err(Self::status_error(
-                    "GET",
-                    url,
-                    status,
-                    error_body(response).await,
-                ));
-            }
-        }
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| Error::io(format!("create spool file {}", path.display()), e))?;
