@@ -975,3 +975,45 @@ async fn hostile_layouts_and_bad_references_are_refused_naming_the_place() {
         "something was tagged from a hostile layout"
     );
 }
+
+/// A registry that leaves `Docker-Content-Digest` off its HEAD answers: the
+/// digest is read from the manifest itself, and with one request allowed at
+/// a time that GET must not wait behind the HEAD it follows.
+#[tokio::test]
+async fn a_head_without_a_digest_falls_back_to_the_bytes_without_a_deadlock() {
+    let setup = Setup::new(2, 1).await;
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "HEAD",
+            "/manifests/",
+            usize::MAX,
+            Action::StripHeader("docker-content-digest"),
+        )],
+    );
+    let registries = format!("registries:\n  {}:\n    concurrency: 1\n", proxy.host);
+    setup.config(&proxy.host, &setup.target_hosts(), &registries);
+    let mut child = regmirror_command(setup.dir.path(), &["sync", "--json", "report.json"], &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("sync hung: the fallback GET waited for the HEAD's permit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert!(proxy.applied(0) >= 2, "no HEAD lost its digest");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "copied"), 2);
+}

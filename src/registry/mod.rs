@@ -622,6 +622,8 @@ impl RegistryClient {
         };
         let stated = header(&answer.response, "docker-content-digest")
             .and_then(|d| d.parse::<Digest>().ok());
+        // Give back the host permit first: the fallback GET needs one.
+        drop(answer);
         match stated {
             Some(digest) => Ok(Some(digest)),
             // A registry that omits the header: the bytes must tell us.

@@ -38,6 +38,8 @@ pub enum Action {
     Corrupt,
     /// Forward, adding these response headers.
     Headers(HeaderFn),
+    /// Forward, leaving out this response header (lower case).
+    StripHeader(&'static str),
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -261,8 +263,14 @@ fn serve(
         if line == b"\r\n" {
             break;
         }
-        if line.to_ascii_lowercase().starts_with(b"content-length: 0") {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with(b"content-length: 0") {
             is_head_request_or_empty = true;
+        }
+        if let Some((Action::StripHeader(name), _)) = &action
+            && lower.starts_with(format!("{name}:").as_bytes())
+        {
+            continue;
         }
         response_head.extend_from_slice(&line);
     }
