@@ -130,7 +130,7 @@ fn respond(status: u16, headers: &[(&str, &str)]) -> Action {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect(),
-        body: "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"slow down\"}]}".into(),
+        body: b"{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"slow down\"}]}".to_vec(),
     }
 }
 
@@ -777,14 +777,13 @@ async fn malformed_manifests_fail_alone_naming_the_place() {
     let mut rules = Vec::new();
     let mut entries = String::new();
     for (name, bytes, content_type, _) in &cases {
-        let body = String::from_utf8_lossy(bytes).into_owned();
-        // Exact bytes: the non-JSON case is not UTF-8, so serve it raw.
+        // Exact bytes: the non-JSON case is not UTF-8.
         let digest = images::sha256(bytes);
         rules.push(Rule::new(
             "",
             &format!("/bad/{name}/manifests/"),
             usize::MAX,
-            Action::RespondBytes {
+            Action::Respond {
                 status: 200,
                 headers: vec![
                     ("Content-Type".into(), content_type.to_string()),
@@ -793,7 +792,6 @@ async fn malformed_manifests_fail_alone_naming_the_place() {
                 body: bytes.clone(),
             },
         ));
-        let _ = body;
         entries.push_str(&format!(
             "  - name: {name}\n    source: PROXY/bad/{name}\n    tags: [v1]\n"
         ));

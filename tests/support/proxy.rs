@@ -14,14 +14,9 @@ pub type HeaderFn = Arc<dyn Fn(usize) -> Vec<(String, String)> + Send + Sync>;
 /// What to do to a request a rule matches.
 #[derive(Clone)]
 pub enum Action {
-    /// Answer this instead of asking the registry.
+    /// Answer with these exact bytes instead of asking the registry (no
+    /// body to a HEAD).
     Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: String,
-    },
-    /// Answer with these exact bytes instead of asking the registry.
-    RespondBytes {
         status: u16,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
@@ -190,26 +185,15 @@ fn serve(
     });
     let action = picked.map(|(_, action, n)| (action, n));
 
-    let respond = match &action {
-        Some((
-            Action::Respond {
-                status,
-                headers,
-                body,
-            },
-            _,
-        )) => Some((*status, headers.clone(), body.as_bytes().to_vec())),
-        Some((
-            Action::RespondBytes {
-                status,
-                headers,
-                body,
-            },
-            _,
-        )) => Some((*status, headers.clone(), body.clone())),
-        _ => None,
-    };
-    if let Some((status, headers, body)) = respond {
+    if let Some((
+        Action::Respond {
+            status,
+            headers,
+            body,
+        },
+        _,
+    )) = &action
+    {
         let _ = std::io::copy(
             &mut (&mut reader).take(content_length as u64),
             &mut std::io::sink(),
@@ -221,7 +205,7 @@ fn serve(
         answer.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         let mut answer = answer.into_bytes();
         if method != "HEAD" {
-            answer.extend_from_slice(&body);
+            answer.extend_from_slice(body);
         }
         let _ = client.write_all(&answer);
         let _ = client.shutdown(Shutdown::Write);
