@@ -38,6 +38,8 @@ struct Index {
 #[derive(Debug)]
 pub struct Layout {
     dir: PathBuf,
+    /// `dir` with symlinks resolved: every blob must resolve inside it.
+    root: PathBuf,
     entries: Vec<Entry>,
 }
 
@@ -63,8 +65,12 @@ impl Layout {
             .map_err(|e| fail(format!("no `index.json` ({e})")))?;
         let index: Index =
             serde_json::from_slice(&index).map_err(|e| fail(format!("`index.json`: {e}")))?;
+        let root = dir
+            .canonicalize()
+            .map_err(|e| fail(format!("cannot resolve the directory ({e})")))?;
         Ok(Layout {
             dir: dir.to_path_buf(),
+            root,
             entries: index.manifests,
         })
     }
@@ -129,8 +135,8 @@ impl Layout {
             .join("blobs")
             .join(digest.algorithm())
             .join(digest.hex());
-        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.dir.canonicalize())
-            && !real.starts_with(&root)
+        if let Ok(real) = path.canonicalize()
+            && !real.starts_with(&self.root)
         {
             return Err(Error::Layout {
                 path: self.dir.display().to_string(),
