@@ -142,3 +142,38 @@ fn rate_limit(
         burst: burst.flatten(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(yaml: &str) -> HashMap<String, RegistryOptions> {
+        let text = format!("version: 1\nregistries:\n{yaml}");
+        let file = crate::config::parse("mirror.yaml", &text).unwrap();
+        let mut problems = Vec::new();
+        let options = resolve("mirror.yaml", &file.registries, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        options
+    }
+
+    #[test]
+    fn docker_hub_keeps_the_defaults_it_does_not_override() {
+        let hub = &options("  quay.io: {}\n")["docker.io"];
+        assert_eq!(hub.min_remaining, Some(10));
+        assert_eq!(hub.rate_limit, docker_hub_defaults().rate_limit);
+
+        // Written as its API host, Docker Hub is still `docker.io`.
+        let hub = &options("  registry-1.docker.io:\n    concurrency: 2\n    min_remaining: 50\n")
+            ["docker.io"];
+        assert_eq!((hub.concurrency, hub.min_remaining), (2, Some(50)));
+        assert_eq!(hub.rate_limit, docker_hub_defaults().rate_limit);
+
+        let quay = &options("  quay.io:\n    rate_limit: {requests: 10, per: 1h}\n")["quay.io"];
+        assert_eq!(quay.min_remaining, None);
+        let limit = quay.rate_limit.unwrap();
+        assert_eq!(
+            (limit.requests.get(), limit.per, limit.burst),
+            (10, Duration::from_secs(3600), None)
+        );
+    }
+}
