@@ -160,6 +160,18 @@ pub struct TagSelector {
     #[serde(default)]
     #[schemars(with = "Option<usize>", range(min = 1))]
     pub latest: Option<Spanned<usize>>,
+    /// `owner/repo`: take the tags of this GitHub project's releases (drafts
+    /// and pre-releases left out) that the source has, instead of every
+    /// source tag; the other keys narrow them further.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub github_releases: Option<Spanned<String>>,
+    /// With `github_releases`: replacements applied to each release tag to
+    /// get the image tag (default `{"+": "-"}`: k3s's release `v1.30.4+k3s1`
+    /// is image tag `v1.30.4-k3s1`).
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub replace: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 impl<'de> Deserialize<'de> for Tags {

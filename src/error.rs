@@ -81,6 +81,10 @@ pub enum Error {
     #[error("`{what}`: {reason}")]
     Limit { what: String, reason: String },
 
+    /// A call to a service API (GitHub releases, ECR Public) that failed.
+    #[error("{service}: {reason}")]
+    Api { service: String, reason: String },
+
     /// A manifest we cannot or will not copy.
     #[error("unsupported manifest `{what}`: {reason}")]
     Manifest { what: String, reason: String },

@@ -33,6 +33,7 @@ pub mod config;
 pub mod copy;
 pub mod digest;
 pub mod error;
+pub mod github;
 pub mod import;
 pub mod layout;
 pub mod manifest;

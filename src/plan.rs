@@ -421,7 +421,30 @@ fn compile_selector(
             "must be at least 1",
         ));
     }
+    let github = selector.github_releases.as_ref().and_then(|project| {
+        crate::github::Releases::new(&project.value, selector.replace.as_ref().map(|r| &r.value))
+            .map_err(|message| {
+                problems.push(problem_at(
+                    project,
+                    format!("{place}.github_releases"),
+                    message,
+                ));
+            })
+            .ok()
+    });
+    if let Some(replace) = &selector.replace
+        && selector.github_releases.is_none()
+    {
+        problems.push(problem_at(
+            replace,
+            format!("{place}.replace"),
+            "`replace` rewrites release tags: it needs `github_releases`",
+        ));
+    }
     let mut text = Vec::new();
+    if let Some(project) = &selector.github_releases {
+        text.push(format!("github_releases: {}", project.value));
+    }
     for (key, value) in [
         ("regex", &selector.regex),
         ("exclude", &selector.exclude),
@@ -438,7 +461,7 @@ fn compile_selector(
         problems.push(problem_at(
             entry,
             place,
-            "an empty selector: give `regex`, `semver` or `latest` (`regex: '.*'` takes every tag)",
+            "an empty selector: give `regex`, `semver`, `latest` or `github_releases` (`regex: '.*'` takes every tag)",
         ));
     }
     if problems.len() > before {
@@ -449,6 +472,7 @@ fn compile_selector(
         exclude,
         semver,
         latest: selector.latest.as_ref().map(|l| l.value),
+        github,
         text: format!("{{{}}}", text.join(", ")),
     })
 }

@@ -18,6 +18,7 @@ use semver::{Version, VersionReq};
 
 use std::collections::HashMap;
 
+use crate::github::Releases;
 use crate::plan::{Job, TagQuery};
 use crate::reference::Repository;
 use crate::registry::RegistryClient;
@@ -37,6 +38,8 @@ pub struct TagFilter {
     pub semver: Vec<VersionReq>,
     /// Keep only the newest N, in version order.
     pub latest: Option<usize>,
+    /// Candidates come from a GitHub project's releases, not the tag list.
+    pub github: Option<crate::github::Releases>,
     /// The selector as written, for messages and `plan`.
     pub text: String,
 }
@@ -125,11 +128,23 @@ impl TagFilter {
     /// The tags of `available` this selector picks, in a stable order:
     /// newest version first when `semver` or `latest` is set, else as listed.
     pub fn select(&self, available: &[String]) -> Vec<String> {
+        self.select_versioned(available, &HashMap::new())
+    }
+
+    /// As [`TagFilter::select`], reading each tag's version from `versions`
+    /// where it has one: a GitHub release `v1.31.1+k3s1` is version 1.31.1
+    /// (build metadata), while its image tag `v1.31.1-k3s1` would read as a
+    /// pre-release.
+    pub fn select_versioned(
+        &self,
+        available: &[String],
+        versions: &HashMap<String, String>,
+    ) -> Vec<String> {
         let mut picked: Vec<(Option<Version>, &String)> = available
             .iter()
             .filter(|t| self.regex.as_ref().is_none_or(|r| r.is_match(t)))
             .filter(|t| !self.exclude.as_ref().is_some_and(|r| r.is_match(t)))
-            .map(|t| (version_of(t), t))
+            .map(|t| (version_of(versions.get(t).unwrap_or(t)), t))
             .filter(|(version, _)| {
                 self.semver.is_empty()
                     || version
@@ -162,12 +177,42 @@ pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>,
         .buffer_unordered(LISTS_IN_FLIGHT)
         .collect()
         .await;
+    let mut projects: Vec<&Releases> = queries
+        .iter()
+        .filter_map(|q| q.filter.github.as_ref())
+        .collect();
+    projects.sort_by_key(|p| (p.owner.clone(), p.repo.clone()));
+    projects.dedup();
+    let releases: HashMap<&Releases, crate::Result<Vec<(String, String)>>> = stream::iter(projects)
+        .map(|project| async move { (project, project.image_tags().await) })
+        .buffer_unordered(LISTS_IN_FLIGHT)
+        .collect()
+        .await;
     let mut jobs = Vec::new();
     let mut failures = Vec::new();
     for query in queries {
-        match &lists[&query.repository] {
+        let mut versions = HashMap::new();
+        let candidates = match (&lists[&query.repository], &query.filter.github) {
+            (Err(error), _) => Err(error),
+            (Ok(available), None) => Ok(available.clone()),
+            (Ok(available), Some(project)) => match &releases[project] {
+                // Releases whose image the source does not have (yet) are
+                // left out: a release is often published before its image.
+                Ok(released) => Ok(released
+                    .iter()
+                    .filter(|(_, tag)| available.contains(tag))
+                    .map(|(release, tag)| {
+                        versions.insert(tag.clone(), release.clone());
+                        tag.clone()
+                    })
+                    .collect()),
+                Err(error) => Err(error),
+            },
+        };
+        match candidates {
             Ok(available) => {
-                let tags = query.filter.select(available);
+                let available = &available;
+                let tags = query.filter.select_versioned(available, &versions);
                 tracing::info!(
                     "{}: {} of {} tags selected by {}",
                     query.image,
@@ -192,11 +237,7 @@ pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>,
                 } else {
                     FailureKind::Other
                 };
-                tracing::error!(
-                    "{}: list tags of {}: {error}",
-                    query.image,
-                    query.repository
-                );
+                tracing::error!("{}: list tags: {error}", query.image);
                 for (target, repository) in &query.targets {
                     failures.push(Outcome {
                         image: query.image.clone(),
@@ -233,6 +274,7 @@ mod tests {
             exclude: exclude.map(|r| anchored(r).unwrap()),
             semver: semver.map(|s| semver_range(s).unwrap()).unwrap_or_default(),
             latest,
+            github: None,
             text: String::new(),
         }
     }

@@ -660,6 +660,13 @@ fn bad_configs_exit_2_naming_the_line() {
                 "bad.yaml:7:9: registries.ghcr.io.ca: `insecure: true` turns TLS off; it cannot go with `tls` or `ca`",
             ],
         ),
+        (
+            "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nimages:\n  - source: docker.io/rancher/k3s\n    tags: {github_releases: k3s}\n  - source: docker.io/c/d\n    tags: {regex: '.*', replace: {'+': '-'}}\n",
+            &[
+                "bad.yaml:6:29: images[0].tags.github_releases: `k3s` is not a GitHub project; write `owner/repo`",
+                "bad.yaml:8:34: images[1].tags.replace: `replace` rewrites release tags: it needs `github_releases`",
+            ],
+        ),
     ];
     for (i, (config, needles)) in table.iter().enumerate() {
         std::fs::write(dir.path().join("bad.yaml"), config).unwrap();

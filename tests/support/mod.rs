@@ -8,6 +8,7 @@
 pub mod check;
 pub mod images;
 pub mod proxy;
+pub mod standin;
 pub mod token;
 
 use std::path::{Path, PathBuf};
@@ -316,6 +317,20 @@ pub fn auth_env(registry: &Registry) -> Vec<(String, String)> {
         .map(|(user, password)| (auth_var(registry), format!("{user}:{password}")))
         .into_iter()
         .collect()
+}
+
+/// `examples/<name>/mirror.yaml` with real hosts swapped for loopback
+/// ones (`("docker.io", "127.0.0.1:PORT")`), written to `dir/mirror.yaml`.
+pub fn example_config(name: &str, dir: &Path, hosts: &[(&str, &str)]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text =
+        std::fs::read_to_string(root.join("examples").join(name).join("mirror.yaml")).unwrap();
+    for (real, local) in hosts {
+        text = text.replace(real, local);
+    }
+    let path = dir.join("mirror.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// The shared fixtures directory, when this checkout has `../shared` beside it.

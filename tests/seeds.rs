@@ -1,0 +1,180 @@
+//! Issue 6's features, each shown by one of the five seed scenarios in
+//! `examples/<name>/mirror.yaml`, run on loopback registries standing in for
+//! the real hosts (and local stand-ins for GitHub's and AWS's APIs).
+
+mod support;
+
+use support::check::{TagState, deep_check};
+use support::images::{self, Spec};
+use support::standin::{Recorded, Reply, StandIn};
+use support::{Auth, Registry, example_config, regmirror};
+
+fn json_reply(status: u16, value: &serde_json::Value, headers: Vec<(String, String)>) -> Reply {
+    let mut headers = headers;
+    headers.push(("Content-Type".into(), "application/json".into()));
+    (status, headers, value.to_string().into_bytes())
+}
+
+/// A GitHub API stand-in serving `owner/repo`'s releases, two to a page,
+/// linked with `Link: rel="next"` as GitHub does; 401 without `token`.
+fn github(
+    project: &'static str,
+    token: &'static str,
+    releases: Vec<(&'static str, bool, bool)>,
+) -> StandIn {
+    StandIn::start(move |request: &Recorded, base: &str| {
+        if request.header("authorization") != Some(&format!("Bearer {token}")) {
+            return json_reply(
+                401,
+                &serde_json::json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
+                vec![],
+            );
+        }
+        if request.path() != format!("/repos/{project}/releases") {
+            return json_reply(404, &serde_json::json!({"message": "Not Found"}), vec![]);
+        }
+        let page: usize = request
+            .target
+            .split(['?', '&'])
+            .find_map(|p| p.strip_prefix("page="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1);
+        let per_page = 2;
+        let items: Vec<serde_json::Value> = releases
+            .iter()
+            .enumerate()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .map(|(i, (tag, draft, prerelease))| {
+                let url = format!("{base}/repos/{project}/releases/{i}");
+                serde_json::json!({
+                    "url": url, "html_url": url, "assets_url": format!("{url}/assets"),
+                    "upload_url": url, "tarball_url": null, "zipball_url": null,
+                    "id": i + 1, "node_id": format!("RE_{i}"), "tag_name": tag,
+                    "target_commitish": "master", "name": tag, "body": "",
+                    "draft": draft, "prerelease": prerelease,
+                    "created_at": "2026-11-01T00:00:00Z", "published_at": "2026-11-01T00:00:00Z",
+                    "author": null, "assets": []
+                })
+            })
+            .collect();
+        let mut headers = Vec::new();
+        if page * per_page < releases.len() {
+            headers.push((
+                "Link".into(),
+                format!(
+                    "<{base}/repos/{project}/releases?per_page=100&page={}>; rel=\"next\"",
+                    page + 1
+                ),
+            ));
+        }
+        json_reply(200, &serde_json::Value::Array(items), headers)
+    })
+}
+
+/// Seed 1, kubeflex: `sync --only k3s` takes the tags of k3s's GitHub
+/// releases (`+` → `-`), drafts, pre-releases and releases without an
+/// image left out, the semver range and `latest` applied; every platform
+/// lands on both targets; `verify --only k3s` agrees. A bad token fails
+/// the image naming GitHub and the fix.
+#[tokio::test]
+async fn kubeflex_k3s_tags_from_github_releases() {
+    let docker_hub = Registry::start(Auth::None);
+    let (ghcr, quay) = (Registry::start(Auth::None), Registry::start(Auth::None));
+    let dir = tempfile::tempdir().unwrap();
+    let mut digests = std::collections::HashMap::new();
+    for (seed, tag) in [
+        "v1.29.9-k3s1",
+        "v1.30.4-k3s1",
+        "v1.31.1-k3s1",
+        "v1.31.2-k3s1",
+        "v1.32.0-rc1-k3s1",
+        "latest",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = Spec {
+            base: seed as u64 + 10,
+            ..Spec::new("rancher/k3s", tag, false)
+        };
+        let image = images::generate(&spec);
+        images::push(&docker_hub.url(), "rancher/k3s", tag, &image).await;
+        digests.insert(tag, image.root.0.clone());
+    }
+    let releases = vec![
+        ("v1.33.0+k3s1", false, false), // released, image not pushed yet
+        ("v1.32.0-rc1+k3s1", false, true),
+        ("v1.31.2+k3s1", true, false), // a draft
+        ("v1.31.1+k3s1", false, false),
+        ("v1.30.4+k3s1", false, false),
+        ("v1.29.9+k3s1", false, false), // below the semver range
+    ];
+    let api = github("k3s-io/k3s", "ghp_test-token-K9", releases);
+    example_config(
+        "kubeflex",
+        dir.path(),
+        &[
+            ("docker.io", &docker_hub.host),
+            ("ghcr.io", &ghcr.host),
+            ("quay.io", &quay.host),
+        ],
+    );
+    let env = |token: &str| {
+        vec![
+            ("GITHUB_API_URL".to_string(), api.url.clone()),
+            ("GITHUB_TOKEN".to_string(), token.to_string()),
+        ]
+    };
+    let mark = docker_hub.mark();
+    let run = regmirror(
+        dir.path(),
+        &["sync", "--only", "k3s", "--json", "report.json"],
+        &env("ghp_test-token-K9"),
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    // Three pages of releases, each with the token.
+    assert_eq!(api.requests().len(), 3, "{:#?}", api.requests());
+    // `--only k3s`: postgres was not touched.
+    assert_eq!(
+        docker_hub.count_since(mark, "GET", |r| r.path.contains("postgres"))
+            + docker_hub.count_since(mark, "HEAD", |r| r.path.contains("postgres")),
+        0
+    );
+    for (registry, repo) in [
+        (&ghcr, "kubestellar/kubeflex/k3s"),
+        (&quay, "kubestellar/k3s"),
+    ] {
+        for tag in ["v1.31.1-k3s1", "v1.30.4-k3s1"] {
+            assert_eq!(
+                deep_check(&registry.host, repo, tag).await,
+                TagState::Complete(digests[tag].clone()),
+                "{repo}:{tag}"
+            );
+        }
+        for tag in ["v1.29.9-k3s1", "v1.31.2-k3s1", "v1.32.0-rc1-k3s1", "latest"] {
+            assert_eq!(
+                deep_check(&registry.host, repo, tag).await,
+                TagState::Absent,
+                "{repo}:{tag}"
+            );
+        }
+    }
+    let verify = regmirror(
+        dir.path(),
+        &["verify", "--only", "k3s"],
+        &env("ghp_test-token-K9"),
+    );
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    assert!(verify.stdout.contains("v1.31.1-k3s1"), "{}", verify.all());
+
+    let bad = regmirror(dir.path(), &["sync", "--only", "k3s"], &env("ghp_wrong"));
+    assert_eq!(bad.code, 1, "{}", bad.all());
+    assert!(
+        bad.stderr.contains("GitHub releases of `k3s-io/k3s`")
+            && bad.stderr.contains("check `GITHUB_TOKEN`"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!bad.all().contains("ghp_wrong"), "{}", bad.all());
+}
