@@ -93,6 +93,10 @@ pub struct Defaults {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub targets: Option<Vec<Spanned<String>>>,
+    /// Copy what refers to each image: signatures, SBOMs, attestations
+    /// (OCI referrers, cosign `sha256-…` tags). Default true.
+    #[serde(default)]
+    pub referrers: Option<bool>,
 }
 
 /// One entry of `images`.
@@ -118,6 +122,9 @@ pub struct ImageEntry {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
+    /// Copy what refers to this image, instead of `defaults.referrers`.
+    #[serde(default)]
+    pub referrers: Option<bool>,
 }
 
 /// The JSON Schema of `mirror.yaml`, pretty-printed, for editors

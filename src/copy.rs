@@ -37,6 +37,8 @@ use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
+mod referrers;
+
 /// How a run behaves.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -151,8 +153,18 @@ impl Engine {
         }
     }
 
-    /// Brings one image × tag up to date on each of its destinations.
+    /// Brings one image × tag up to date on each of its destinations, then
+    /// (unless the job says not to) what refers to it.
     pub async fn run_job(&self, job: &Job) -> Vec<Outcome> {
+        let mut outcomes = self.copy_job(job).await;
+        if job.referrers && !self.options.dry_run {
+            self.copy_referrers(job, &mut outcomes).await;
+        }
+        outcomes
+    }
+
+    /// The image itself: one outcome per destination, in order.
+    async fn copy_job(&self, job: &Job) -> Vec<Outcome> {
         let started = Instant::now();
         let outcome = |d: &Destination,
                        source: Option<&Digest>,
@@ -183,7 +195,11 @@ impl Engine {
                 image: job.image.clone(),
                 tag: d.tag.clone(),
                 target: d.name.clone(),
-                destination: format!("{}:{}", d.repository, d.tag),
+                destination: if d.tag.contains(':') {
+                    format!("{}@{}", d.repository, d.tag)
+                } else {
+                    format!("{}:{}", d.repository, d.tag)
+                },
                 source_digest: source.cloned(),
                 before,
                 after,

@@ -5,6 +5,7 @@
 //! outside `DIR/blobs/` is ever read; every byte read is checked against its
 //! digest and size.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -25,7 +26,7 @@ struct Entry {
     digest: Digest,
     size: u64,
     #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
+    annotations: HashMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +42,9 @@ pub struct Layout {
     /// `dir` with symlinks resolved: every blob must resolve inside it.
     root: PathBuf,
     entries: Vec<Entry>,
+    /// Subject digest → the manifests in `index.json` that refer to it;
+    /// read on first use (a layout has no referrers API to ask).
+    subjects: tokio::sync::OnceCell<HashMap<Digest, Vec<Digest>>>,
 }
 
 impl Layout {
@@ -72,6 +76,7 @@ impl Layout {
             dir: dir.to_path_buf(),
             root,
             entries: index.manifests,
+            subjects: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -124,6 +129,41 @@ impl Layout {
             platform: None,
             urls: None,
         })
+    }
+
+    /// The manifests listed in `index.json` (tagged or not) whose `subject`
+    /// is `digest`, as OCI layouts keep referrers.
+    pub async fn referrers(&self, digest: &Digest) -> Result<Vec<Manifest>> {
+        let subjects = self
+            .subjects
+            .get_or_try_init(|| async {
+                let mut subjects: HashMap<Digest, Vec<Digest>> = HashMap::new();
+                let mut seen = std::collections::HashSet::new();
+                for entry in &self.entries {
+                    if !seen.insert(&entry.digest) {
+                        continue;
+                    }
+                    // An entry that cannot be read refers to nothing we
+                    // copy; the image that needs it fails on its own.
+                    let Ok(manifest) = self.manifest(&entry.digest, Some(&entry.media_type)).await
+                    else {
+                        continue;
+                    };
+                    if let Some(subject) = manifest.subject {
+                        subjects
+                            .entry(subject.digest)
+                            .or_default()
+                            .push(manifest.digest);
+                    }
+                }
+                Ok::<_, Error>(subjects)
+            })
+            .await?;
+        let mut referrers = Vec::new();
+        for referrer in subjects.get(digest).into_iter().flatten() {
+            referrers.push(self.manifest(referrer, None).await?);
+        }
+        Ok(referrers)
     }
 
     /// The file holding `digest`. `Digest` only holds a known algorithm and

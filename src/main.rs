@@ -122,6 +122,9 @@ enum Command {
         /// `REGISTRY/REPOSITORY[:TAG]`; the tag defaults to the source's.
         #[arg(required = true)]
         destinations: Vec<String>,
+        /// Leave out what refers to the image (signatures, SBOMs, attestations).
+        #[arg(long)]
+        no_referrers: bool,
         #[command(flatten)]
         report: ReportArgs,
     },
@@ -243,7 +246,7 @@ fn progress(enabled: bool, jobs: usize) -> Progress {
     Progress(Some(bar))
 }
 
-fn copy_job(source: &str, destinations: &[String]) -> Result<Job, Failure> {
+fn copy_job(source: &str, destinations: &[String], referrers: bool) -> Result<Job, Failure> {
     let (source, reference, pinned, default_tag) = match layout::parse_source(source) {
         Some((dir, tag)) => {
             let layout = Layout::open(&dir).map_err(|e| usage(e.into()))?;
@@ -297,6 +300,7 @@ fn copy_job(source: &str, destinations: &[String]) -> Result<Job, Failure> {
         reference,
         pinned,
         destinations: resolved,
+        referrers,
     })
 }
 
@@ -443,9 +447,10 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
         Command::Copy {
             source,
             destinations,
+            no_referrers,
             report,
         } => {
-            let job = copy_job(&source, &destinations)?;
+            let job = copy_job(&source, &destinations, !no_referrers)?;
             let plan = Plan {
                 jobs: vec![job],
                 ..Plan::default()

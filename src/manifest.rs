@@ -86,6 +86,12 @@ struct Body {
     #[serde(default)]
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
+    subject: Option<Descriptor>,
+    #[serde(rename = "artifactType", default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
     signatures: Option<serde_json::Value>,
     #[serde(rename = "fsLayers", default)]
     fs_layers: Option<serde_json::Value>,
@@ -105,6 +111,13 @@ pub struct Manifest {
     /// Config and layers, for an image manifest; foreign layers are left
     /// out (see [`Descriptor::is_foreign`]).
     pub blobs: Vec<Descriptor>,
+    /// The manifest this one refers to (a signature's image), OCI 1.1.
+    pub subject: Option<Descriptor>,
+    /// What a referrers list says of it: `artifactType`, else the config's
+    /// media type (OCI 1.1 distribution spec, listing referrers).
+    pub artifact_type: Option<String>,
+    /// Its top-level annotations, which a referrers list repeats.
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Manifest {
@@ -142,6 +155,9 @@ impl Manifest {
             (None, None) if body.manifests.is_some() => OCI_INDEX.to_string(),
             (None, None) => OCI_MANIFEST.to_string(),
         };
+        let artifact_type = body
+            .artifact_type
+            .or_else(|| body.config.as_ref().map(|c| c.media_type.clone()));
         let (children, blobs) = match media_type.as_str() {
             OCI_INDEX | DOCKER_LIST => {
                 let children = body.manifests.unwrap_or_default();
@@ -176,7 +192,27 @@ impl Manifest {
             bytes,
             children,
             blobs,
+            subject: body.subject,
+            artifact_type,
+            annotations: body.annotations,
         })
+    }
+
+    /// This manifest as an entry of a referrers list (and of an OCI 1.1
+    /// fallback index): media type, digest, size, artifact type, annotations.
+    pub fn referrer_entry(&self) -> serde_json::Value {
+        let mut entry = serde_json::json!({
+            "mediaType": self.media_type,
+            "digest": self.digest.as_str(),
+            "size": self.bytes.len(),
+        });
+        if let Some(kind) = &self.artifact_type {
+            entry["artifactType"] = kind.clone().into();
+        }
+        if let Some(annotations) = self.annotations.as_ref().filter(|a| !a.is_empty()) {
+            entry["annotations"] = serde_json::Value::Object(annotations.clone());
+        }
+        entry
     }
 
     /// True for an OCI index or Docker manifest list.

@@ -43,6 +43,8 @@ pub struct Job {
     pub pinned: Option<Digest>,
     /// Where to write.
     pub destinations: Vec<Destination>,
+    /// Also copy what refers to the image (signatures, SBOMs, attestations).
+    pub referrers: bool,
 }
 
 /// An image whose tags come from a selector: its jobs are known only once
@@ -59,6 +61,8 @@ pub struct TagQuery {
     pub filter: TagFilter,
     /// Target name and repository for each destination.
     pub targets: Vec<(String, Repository)>,
+    /// Also copy what refers to each image.
+    pub referrers: bool,
 }
 
 impl TagQuery {
@@ -79,6 +83,7 @@ impl TagQuery {
                         tag: tag.clone(),
                     })
                     .collect(),
+                referrers: self.referrers,
             })
             .collect()
     }
@@ -335,6 +340,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             }
         }
 
+        let referrers = entry.referrers.or(file.defaults.referrers).unwrap_or(true);
         let source = Arc::new(Source::Registry(reference.repository.clone()));
         if let Some(filter) = filter {
             queries.push(TagQuery {
@@ -343,6 +349,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 repository: reference.repository.clone(),
                 filter,
                 targets: repositories.clone(),
+                referrers,
             });
         }
         for tag in tags {
@@ -364,6 +371,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                     .unwrap_or_else(|| tag.value.clone()),
                 pinned: reference.digest.clone(),
                 destinations,
+                referrers,
             });
         }
     }

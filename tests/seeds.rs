@@ -178,3 +178,145 @@ async fn kubeflex_k3s_tags_from_github_releases() {
     );
     assert!(!bad.all().contains("ghp_wrong"), "{}", bad.all());
 }
+
+fn fixture_layout(name: &str) -> std::path::PathBuf {
+    support::shared_fixtures()
+        .expect("../shared/fixtures/real is missing: CI runs with ../shared beside the checkout")
+        .join("oci-layouts")
+        .join(name)
+}
+
+/// The digests a fallback index (`sha256-<hex>` tag) at a target lists, sorted.
+async fn listed(host: &str, repo: &str, subject: &str) -> Vec<String> {
+    let tag = subject.replace(':', "-");
+    let response = reqwest::Client::new()
+        .get(format!("http://{host}/v2/{repo}/manifests/{tag}"))
+        .header("accept", "application/vnd.oci.image.index.v1+json")
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return Vec::new();
+    }
+    let index: serde_json::Value = response.json().await.unwrap();
+    let mut digests: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    digests.sort();
+    digests
+}
+
+/// Referrers, from the real layouts: regclient's testrepo (a fallback index
+/// copied byte for byte; untagged SBOMs known only by their subject, for
+/// which the target, distribution 2.8 without a referrers API, gets a new
+/// fallback index; a referrer cycle) and oras's artifacts (a chain of
+/// referrers; an index with a subject). `--no-referrers` copies none.
+#[tokio::test]
+async fn referrers_from_real_layouts_reach_a_registry_without_the_api() {
+    let target = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let testrepo = fixture_layout("regclient-testrepo");
+    let artifacts = fixture_layout("oras-e2e-artifacts");
+    let copy = |layout: &std::path::Path, tag: &str, repo: &str, extra: &[&str]| {
+        let source = format!("oci:{}:{tag}", layout.display());
+        let destination = format!("{}/{repo}:{tag}", target.host);
+        let mut args = vec!["copy", source.as_str(), destination.as_str()];
+        args.extend(extra);
+        let run = regmirror(dir.path(), &args, &[]);
+        assert_eq!(run.code, 0, "{tag}: {}", run.all());
+        run
+    };
+    let h = &target.host;
+    let sha = |hex: &str| {
+        let path = std::fs::read_dir(testrepo.join("blobs/sha256"))
+            .unwrap()
+            .chain(std::fs::read_dir(artifacts.join("blobs/sha256")).unwrap())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|name| name.starts_with(hex))
+            .unwrap_or_else(|| panic!("no blob {hex}"));
+        format!("sha256:{path}")
+    };
+
+    // v2: a1 (SBOM) and a2 (signature) refer to it; the layout keeps a
+    // fallback index, which is copied as it is.
+    copy(&testrepo, "v2", "t/testrepo", &[]);
+    let v2 = sha("dfae8f425735");
+    let fallback = v2.replace(':', "-");
+    assert_eq!(
+        deep_check(h, "t/testrepo", &fallback).await,
+        TagState::Complete(sha("955b8a891713"))
+    );
+    for referrer in [sha("0484e93c23cd"), sha("741132f956e1")] {
+        assert_eq!(
+            deep_check(h, "t/testrepo", &referrer).await,
+            TagState::Complete(referrer.clone())
+        );
+    }
+    assert_eq!(
+        listed(h, "t/testrepo", &v2).await,
+        [sha("0484e93c23cd"), sha("741132f956e1")]
+    );
+
+    // v3: two SBOMs known only by their subject: a new fallback index.
+    copy(&testrepo, "v3", "t/testrepo", &[]);
+    let v3 = sha("6fe828b32b9b");
+    let mut sboms = vec![sha("819ff4564a5d"), sha("ad460bc30198")];
+    sboms.sort();
+    assert_eq!(listed(h, "t/testrepo", &v3).await, sboms);
+    for sbom in &sboms {
+        assert_eq!(
+            deep_check(h, "t/testrepo", sbom).await,
+            TagState::Complete(sbom.clone())
+        );
+    }
+    // Again: nothing changes, no new index is written.
+    let mark = target.mark();
+    copy(&testrepo, "v3", "t/testrepo", &[]);
+    assert_eq!(target.count_since(mark, "PUT", |r| r.is_manifest()), 0);
+
+    // `child` is the subject of `loop`, an index holding `child`: a cycle.
+    copy(&testrepo, "child", "t/testrepo", &[]);
+    let looped = sha("d69399e05204");
+    assert_eq!(
+        deep_check(h, "t/testrepo", &looped).await,
+        TagState::Complete(looped.clone())
+    );
+
+    // oras: foobar ← e2c6633 ← 0cb8c4, a chain; multi ← 7679bc (an index
+    // with a subject) and d37baf.
+    copy(&artifacts, "foobar", "t/artifacts", &[]);
+    assert_eq!(
+        listed(h, "t/artifacts", &sha("fd6ed2f36b54")).await,
+        [sha("e2c6633a7998")]
+    );
+    assert_eq!(
+        listed(h, "t/artifacts", &sha("e2c6633a7998")).await,
+        [sha("0cb8c4da7e9f")]
+    );
+    copy(&artifacts, "multi", "t/artifacts", &[]);
+    let mut on_multi = vec![sha("7679bc22c33b"), sha("d37baf66300b")];
+    on_multi.sort();
+    assert_eq!(
+        listed(h, "t/artifacts", &sha("e2bfc9cc6a84")).await,
+        on_multi
+    );
+    assert_eq!(
+        deep_check(h, "t/artifacts", &sha("7679bc22c33b")).await,
+        TagState::Complete(sha("7679bc22c33b"))
+    );
+
+    // Turned off: the image only.
+    copy(&testrepo, "v2", "t/plain", &["--no-referrers"]);
+    assert_eq!(
+        deep_check(h, "t/plain", "v2").await,
+        TagState::Complete(v2.clone())
+    );
+    assert_eq!(deep_check(h, "t/plain", &fallback).await, TagState::Absent);
+    assert_eq!(
+        deep_check(h, "t/plain", &sha("0484e93c23cd")).await,
+        TagState::Absent
+    );
+}

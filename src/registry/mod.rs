@@ -115,6 +115,8 @@ struct Host {
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<Option<Credential>>,
+    /// Whether the registry serves the OCI referrers API, once asked.
+    referrers_api: Mutex<Option<bool>>,
 }
 
 /// A response together with the host permit it was made under.
@@ -267,6 +269,7 @@ impl RegistryClient {
                         .clone(),
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
+                    referrers_api: Mutex::new(None),
                 })
             })
             .clone()
@@ -670,6 +673,61 @@ impl RegistryClient {
             what: format!("{repository} tags"),
             reason: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow more"),
         })
+    }
+
+    /// What refers to `digest` (signatures, SBOMs, attestations), by the
+    /// OCI referrers API: each entry as the registry lists it. `None` when
+    /// the registry has no such API (distribution 2.8 and GHCR answer 404);
+    /// that is remembered for the host, so it is asked once per run.
+    pub async fn referrers(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        let host = self.host(repository);
+        if *host.referrers_api.lock().expect("referrers lock poisoned") == Some(false) {
+            return Ok(None);
+        }
+        let url = self.url(repository, &format!("referrers/{digest}"));
+        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::OCI_INDEX);
+        let answer = match self.pull(repository, Method::GET, &url, &accept).await {
+            Ok(answer) => answer,
+            // Registries without the API say so in different ways.
+            Err(Error::Status { status, .. }) if [400, 405, 406, 501].contains(&status) => None,
+            Err(error) => return Err(error),
+        };
+        let supported = answer.is_some();
+        *host.referrers_api.lock().expect("referrers lock poisoned") = Some(supported);
+        let Some(answer) = answer else {
+            return Ok(None);
+        };
+        if answer
+            .response
+            .content_length()
+            .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
+        {
+            return Err(Error::Limit {
+                what: url,
+                reason: "a referrers list larger than 4 MiB".into(),
+            });
+        }
+        let body = answer
+            .response
+            .bytes()
+            .await
+            .map_err(|source| Error::Transport {
+                method: "GET".into(),
+                url: url.clone(),
+                source,
+            })?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::Manifest {
+                what: url.clone(),
+                reason: format!("the referrers list is not JSON ({e})"),
+            })?;
+        Ok(Some(
+            index["manifests"].as_array().cloned().unwrap_or_default(),
+        ))
     }
 
     /// Fetches a manifest's exact bytes and checks them against `expected`

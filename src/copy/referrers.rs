@@ -1,0 +1,330 @@
+//! Referrers: what refers to an image (signatures, SBOMs, attestations),
+//! copied after the image itself, on the destinations that now have it.
+//!
+//! Found at the source in every way they are kept:
+//! - the OCI referrers API (`GET /v2/<name>/referrers/<digest>`), where the
+//!   registry has it; an OCI layout's `index.json` (manifests whose
+//!   `subject` is the image) plays that part for `oci:` sources;
+//! - else the OCI 1.1 fallback tag `sha256-<hex>`, an index of referrers
+//!   (distribution 2.8 and GHCR have no API, so clients keep one);
+//! - cosign's tags `sha256-<hex>.sig`, `.att` and `.sbom`, always.
+//!
+//! Tags are copied as tags, byte for byte; referrers from an API are copied
+//! by digest, and a destination without the API gets a fallback index
+//! listing them (merged with the one it has). Referrers of referrers follow,
+//! each digest once, so a cycle (an index whose subject is its own child)
+//! ends. Only the image's own digest is asked about, not its platforms'.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::Engine;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, OCI_INDEX};
+use crate::plan::{Destination, Job};
+use crate::report::{Outcome, Status, Transfer};
+use crate::source::Source;
+
+/// cosign's tag suffixes: signatures, attestations, SBOMs.
+const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// Referrers of referrers followed at most this deep.
+const MAX_DEPTH: usize = 8;
+
+/// The OCI 1.1 referrers tag schema: `sha256:abc…` → `sha256-abc…`.
+pub fn fallback_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm(), digest.hex())
+}
+
+/// One thing found to refer to a subject.
+#[derive(Debug)]
+enum Found {
+    /// A tag copied as it is: a fallback index (`fallback`) or a cosign tag.
+    Tag {
+        tag: String,
+        digest: Digest,
+        fallback: bool,
+    },
+    /// A referrer copied by digest, with its entry for a referrers list.
+    Untagged { digest: Digest, entry: Value },
+    /// A referrer listed in a fallback index: copied with the index; only
+    /// its own referrers are still to be looked for.
+    Listed { digest: Digest },
+}
+
+impl Engine {
+    /// Copies the referrers of `job`'s image to the destinations that have
+    /// the image now, appending an outcome per referrer × destination.
+    pub(super) async fn copy_referrers(&self, job: &Job, outcomes: &mut Vec<Outcome>) {
+        let Some(subject) = outcomes.iter().find_map(|o| o.source_digest.clone()) else {
+            return;
+        };
+        let ready: Vec<Destination> = job
+            .destinations
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| matches!(o.status, Status::Copied | Status::Present))
+            .map(|(d, _)| d.clone())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let mut visited = HashSet::from([subject.clone()]);
+        let mut pending = vec![(subject, 0)];
+        while let Some((subject, depth)) = pending.pop() {
+            let found = match self.discover(&job.source, &subject).await {
+                Ok(found) => found,
+                Err(error) => {
+                    let tag = fallback_tag(&subject);
+                    for destination in &ready {
+                        outcomes.push(outcome(job, destination, &tag, None, Err(&error)));
+                    }
+                    continue;
+                }
+            };
+            let source_keeps_list = found
+                .iter()
+                .any(|f| matches!(f, Found::Tag { fallback: true, .. }));
+            let mut untagged = Vec::new();
+            for item in &found {
+                let (reference, digest, tag) = match item {
+                    Found::Tag {
+                        tag,
+                        digest,
+                        fallback,
+                    } => {
+                        if !*fallback && visited.insert(digest.clone()) && depth < MAX_DEPTH {
+                            pending.push((digest.clone(), depth + 1));
+                        }
+                        (tag.clone(), digest, Some(tag))
+                    }
+                    Found::Listed { digest } => {
+                        if visited.insert(digest.clone()) && depth < MAX_DEPTH {
+                            pending.push((digest.clone(), depth + 1));
+                        }
+                        continue;
+                    }
+                    Found::Untagged { digest, entry } => {
+                        if !visited.insert(digest.clone()) {
+                            continue;
+                        }
+                        if depth < MAX_DEPTH {
+                            pending.push((digest.clone(), depth + 1));
+                        }
+                        untagged.push(entry.clone());
+                        (digest.to_string(), digest, None)
+                    }
+                };
+                let sub = Job {
+                    image: job.image.clone(),
+                    source: job.source.clone(),
+                    reference,
+                    pinned: Some(digest.clone()),
+                    destinations: ready
+                        .iter()
+                        .map(|d| Destination {
+                            tag: tag.cloned().unwrap_or_else(|| digest.to_string()),
+                            ..d.clone()
+                        })
+                        .collect(),
+                    referrers: false,
+                };
+                outcomes.extend(self.copy_job(&sub).await);
+            }
+            if untagged.is_empty() || source_keeps_list {
+                continue;
+            }
+            for destination in &ready {
+                let result = self.update_fallback(destination, &subject, &untagged).await;
+                if let Some(result) = result.transpose() {
+                    let tag = fallback_tag(&subject);
+                    outcomes.push(outcome(job, destination, &tag, None, result.as_ref()));
+                }
+            }
+        }
+    }
+
+    /// What refers to `subject` at the source.
+    async fn discover(&self, source: &Source, subject: &Digest) -> Result<Vec<Found>> {
+        let fallback = fallback_tag(subject);
+        let mut found = Vec::new();
+        let mut tags = vec![fallback.clone()];
+        tags.extend(COSIGN_SUFFIXES.iter().map(|s| format!("{fallback}.{s}")));
+        match source {
+            Source::Registry(repository) => {
+                if let Some(entries) = self.client.referrers(repository, subject).await? {
+                    for entry in entries {
+                        let digest = entry_digest(&entry)?;
+                        found.push(Found::Untagged { digest, entry });
+                    }
+                    // With the API, nobody keeps a fallback list.
+                    tags.remove(0);
+                }
+            }
+            Source::Layout(layout) => {
+                for manifest in layout.referrers(subject).await? {
+                    found.push(Found::Untagged {
+                        entry: manifest.referrer_entry(),
+                        digest: manifest.digest,
+                    });
+                }
+            }
+        }
+        // Tags first, then what a fallback index lists (copied with it),
+        // then what only the API or the layout knows.
+        let (mut tagged, mut listed) = (Vec::new(), Vec::new());
+        for tag in tags {
+            let digest = match source {
+                Source::Layout(layout) => {
+                    if !layout.tags().contains(&tag.as_str()) {
+                        continue;
+                    }
+                    layout.resolve(Some(&tag))?.digest
+                }
+                Source::Registry(repository) => {
+                    match self.client.head_manifest(repository, &tag).await? {
+                        Some(digest) => digest,
+                        None => continue,
+                    }
+                }
+            };
+            let is_fallback = tag == fallback;
+            if is_fallback {
+                let index = source.manifest(&self.client, &digest, None).await?;
+                listed.extend(index.children.iter().map(|child| Found::Listed {
+                    digest: child.digest.clone(),
+                }));
+            }
+            tagged.push(Found::Tag {
+                tag,
+                digest,
+                fallback: is_fallback,
+            });
+        }
+        tagged.append(&mut listed);
+        tagged.append(&mut found);
+        Ok(tagged)
+    }
+
+    /// Makes `destination`'s fallback tag for `subject` list `entries`, when
+    /// the destination has no referrers API. `None` when nothing was to do.
+    async fn update_fallback(
+        &self,
+        destination: &Destination,
+        subject: &Digest,
+        entries: &[Value],
+    ) -> Result<Option<Transfer>> {
+        let repository = &destination.repository;
+        if self.client.referrers(repository, subject).await?.is_some() {
+            // The registry lists referrers by their `subject` itself.
+            return Ok(None);
+        }
+        let tag = fallback_tag(subject);
+        let mut listed: Vec<Value> = match self.client.head_manifest(repository, &tag).await? {
+            Some(_) => {
+                let current = self.client.get_manifest(repository, &tag, None).await?;
+                let body: Value = serde_json::from_slice(&current.bytes).unwrap_or_default();
+                body["manifests"].as_array().cloned().unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let known: HashSet<String> = listed
+            .iter()
+            .filter_map(|e| e["digest"].as_str().map(str::to_string))
+            .collect();
+        let before = listed.len();
+        listed.extend(
+            entries
+                .iter()
+                .filter(|e| e["digest"].as_str().is_some_and(|d| !known.contains(d)))
+                .cloned(),
+        );
+        if listed.len() == before {
+            return Ok(None);
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": listed,
+        });
+        let bytes = bytes::Bytes::from(index.to_string());
+        let digest = Digest::sha256(&bytes);
+        let manifest = Manifest::parse(bytes, &digest, Some(OCI_INDEX))?;
+        self.client
+            .put_manifest(repository, &tag, &manifest)
+            .await?;
+        Ok(Some(Transfer {
+            manifests_pushed: 1,
+            ..Transfer::default()
+        }))
+    }
+}
+
+fn entry_digest(entry: &Value) -> Result<Digest> {
+    entry["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| Error::Manifest {
+            what: "referrers list".into(),
+            reason: format!("an entry without a valid digest: {entry}"),
+        })
+}
+
+/// The outcome of a fallback-index write or of a failed discovery.
+fn outcome(
+    job: &Job,
+    destination: &Destination,
+    tag: &str,
+    digest: Option<Digest>,
+    result: std::result::Result<&Transfer, &Error>,
+) -> Outcome {
+    let (status, transfer, failure) = match result {
+        Ok(transfer) => (Status::Copied, *transfer, None),
+        Err(error) => (
+            Status::Failed,
+            Transfer::default(),
+            Some(super::failure_of(error)),
+        ),
+    };
+    if let Some(failure) = &failure {
+        tracing::error!(
+            "{}: referrers → {}:{tag}: {}",
+            job.image,
+            destination.repository,
+            failure.message()
+        );
+    }
+    Outcome {
+        image: job.image.clone(),
+        tag: tag.to_string(),
+        target: destination.name.clone(),
+        destination: format!("{}:{tag}", destination.repository),
+        source_digest: digest.clone(),
+        before: None,
+        after: digest,
+        status,
+        failure,
+        transfer,
+        duration: std::time::Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_tags_follow_the_tag_schema() {
+        let digest: Digest =
+            "sha256:dfae8f425735a5e3a72e40d6609e03079995511d48157c74d54801ff4430491e"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            fallback_tag(&digest),
+            "sha256-dfae8f425735a5e3a72e40d6609e03079995511d48157c74d54801ff4430491e"
+        );
+    }
+}
