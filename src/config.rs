@@ -67,6 +67,11 @@ pub struct RegistryEntry {
     /// Require TLS even on a loopback host (which otherwise speaks plain HTTP).
     #[serde(default)]
     pub tls: bool,
+    /// Amazon ECR Public: create a missing repository before its first push
+    /// (CreateRepository in us-east-1, credentials from the AWS chain). The
+    /// first path component of a target is the registry alias.
+    #[serde(default)]
+    pub create_repositories: bool,
 }
 
 /// `registries.<host>.rate_limit`.

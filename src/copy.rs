@@ -385,6 +385,7 @@ impl Engine {
         before: Option<&Digest>,
     ) -> Result<Transfer> {
         let repository = &destination.repository;
+        self.client.prepare_push(repository).await?;
         // The tag already names the image (a `--deep` repair); or there was
         // no tag at all, so its children are most likely missing too.
         let tagged = before == Some(&image.root.digest);

@@ -320,3 +320,244 @@ async fn referrers_from_real_layouts_reach_a_registry_without_the_api() {
         TagState::Absent
     );
 }
+
+/// A cosign-style signature of `subject`: a manifest whose layer is a
+/// simple-signing payload, with cosign's signature annotation.
+fn cosign_signature(subject: &str) -> images::Generated {
+    let payload = serde_json::json!({
+        "critical": {"identity": {"docker-reference": "registry/image"},
+                     "image": {"docker-manifest-digest": subject},
+                     "type": "cosign container image signature"},
+        "optional": null
+    })
+    .to_string()
+    .into_bytes();
+    let config = br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": images::sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": images::sha256(&payload), "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQDtest"}}]
+    })
+    .to_string()
+    .into_bytes();
+    images::Generated {
+        blobs: vec![
+            (images::sha256(&config), config),
+            (images::sha256(&payload), payload),
+        ],
+        children: vec![],
+        root: (
+            images::sha256(&manifest),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest,
+        ),
+    }
+}
+
+/// An ECR Public API stand-in (AWS JSON 1.1, as the SDK speaks it):
+/// CreateRepository succeeds, says a repository in `existing` exists, and
+/// denies those in `denied`.
+fn ecr_public(existing: &'static [&'static str], denied: &'static [&'static str]) -> StandIn {
+    StandIn::start(move |request: &Recorded, _base: &str| {
+        let headers = vec![(
+            "Content-Type".to_string(),
+            "application/x-amz-json-1.1".to_string(),
+        )];
+        let action = request.header("x-amz-target").unwrap_or_default();
+        if action != "SpencerFrontendService.CreateRepository" {
+            let body = serde_json::json!({"__type": "UnknownOperationException"});
+            return (400, headers, body.to_string().into_bytes());
+        }
+        let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let name = asked["repositoryName"].as_str().unwrap().to_string();
+        let (status, body) = if existing.contains(&name.as_str()) {
+            (
+                400,
+                serde_json::json!({"__type": "RepositoryAlreadyExistsException",
+                                      "message": format!("The repository with name '{name}' already exists")}),
+            )
+        } else if denied.contains(&name.as_str()) {
+            (
+                400,
+                serde_json::json!({"__type": "AccessDeniedException",
+                                      "message": "User is not authorized to perform: ecr-public:CreateRepository"}),
+            )
+        } else {
+            (
+                200,
+                serde_json::json!({"repository": {
+                "repositoryArn": format!("arn:aws:ecr-public::123456789012:repository/{name}"),
+                "registryId": "123456789012", "repositoryName": name,
+                "repositoryUri": format!("public.ecr.aws/acme/{name}"), "createdAt": 1.7e9}}),
+            )
+        };
+        (status, headers, body.to_string().into_bytes())
+    })
+}
+
+/// Seed 4, a Public ECR migration: twelve images, four of them pinned by
+/// digest and signed (cosign `.sig` tags), to an ECR stand-in: each
+/// repository created through the real AWS SDK before its first upload
+/// (an existing one is fine, a denied one fails alone, naming the call),
+/// manifests accepted though the registry leaves `Location` off, signatures
+/// copied with their images, and a second run creates nothing.
+#[tokio::test]
+async fn public_ecr_migration_creates_repositories_first() {
+    use support::proxy::{Action, Proxy, Rule};
+    let upstream = Registry::start(Auth::None);
+    let ecr = Registry::start(Auth::None);
+    // ECR answers manifest PUTs without `Location`.
+    let proxy = Proxy::start(
+        &ecr.host,
+        vec![Rule::new(
+            "PUT",
+            "/manifests/",
+            usize::MAX,
+            Action::StripHeader("location"),
+        )],
+    );
+    let api = ecr_public(&["library/nginx"], &["library/redis"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tagged = [
+        ("library/nginx", "1.27.2"),
+        ("library/redis", "7.4.1"),
+        ("library/postgres", "17.11"),
+        ("library/busybox", "1.37.0"),
+        ("library/alpine", "3.20.3"),
+        ("library/traefik", "v3.2.0"),
+        ("grafana/grafana", "11.3.0"),
+        ("prom/prometheus", "v2.55.0"),
+    ];
+    let pinned = [
+        ("projectsigstore/fulcio", "1111"),
+        ("projectsigstore/rekor-server", "2222"),
+        ("sigstore/cosign/cosign", "3333"),
+        ("sigstore/timestamp-authority/server", "4444"),
+    ];
+    let small = |repo: &str, tag: &str, seed: u64| Spec {
+        platforms: vec![("amd64", None)],
+        attestations: false,
+        layer_size: 4096,
+        base: seed,
+        ..Spec::new(repo, tag, false)
+    };
+    let mut expected = Vec::new();
+    for (i, (repo, tag)) in tagged.iter().enumerate() {
+        let image = images::generate(&small(repo, tag, 100 + i as u64));
+        images::push(&upstream.url(), repo, tag, &image).await;
+        expected.push((repo.to_string(), tag.to_string(), image.root.0.clone()));
+    }
+    let mut hosts: Vec<(String, String)> = vec![
+        ("docker.io".into(), upstream.host.clone()),
+        ("gcr.io".into(), upstream.host.clone()),
+        ("ghcr.io".into(), upstream.host.clone()),
+        ("public.ecr.aws".into(), proxy.host.clone()),
+    ];
+    let mut signatures = Vec::new();
+    for (i, (repo, placeholder)) in pinned.iter().enumerate() {
+        let image = images::generate(&small(repo, "signed", 200 + i as u64));
+        images::push(&upstream.url(), repo, "signed", &image).await;
+        let digest = image.root.0.clone();
+        let signature = cosign_signature(&digest);
+        let sig_tag = format!("{}.sig", digest.replace(':', "-"));
+        images::push(&upstream.url(), repo, &sig_tag, &signature).await;
+        signatures.push((repo.to_string(), sig_tag, signature.root.0.clone()));
+        hosts.push((format!("sha256:{}", placeholder.repeat(16)), digest.clone()));
+        let tag = ["v1.6.5", "v1.3.6", "v2.4.1", "v1.2.3"][i];
+        expected.push((repo.to_string(), tag.to_string(), digest));
+    }
+    let hosts: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    example_config("public-ecr-migration", dir.path(), &hosts);
+    let env = vec![
+        ("AWS_ENDPOINT_URL_ECR_PUBLIC".to_string(), api.url.clone()),
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            "AKIDTESTREGMIRROR".to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "test-secret-Zq8".to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+    ];
+    let run = regmirror(dir.path(), &["sync"], &env);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("ECR Public CreateRepository `library/redis`")
+            && run.stderr.contains("AccessDenied"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.all().contains("test-secret-Zq8"));
+    let created: Vec<Recorded> = api.requests();
+    let names: Vec<String> = created
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            body["repositoryName"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 12, "one call per repository: {names:?}");
+    for request in &created {
+        assert!(
+            request.header("authorization").is_some_and(|a| a
+                .starts_with("AWS4-HMAC-SHA256 Credential=AKIDTESTREGMIRROR/")
+                && a.contains("/us-east-1/ecr-public/")),
+            "{:?}",
+            request.header("authorization")
+        );
+    }
+    assert!(
+        proxy.applied(0) >= 11,
+        "manifest PUTs answered without `Location`"
+    );
+    let seen = proxy.seen();
+    for (request, name) in created.iter().zip(&names) {
+        let first_write = seen.iter().find(|s| {
+            s.method != "GET"
+                && s.method != "HEAD"
+                && s.path.starts_with(&format!("/v2/acme/{name}/"))
+        });
+        if let Some(write) = first_write {
+            assert!(
+                request.at < write.at,
+                "{name}: written before it was created"
+            );
+        }
+    }
+    for (repo, tag, digest) in &expected {
+        let state = deep_check(&ecr.host, &format!("acme/{repo}"), tag).await;
+        if repo == "library/redis" {
+            assert_eq!(state, TagState::Absent, "{repo}");
+        } else {
+            assert_eq!(state, TagState::Complete(digest.clone()), "{repo}:{tag}");
+        }
+    }
+    for (repo, sig_tag, digest) in &signatures {
+        assert_eq!(
+            deep_check(&ecr.host, &format!("acme/{repo}"), sig_tag).await,
+            TagState::Complete(digest.clone()),
+            "{repo}:{sig_tag}"
+        );
+    }
+
+    // Everything that could be written is there: no CreateRepository calls
+    // for repositories that need no writes (redis still fails, and is asked again).
+    let before = api.requests().len();
+    let again = regmirror(dir.path(), &["sync"], &env);
+    assert_eq!(again.code, 1, "{}", again.all());
+    let asked: Vec<String> = api.requests()[before..]
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].contains("library/redis"), "{asked:?}");
+}

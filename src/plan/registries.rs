@@ -40,6 +40,7 @@ pub fn resolve(
         let mut options = registries.remove(&registry).unwrap_or_default();
         options.insecure = entry.insecure;
         options.tls = entry.tls;
+        options.create_repositories = entry.create_repositories;
         let place = |key: &str| format!("registries.{host}.{key}");
         if let Some(concurrency) = &entry.concurrency {
             if concurrency.value == 0 {

@@ -8,6 +8,7 @@
 //! host and scope. Transient failures are retried as [`retry`] decides.
 
 pub mod auth;
+pub mod ecr;
 pub mod limits;
 pub mod retry;
 
@@ -50,6 +51,8 @@ pub struct RegistryOptions {
     /// A PEM file of CA certificates to trust for this registry, besides
     /// the system's.
     pub ca: Option<PathBuf>,
+    /// Create missing repositories through the ECR Public API before pushing.
+    pub create_repositories: bool,
 }
 
 impl Default for RegistryOptions {
@@ -61,6 +64,7 @@ impl Default for RegistryOptions {
             rate_limit: None,
             min_remaining: None,
             ca: None,
+            create_repositories: false,
         }
     }
 }
@@ -133,6 +137,10 @@ pub struct RegistryClient {
     options: HashMap<String, RegistryOptions>,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     tokens: Tokens,
+    /// Send no credentials (`verify --anonymous`).
+    anonymous: bool,
+    /// ECR Public repositories created this run.
+    ecr: ecr::Repositories,
 }
 
 /// True for hosts where plain HTTP is acceptable without asking.
@@ -238,7 +246,30 @@ impl RegistryClient {
             options,
             hosts: Mutex::new(HashMap::new()),
             tokens: Tokens::default(),
+            anonymous: false,
+            ecr: ecr::Repositories::default(),
         })
+    }
+
+    /// A client that never sends credentials: what anyone pulling sees.
+    pub fn anonymous(options: HashMap<String, RegistryOptions>) -> Result<Self> {
+        Ok(RegistryClient {
+            anonymous: true,
+            ..RegistryClient::new(options)?
+        })
+    }
+
+    /// Before the first write to `repository`: creates it where the
+    /// registry needs that (`create_repositories`, ECR Public).
+    pub async fn prepare_push(&self, repository: &Repository) -> Result<()> {
+        let create = self
+            .options
+            .get(&repository.registry)
+            .is_some_and(|o| o.create_repositories);
+        if create {
+            self.ecr.ensure(repository).await?;
+        }
+        Ok(())
     }
 
     fn host(&self, repository: &Repository) -> Arc<Host> {
@@ -276,6 +307,9 @@ impl RegistryClient {
     }
 
     async fn credential(&self, host: &Host) -> Option<Credential> {
+        if self.anonymous {
+            return None;
+        }
         host.credential
             .get_or_init(|| async {
                 let registry = host.registry.clone();

@@ -16,6 +16,7 @@ pub struct Recorded {
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -115,5 +116,6 @@ fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
         target,
         headers,
         body,
+        at: std::time::Instant::now(),
     })
 }
