@@ -112,6 +112,10 @@ enum Command {
         /// Also check that every child manifest and blob is present on each target.
         #[arg(long)]
         deep: bool,
+        /// Read the targets without credentials, as anyone pulling would, and
+        /// name those that are private (GHCR makes new packages private).
+        #[arg(long)]
+        anonymous: bool,
         #[command(flatten)]
         report: ReportArgs,
     },
@@ -461,15 +465,22 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             config,
             selection,
             deep,
+            anonymous,
             report: reports,
         } => {
             let plan = load_plan(&config, Some(&selection))?;
             let client = RegistryClient::new(plan.registries.clone())?;
+            let anonymous_client = if anonymous {
+                Some(RegistryClient::anonymous(plan.registries.clone())?)
+            } else {
+                None
+            };
+            let targets = anonymous_client.as_ref().unwrap_or(&client);
             let started = std::time::Instant::now();
             let started_at = std::time::SystemTime::now();
             let (jobs, failures) = jobs_of(&client, plan).await;
             let title = format!("regmirror verify: {} image×tag jobs", jobs.len());
-            let checks = grouped(&title, verify::verify(&client, &jobs, deep, 8)).await;
+            let checks = grouped(&title, verify::verify(&client, targets, &jobs, deep, 8)).await;
             print!("{}", verify::table(&checks));
             let mut summary = verify::summary(&checks, started.elapsed());
             summary.outcomes.splice(0..0, failures);

@@ -29,6 +29,8 @@ pub enum State {
     Incomplete(Vec<String>),
     /// We could not tell: the error and its causes.
     Error { auth: bool, chain: Vec<String> },
+    /// `--anonymous`: the registry wants credentials to pull it.
+    Private(String),
 }
 
 /// One row of the verification.
@@ -50,15 +52,18 @@ pub struct Check {
     pub state: State,
 }
 
-/// Checks every job, `concurrency` at a time.
+/// Checks every job, `concurrency` at a time: sources through `client`,
+/// targets through `targets` (the same client, or an anonymous one for
+/// `verify --anonymous`).
 pub async fn verify(
     client: &RegistryClient,
+    targets: &RegistryClient,
     jobs: &[Job],
     deep: bool,
     concurrency: usize,
 ) -> Vec<Check> {
     let mut done: Vec<(usize, Vec<Check>)> = stream::iter(jobs.iter().enumerate())
-        .map(|(i, job)| async move { (i, verify_job(client, job, deep).await) })
+        .map(|(i, job)| async move { (i, verify_job(client, targets, job, deep).await) })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -73,7 +78,12 @@ fn error_state(error: &Error) -> State {
     }
 }
 
-async fn verify_job(client: &RegistryClient, job: &Job, deep: bool) -> Vec<Check> {
+async fn verify_job(
+    client: &RegistryClient,
+    targets: &RegistryClient,
+    job: &Job,
+    deep: bool,
+) -> Vec<Check> {
     let check =
         |d: &Destination, source: Option<&Digest>, found: Option<Digest>, state: State| Check {
             image: job.image.clone(),
@@ -111,7 +121,7 @@ async fn verify_job(client: &RegistryClient, job: &Job, deep: bool) -> Vec<Check
     let founds = join_all(
         job.destinations
             .iter()
-            .map(|d| client.head_manifest(&d.repository, &d.tag)),
+            .map(|d| targets.head_manifest(&d.repository, &d.tag)),
     )
     .await;
     let any_match = founds
@@ -126,12 +136,15 @@ async fn verify_job(client: &RegistryClient, job: &Job, deep: bool) -> Vec<Check
     let mut checks = Vec::new();
     for (destination, found) in job.destinations.iter().zip(founds) {
         let state = match (&found, &image) {
+            (Err(error), _) if error.is_auth() && targets.is_anonymous() => {
+                State::Private(error.to_string())
+            }
             (Err(error), _) => error_state(error),
             (Ok(None), _) => State::Missing,
             (Ok(Some(digest)), _) if *digest != source => State::Mismatch,
             (Ok(Some(_)), Some(Err(error))) => error_state(error),
             (Ok(Some(_)), Some(Ok(image))) => {
-                match missing_parts(client, &destination.repository, image).await {
+                match missing_parts(targets, &destination.repository, image).await {
                     Ok(missing) if missing.is_empty() => State::Match,
                     Ok(missing) => State::Incomplete(missing),
                     Err(error) => error_state(&error),
@@ -210,6 +223,13 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                     FailureKind::Verification,
                     format!("`{}` lacks {}", c.destination, parts.join(", ")),
                 ),
+                State::Private(reason) => failure(
+                    FailureKind::Verification,
+                    format!(
+                        "`{}` cannot be pulled without credentials ({reason}); make it public: on GHCR new packages are private, so change the package's visibility in its settings (or the organization's default for new packages); on Docker Hub, in the repository's settings",
+                        c.destination
+                    ),
+                ),
                 State::Error { auth, chain } => Some(Failure {
                     kind: if *auth {
                         FailureKind::Auth
@@ -262,6 +282,7 @@ pub fn table(checks: &[Check]) -> String {
                 State::Missing => "MISSING".to_string(),
                 State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
                 State::Error { .. } => "ERROR".to_string(),
+                State::Private(_) => "PRIVATE".to_string(),
             };
             vec![
                 c.image.clone(),
@@ -287,6 +308,10 @@ pub fn table(checks: &[Check]) -> String {
             State::Error { chain, .. } => {
                 out.push_str(&format!("  {}: {}\n", c.destination, chain.join(": ")))
             }
+            State::Private(_) => out.push_str(&format!(
+                "  {} cannot be pulled without credentials: make the package public (GHCR: package settings → Change visibility, or the organization's default)\n",
+                c.destination
+            )),
             State::Mismatch => out.push_str(&format!(
                 "  {} has {} but the source has {}\n",
                 c.destination,

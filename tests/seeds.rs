@@ -561,3 +561,90 @@ async fn public_ecr_migration_creates_repositories_first() {
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert!(asked[0].contains("library/redis"), "{asked:?}");
 }
+
+/// Seed 3, DevOps-in-a-Box: a release pushes one OCI layout to Docker Hub
+/// and GHCR with `copy oci:DIR`; both serve the layout's digest, byte for
+/// byte; `verify` agrees; `verify --anonymous` finds GHCR private (it wants
+/// credentials, as new GHCR packages do) and says how to fix it, exit 4.
+#[tokio::test]
+async fn devops_in_a_box_release_dual_push_and_anonymous_pulls() {
+    let docker_hub = Registry::start(Auth::None);
+    let issuer = support::token::Issuer::start("release-bot", "ghcr-pass-T5m");
+    let ghcr = Registry::start(Auth::Token(issuer));
+    let dir = tempfile::tempdir().unwrap();
+    let image = images::generate(&Spec::new("devops-in-a-box", "v1.4.0", false));
+    let layout = dir.path().join("out");
+    images::write_layout(&layout, "v1.4.0", &image);
+    let env = support::auth_env(&ghcr);
+    let copy = regmirror(
+        dir.path(),
+        &[
+            "copy",
+            &format!("oci:{}:v1.4.0", layout.display()),
+            &format!("{}/devopsinabox/devops-in-a-box:v1.4.0", docker_hub.host),
+            &format!("{}/devops-in-a-box/devops-in-a-box:v1.4.0", ghcr.host),
+        ],
+        &env,
+    );
+    assert_eq!(copy.code, 0, "{}", copy.all());
+    assert_eq!(
+        deep_check(&docker_hub.host, "devopsinabox/devops-in-a-box", "v1.4.0").await,
+        TagState::Complete(image.root.0.clone())
+    );
+    let raw = images::skopeo_raw(
+        &ghcr.host,
+        "devops-in-a-box/devops-in-a-box",
+        "v1.4.0",
+        ghcr.credentials(),
+    )
+    .expect("on GHCR");
+    assert_eq!(raw, image.root.2, "GHCR serves the layout's bytes");
+
+    example_config(
+        "devops-in-a-box",
+        dir.path(),
+        &[("docker.io", &docker_hub.host), ("ghcr.io", &ghcr.host)],
+    );
+    let verify = regmirror(dir.path(), &["verify"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+    let anonymous = regmirror(
+        dir.path(),
+        &["verify", "--anonymous", "--json", "report.json"],
+        &env,
+    );
+    assert_eq!(anonymous.code, 4, "{}", anonymous.all());
+    assert!(anonymous.stdout.contains("PRIVATE"), "{}", anonymous.all());
+    assert!(
+        anonymous.all().contains("Change visibility"),
+        "{}",
+        anonymous.all()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let message = report["results"][0]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("cannot be pulled without credentials"),
+        "{report}"
+    );
+    // Made public (here: a registry without auth), the same check passes.
+    let public = Registry::start(Auth::None);
+    let copy = regmirror(
+        dir.path(),
+        &[
+            "copy",
+            &format!("oci:{}:v1.4.0", layout.display()),
+            &format!("{}/devops-in-a-box/devops-in-a-box:v1.4.0", public.host),
+        ],
+        &[],
+    );
+    assert_eq!(copy.code, 0, "{}", copy.all());
+    example_config(
+        "devops-in-a-box",
+        dir.path(),
+        &[("docker.io", &docker_hub.host), ("ghcr.io", &public.host)],
+    );
+    let anonymous = regmirror(dir.path(), &["verify", "--anonymous"], &env);
+    assert_eq!(anonymous.code, 0, "{}", anonymous.all());
+}

@@ -259,6 +259,11 @@ impl RegistryClient {
         })
     }
 
+    /// True for a client that sends no credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
     /// Before the first write to `repository`: creates it where the
     /// registry needs that (`create_repositories`, ECR Public).
     pub async fn prepare_push(&self, repository: &Repository) -> Result<()> {
