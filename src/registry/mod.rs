@@ -120,7 +120,7 @@ struct Host {
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<Option<Credential>>,
     /// Whether the registry serves the OCI referrers API, once asked.
-    referrers_api: Mutex<Option<bool>>,
+    referrers_api: tokio::sync::Mutex<Option<bool>>,
 }
 
 /// A response together with the host permit it was made under.
@@ -305,7 +305,7 @@ impl RegistryClient {
                         .clone(),
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
-                    referrers_api: Mutex::new(None),
+                    referrers_api: tokio::sync::Mutex::new(None),
                 })
             })
             .clone()
@@ -724,9 +724,16 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<Option<Vec<serde_json::Value>>> {
         let host = self.host(repository);
-        if *host.referrers_api.lock().expect("referrers lock poisoned") == Some(false) {
-            return Ok(None);
-        }
+        // The first call per host holds the lock while it finds out, so
+        // concurrent jobs ask a registry without the API once, not N times.
+        let mut probing = {
+            let known = host.referrers_api.lock().await;
+            match *known {
+                Some(false) => return Ok(None),
+                Some(true) => None,
+                None => Some(known),
+            }
+        };
         let url = self.url(repository, &format!("referrers/{digest}"));
         let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::OCI_INDEX);
         let answer = match self.pull(repository, Method::GET, &url, &accept).await {
@@ -735,8 +742,10 @@ impl RegistryClient {
             Err(Error::Status { status, .. }) if [400, 405, 406, 501].contains(&status) => None,
             Err(error) => return Err(error),
         };
-        let supported = answer.is_some();
-        *host.referrers_api.lock().expect("referrers lock poisoned") = Some(supported);
+        if let Some(known) = probing.as_mut() {
+            **known = Some(answer.is_some());
+        }
+        drop(probing);
         let Some(answer) = answer else {
             return Ok(None);
         };
