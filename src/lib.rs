@@ -30,6 +30,7 @@
 //! `tracing` events. `main.rs` decides how output looks.
 
 pub mod config;
+pub mod containerd;
 pub mod copy;
 pub mod digest;
 pub mod error;

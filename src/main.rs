@@ -159,6 +159,14 @@ enum Command {
         #[arg(long, value_name = "N")]
         matrix: Option<usize>,
     },
+    /// Write containerd registry host files (`DIR/<upstream>/hosts.toml`) that pull from the mirrors first.
+    ContainerdHosts {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Where to write them (containerd's `config_path`, e.g. `/etc/containerd/certs.d`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Validate the configuration and print the size of the resolved plan.
     Check {
         #[command(flatten)]
@@ -423,6 +431,22 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                     );
                 }
                 None => print!("{}", plan.table()),
+            }
+            Ok(0)
+        }
+        Command::ContainerdHosts { config, out } => {
+            let plan = load_plan(&config, None)?;
+            let generated = regmirror::containerd::hosts_files(&plan);
+            for file in &generated.files {
+                let dir = out.join(&file.upstream);
+                let path = dir.join("hosts.toml");
+                std::fs::create_dir_all(&dir)
+                    .and_then(|_| std::fs::write(&path, &file.toml))
+                    .with_context(|| format!("write `{}`", path.display()))?;
+                println!("{}", path.display());
+            }
+            for line in &generated.unmapped {
+                eprintln!("warning: {line}");
             }
             Ok(0)
         }

@@ -648,3 +648,185 @@ async fn devops_in_a_box_release_dual_push_and_anonymous_pulls() {
     let anonymous = regmirror(dir.path(), &["verify", "--anonymous"], &env);
     assert_eq!(anonymous.code, 0, "{}", anonymous.all());
 }
+
+/// Where containerd would fetch `repo:tag` from, following `hosts.toml` as
+/// it does: each `[host]` URL in order (with `override_path`, the URL is the
+/// `/v2` base), then `server`. The first that answers 200, and its digest.
+async fn containerd_pull(hosts: &toml::Table, repo: &str, tag: &str) -> Option<(String, String)> {
+    let http = reqwest::Client::new();
+    let mut bases: Vec<String> = hosts
+        .get("host")
+        .and_then(|h| h.as_table())
+        .map(|table| {
+            table
+                .iter()
+                .map(|(url, host)| {
+                    assert_eq!(host["override_path"].as_bool(), Some(true), "{url}");
+                    url.clone()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bases.push(format!("{}/v2", hosts["server"].as_str().unwrap()));
+    for base in bases {
+        let url = format!("{base}/{repo}/manifests/{tag}");
+        let Ok(response) = http
+            .head(&url)
+            .header(
+                "accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if response.status() == 200 {
+            let digest = response.headers()["docker-content-digest"]
+                .to_str()
+                .unwrap();
+            return Some((base, digest.to_string()));
+        }
+    }
+    None
+}
+
+/// Seed 5, Giant Swarm: images from Docker Hub and quay.io mirrored into one
+/// registry; `containerd-hosts` writes `docker.io/hosts.toml` and
+/// `quay.io/hosts.toml` whose mirror host serves every image, with the
+/// digest of the upstream, before containerd would fall back to the
+/// upstream. The files use only the keys the real ones in the fixtures use.
+/// An image whose `path:` breaks the mapping is named.
+#[tokio::test]
+async fn giantswarm_containerd_hosts_map_every_image_to_the_mirror() {
+    let docker_hub = Registry::start(Auth::None);
+    let quay = Registry::start(Auth::None);
+    let gsoci = Registry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let images_of = [
+        (&docker_hub, "alpine/socat", "1.7.4.4"),
+        (&docker_hub, "fluxcd/flux-cli", "v2.6.4"),
+        (&docker_hub, "fluxcd/flux-cli", "v2.7.5"),
+        (&docker_hub, "ghostunnel/ghostunnel", "v1.10.0"),
+        (&docker_hub, "library/busybox", "1.37.0"),
+        (&quay, "coreos/etcd-operator", "v0.3.2"),
+        (&quay, "prometheus/haproxy-exporter", "v0.9.0"),
+        (&quay, "pusher/oauth2_proxy", "v5.1.0"),
+    ];
+    let mut digests = Vec::new();
+    for (i, (registry, repo, tag)) in images_of.iter().enumerate() {
+        let spec = Spec {
+            base: 300 + i as u64,
+            layer_size: 4096,
+            ..Spec::new(repo, tag, i % 2 == 0)
+        };
+        let image = images::generate(&spec);
+        images::push(&registry.url(), repo, tag, &image).await;
+        digests.push(image.root.0.clone());
+    }
+    let config = example_config(
+        "giantswarm",
+        dir.path(),
+        &[
+            ("docker.io", &docker_hub.host),
+            ("quay.io", &quay.host),
+            ("gsoci.azurecr.io", &gsoci.host),
+        ],
+    );
+    let sync = regmirror(dir.path(), &["sync"], &[]);
+    assert_eq!(sync.code, 0, "{}", sync.all());
+    let run = regmirror(dir.path(), &["containerd-hosts", "--out", "certs.d"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join("certs.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut expected = vec![docker_hub.host.clone(), quay.host.clone()];
+    expected.sort();
+    assert_eq!(files, expected);
+    let mirror = format!("http://{}/v2/giantswarm", gsoci.host);
+    for ((registry, repo, tag), digest) in images_of.iter().zip(&digests) {
+        let path = dir
+            .path()
+            .join("certs.d")
+            .join(&registry.host)
+            .join("hosts.toml");
+        let hosts: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        let (base, served) = containerd_pull(&hosts, repo, tag)
+            .await
+            .unwrap_or_else(|| panic!("{repo}:{tag} not found through {}", path.display()));
+        assert_eq!(base, mirror, "{repo}:{tag} comes from the mirror");
+        assert_eq!(&served, digest, "{repo}:{tag}");
+        let capabilities = hosts["host"][&mirror]["capabilities"].as_array().unwrap();
+        assert_eq!(capabilities.len(), 2);
+    }
+
+    // The same keys as real hosts.toml files (containerd's docs, k3s's output).
+    let real = support::shared_fixtures().unwrap().join("containerd-hosts");
+    let mut known = std::collections::BTreeSet::new();
+    let mut stack = vec![real];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "hosts.toml")
+                && let Ok(table) = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .parse::<toml::Table>()
+            {
+                known.extend(table.keys().cloned());
+                for host in table
+                    .get("host")
+                    .and_then(|h| h.as_table())
+                    .into_iter()
+                    .flat_map(|t| t.values())
+                {
+                    known.extend(
+                        host.as_table()
+                            .into_iter()
+                            .flat_map(|t| t.keys())
+                            .map(|k| format!("host.{k}")),
+                    );
+                }
+            }
+        }
+    }
+    for file in &files {
+        let hosts: toml::Table =
+            std::fs::read_to_string(dir.path().join("certs.d").join(file).join("hosts.toml"))
+                .unwrap()
+                .parse()
+                .unwrap();
+        for key in hosts.keys().filter(|k| *k != "host") {
+            assert!(
+                known.contains(key),
+                "`{key}` is not in any real hosts.toml: {known:?}"
+            );
+        }
+        for host in hosts["host"].as_table().unwrap().values() {
+            for key in host.as_table().unwrap().keys() {
+                assert!(
+                    known.contains(&format!("host.{key}")),
+                    "host.{key}: {known:?}"
+                );
+            }
+        }
+    }
+
+    // `path:` that drops the source path cannot be mapped: named, not silent.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("tags: [1.7.4.4]}", "tags: [1.7.4.4], path: socat}");
+    std::fs::write(&config, text).unwrap();
+    let run = regmirror(dir.path(), &["containerd-hosts", "--out", "certs2.d"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("alpine/socat") && run.stderr.contains("not under the target prefix"),
+        "{}",
+        run.stderr
+    );
+}
