@@ -29,6 +29,7 @@
 //! The library never prints; it returns a [`report::Summary`] and emits
 //! `tracing` events. `main.rs` decides how output looks.
 
+pub mod audit;
 pub mod config;
 pub mod containerd;
 pub mod copy;

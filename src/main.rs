@@ -159,6 +159,18 @@ enum Command {
         #[arg(long, value_name = "N")]
         matrix: Option<usize>,
     },
+    /// List the images that Kubernetes manifests, Helm values, compose files, workflows and Dockerfiles under PATH pull, by registry, and which `mirror.yaml` does not mirror.
+    Audit {
+        /// Files or directories to read.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The mirror configuration to compare with (skipped when the default is absent).
+        #[arg(short = 'c', long = "config", env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+        /// Also print the `images:` entries that would mirror what is not mirrored.
+        #[arg(long)]
+        suggest: bool,
+    },
     /// Write containerd registry host files (`DIR/<upstream>/hosts.toml`) that pull from the mirrors first.
     ContainerdHosts {
         #[command(flatten)]
@@ -432,6 +444,26 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 }
                 None => print!("{}", plan.table()),
             }
+            Ok(0)
+        }
+        Command::Audit {
+            paths,
+            config,
+            suggest,
+        } => {
+            let audit = regmirror::audit::scan(&paths).context("read the files to audit")?;
+            let config = config.or_else(|| {
+                let default = PathBuf::from("mirror.yaml");
+                default.is_file().then_some(default)
+            });
+            let plan = match config {
+                Some(config) => Some(load_plan(&ConfigArgs { config }, None)?),
+                None => None,
+            };
+            print!(
+                "{}",
+                regmirror::audit::report(&audit, plan.as_ref(), suggest)
+            );
             Ok(0)
         }
         Command::ContainerdHosts { config, out } => {

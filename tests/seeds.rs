@@ -830,3 +830,151 @@ async fn giantswarm_containerd_hosts_map_every_image_to_the_mirror() {
         run.stderr
     );
 }
+
+/// `audit` on real workflows from the fixtures: `uses: docker://…` and
+/// CircleCI `docker` images count, a workflow's `matrix` values and a
+/// CircleCI `machine` image do not, `${CIRCLE_TAG}` references are
+/// unresolved, `curlimages/curl` is implicit Docker Hub. (Counted by hand
+/// from the files: ezapt ×3 and rclone ×5 and regsync ×1 in syncthing's
+/// workflow; skopeo, curl and 4 templated retagger images in retagger's.)
+#[test]
+fn audit_counts_real_workflows_by_registry() {
+    let fixtures = support::shared_fixtures().expect("../shared/fixtures/real");
+    let dir = tempfile::tempdir().unwrap();
+    let run = regmirror(
+        dir.path(),
+        &["audit", fixtures.join("workflows").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout.contains(
+            "11 image references in 14 files (4 templated or unparsable, not counted)\nby registry: explicit docker.io 6, ghcr.io 3, gsoci.azurecr.io 1, implicit docker.io 1\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("curlimages/curl:latest  "),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("syncthing:"),
+        "matrix values: {}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("ubuntu-2204"),
+        "machine images: {}",
+        run.stdout
+    );
+    // Without a mirror.yaml, no coverage section.
+    assert!(!run.stdout.contains("not mirrored"), "{}", run.stdout);
+}
+
+/// Seed 2, raqeem: `audit` of its deploy files (Kubernetes, compose, Helm
+/// values, a Dockerfile) flags the implicit Docker Hub references with
+/// their lines, names what `mirror.yaml` does not mirror (postgres and
+/// minio it does, under either spelling), and `--suggest` prints entries
+/// that, added to the file, make a valid configuration covering them all.
+/// Then the mirror runs and verifies on loopback registries.
+#[tokio::test]
+async fn raqeem_audit_then_mirror_and_verify() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/raqeem");
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = root.join("deploy");
+    let config = root.join("mirror.yaml");
+    let audit = regmirror(
+        dir.path(),
+        &[
+            "audit",
+            deploy.to_str().unwrap(),
+            "-c",
+            config.to_str().unwrap(),
+            "--suggest",
+        ],
+        &[],
+    );
+    assert_eq!(audit.code, 0, "{}", audit.all());
+    let out = &audit.stdout;
+    assert!(
+        out.contains(
+            "by registry: explicit docker.io 4, ghcr.io 3, implicit docker.io 3, gcr.io 1"
+        ),
+        "{out}"
+    );
+    for flagged in [
+        "postgres:16.4  ",
+        "redis:7.4  ",
+        "minio/minio:RELEASE.2024-10-13T13-34-11Z  ",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(flagged))
+            .unwrap_or_else(|| panic!("{flagged}: {out}"));
+        assert!(!line.ends_with(":0"), "{line}");
+    }
+    assert!(
+        out.contains("k8s/api.yaml:36"),
+        "the StatefulSet's line: {out}"
+    );
+    let section = out
+        .split("not mirrored by the configuration (5):")
+        .nth(1)
+        .expect(out);
+    for missing in [
+        "docker.io/library/python:3.12-slim",
+        "docker.io/library/redis:7.4",
+        "ghcr.io/raqeem/api:v0.3.1",
+    ] {
+        assert!(section.contains(missing), "{missing}: {out}");
+    }
+    let listed = section.split("\n# mirror.yaml").next().unwrap();
+    assert!(
+        !listed.contains("postgres") && !listed.contains("minio"),
+        "{out}"
+    );
+    // The suggestions complete the file.
+    let suggested = out.split("would mirror them:\n").nth(1).expect(out);
+    let text = std::fs::read_to_string(&config).unwrap() + suggested;
+    std::fs::write(dir.path().join("completed.yaml"), text).unwrap();
+    let check = regmirror(dir.path(), &["check", "-c", "completed.yaml"], &[]);
+    assert_eq!(check.code, 0, "{}\n{suggested}", check.all());
+    let again = regmirror(
+        dir.path(),
+        &["audit", deploy.to_str().unwrap(), "-c", "completed.yaml"],
+        &[],
+    );
+    assert!(
+        again
+            .stdout
+            .contains("not mirrored by the configuration (0):"),
+        "{}",
+        again.stdout
+    );
+
+    // Mirror and verify, Docker Hub and GHCR stood in for by loopback registries.
+    let docker_hub = Registry::start(Auth::None);
+    let ghcr = Registry::start(Auth::None);
+    for (repo, tag) in [
+        ("library/postgres", "16.4"),
+        ("minio/minio", "RELEASE.2024-10-13T13-34-11Z"),
+    ] {
+        let image = images::generate(&Spec {
+            layer_size: 4096,
+            ..Spec::new(repo, tag, false)
+        });
+        images::push(&docker_hub.url(), repo, tag, &image).await;
+    }
+    example_config(
+        "raqeem",
+        dir.path(),
+        &[("docker.io", &docker_hub.host), ("ghcr.io", &ghcr.host)],
+    );
+    let sync = regmirror(dir.path(), &["sync"], &[]);
+    assert_eq!(sync.code, 0, "{}", sync.all());
+    assert!(sync.stderr.contains("2 copied"), "{}", sync.stderr);
+    let verify = regmirror(dir.path(), &["verify", "--deep"], &[]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
