@@ -10,19 +10,24 @@
 //! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
 //!   every problem with its place; `--only`/`--target` selection.
 //! - [`tags`]: tag selectors (`regex`, `exclude`, `semver`, `latest`)
-//!   applied to a source's tag list at run time.
+//!   applied to a source's tag list at run time; [`github`]: a GitHub
+//!   project's release tags as candidates (octocrab).
 //! - [`shard`]: `--shard I/N` and `plan --matrix N`, splitting a plan across
 //!   CI runners by a hash of each image's name.
 //! - [`registry`]: the HTTP client every request passes through: auth
 //!   (Docker credential chain, bearer tokens), per-registry limits (a
-//!   governor quota, the registry's own `ratelimit-remaining`), retries.
+//!   governor quota, the registry's own `ratelimit-remaining`), retries,
+//!   the referrers API, and ECR Public repositories (`registry::ecr`).
 //! - [`source`], [`layout`]: where images are read from (a registry, or an
 //!   OCI layout directory).
 //! - [`spool`]: blobs fetched once per run, on disk, for every target.
 //! - [`copy`]: the engine: HEAD first, read once, write N, children before
-//!   parents, tags last.
+//!   parents, tags last; then what refers to each image (`copy::referrers`).
 //! - [`verify`]: digest equality across source and targets, optionally deep.
 //! - [`import`]: a `mirror.yaml` from a regsync or skopeo-sync file.
+//! - [`audit`]: image references in manifests, charts, compose files,
+//!   workflows and Dockerfiles, against the plan.
+//! - [`containerd`]: `hosts.toml` files that pull from the mirrors first.
 //! - [`report`]: outcomes, the summary, exit codes; rendered as a table, as
 //!   the `--json` document, as step-summary markdown, as Actions annotations.
 //!
