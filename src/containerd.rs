@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 
 use crate::plan::Plan;
 use crate::reference::Repository;
-use crate::registry::is_loopback;
 
 /// One upstream's file: its directory name and contents.
 #[derive(Debug)]
@@ -72,15 +71,13 @@ pub fn hosts_files(plan: &Plan) -> Generated {
             ));
             continue;
         };
-        // The client's rule: TLS unless allowed otherwise.
-        let options = plan
+        // The client's own rule.
+        let scheme = plan
             .registries
             .get(&repository.registry)
             .cloned()
-            .unwrap_or_default();
-        let insecure = options.insecure
-            || (is_loopback(repository.api_host()) && !options.tls && options.ca.is_none());
-        let scheme = if insecure { "http" } else { "https" };
+            .unwrap_or_default()
+            .scheme(repository.api_host());
         let url = if prefix.is_empty() {
             format!("{scheme}://{}/v2", repository.api_host())
         } else {

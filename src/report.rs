@@ -312,14 +312,18 @@ impl Summary {
             totals.blobs_skipped,
             totals.manifests_pushed,
         );
-        let failures: Vec<&Outcome> = self
-            .outcomes
-            .iter()
-            .filter(|o| o.failure.is_some())
-            .collect();
-        if !failures.is_empty() {
-            let _ = writeln!(out, "\nfailures:");
-            for o in failures {
+        // Deferred results are not failures: listed apart, as in the step summary.
+        for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
+            let listed: Vec<&Outcome> = self
+                .outcomes
+                .iter()
+                .filter(|o| o.failure.is_some() && (o.status == Status::Deferred) == deferred)
+                .collect();
+            if listed.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "\n{heading}:");
+            for o in listed {
                 let failure = o.failure.as_ref().expect("filtered on failure");
                 let _ = writeln!(
                     out,
@@ -424,5 +428,33 @@ mod tests {
             "{table}"
         );
         assert_eq!(bytes(4 * 1024 * 1024), "4.0 MiB");
+    }
+
+    #[test]
+    fn table_lists_deferred_apart_from_failures() {
+        let summary = Summary {
+            outcomes: vec![
+                sample(
+                    "k3s",
+                    "v1",
+                    Status::Failed,
+                    Some((FailureKind::Other, &["boom"])),
+                ),
+                sample(
+                    "pg",
+                    "16",
+                    Status::Deferred,
+                    Some((FailureKind::RateLimited, &["rate limited"])),
+                ),
+            ],
+            ..Summary::default()
+        };
+        let table = summary.table();
+        let (failures, deferred) = table
+            .split_once("deferred by rate limits:")
+            .expect("a deferred section");
+        assert!(failures.contains("failures:\n  k3s:v1"), "{table}");
+        assert!(!failures.contains("pg:16 →"), "{table}");
+        assert!(deferred.contains("pg:16 → ghcr.io/a/pg:16"), "{table}");
     }
 }

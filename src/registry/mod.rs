@@ -69,6 +69,15 @@ impl Default for RegistryOptions {
     }
 }
 
+impl RegistryOptions {
+    /// `http` or `https` for `api_host`: TLS unless allowed otherwise; a
+    /// loopback host speaks plain HTTP unless it has a CA or `tls` is asked for.
+    pub fn scheme(&self, api_host: &str) -> &'static str {
+        let plain = self.insecure || (is_loopback(api_host) && !self.tls && self.ca.is_none());
+        if plain { "http" } else { "https" }
+    }
+}
+
 /// What a request needs to be allowed to do; becomes the token scope.
 #[derive(Clone, Debug)]
 enum Access<'a> {
@@ -288,11 +297,7 @@ impl RegistryClient {
                     .get(&repository.registry)
                     .cloned()
                     .unwrap_or_default();
-                // TLS unless allowed otherwise; a loopback host speaks plain
-                // HTTP unless it has a CA or `tls` is asked for.
-                let plain = options.insecure
-                    || (is_loopback(api_host) && !options.tls && options.ca.is_none());
-                let scheme = if plain { "http" } else { "https" };
+                let scheme = options.scheme(api_host);
                 Arc::new(Host {
                     registry: repository.registry.clone(),
                     base: format!("{scheme}://{api_host}"),
