@@ -149,15 +149,7 @@ fn describe(error: &octocrab::Error) -> String {
             };
             format!("{} {}{hint}", source.status_code, source.message)
         }
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(inner) = cause {
-                text.push_str(&format!(": {inner}"));
-                cause = inner.source();
-            }
-            text
-        }
+        other => crate::report::error_chain_parts(other).join(": "),
     }
 }
 

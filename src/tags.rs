@@ -16,7 +16,8 @@ use futures::{StreamExt, stream};
 use regex::Regex;
 use semver::{Version, VersionReq};
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use crate::github::Releases;
 use crate::plan::{Job, TagQuery};
@@ -192,26 +193,32 @@ pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>,
     let mut failures = Vec::new();
     for query in queries {
         let mut versions = HashMap::new();
-        let candidates = match (&lists[&query.repository], &query.filter.github) {
-            (Err(error), _) => Err(error),
-            (Ok(available), None) => Ok(available.clone()),
-            (Ok(available), Some(project)) => match &releases[project] {
-                // Releases whose image the source does not have (yet) are
-                // left out: a release is often published before its image.
-                Ok(released) => Ok(released
-                    .iter()
-                    .filter(|(_, tag)| available.contains(tag))
-                    .map(|(release, tag)| {
-                        versions.insert(tag.clone(), release.clone());
-                        tag.clone()
-                    })
-                    .collect()),
-                Err(error) => Err(error),
-            },
-        };
+        let candidates: Result<Cow<[String]>, &crate::Error> =
+            match (&lists[&query.repository], &query.filter.github) {
+                (Err(error), _) => Err(error),
+                (Ok(available), None) => Ok(Cow::Borrowed(available)),
+                (Ok(available), Some(project)) => match &releases[project] {
+                    // Releases whose image the source does not have (yet)
+                    // are left out: a release is often out before its image.
+                    Ok(released) => {
+                        let have: HashSet<&String> = available.iter().collect();
+                        Ok(Cow::Owned(
+                            released
+                                .iter()
+                                .filter(|(_, tag)| have.contains(tag))
+                                .map(|(release, tag)| {
+                                    versions.insert(tag.clone(), release.clone());
+                                    tag.clone()
+                                })
+                                .collect(),
+                        ))
+                    }
+                    Err(error) => Err(error),
+                },
+            };
         match candidates {
             Ok(available) => {
-                let available = &available;
+                let available: &[String] = &available;
                 let tags = query.filter.select_versioned(available, &versions);
                 tracing::info!(
                     "{}: {} of {} tags selected by {}",
