@@ -42,10 +42,13 @@ pub struct Layout {
     /// `dir` with symlinks resolved: every blob must resolve inside it.
     root: PathBuf,
     entries: Vec<Entry>,
-    /// Subject digest → the manifests in `index.json` that refer to it;
-    /// read on first use (a layout has no referrers API to ask).
-    subjects: tokio::sync::OnceCell<HashMap<Digest, Vec<Digest>>>,
+    /// What refers to what among the manifests in `index.json`; read on
+    /// first use (a layout has no referrers API to ask).
+    subjects: tokio::sync::OnceCell<Subjects>,
 }
+
+/// Subject digest → its referrers: digest and referrers-list entry.
+type Subjects = HashMap<Digest, Vec<(Digest, serde_json::Value)>>;
 
 impl Layout {
     /// Opens `dir`, checking it is a layout (`oci-layout`, `index.json`).
@@ -132,12 +135,13 @@ impl Layout {
     }
 
     /// The manifests listed in `index.json` (tagged or not) whose `subject`
-    /// is `digest`, as OCI layouts keep referrers.
-    pub async fn referrers(&self, digest: &Digest) -> Result<Vec<Manifest>> {
+    /// is `digest`, as OCI layouts keep referrers: each digest with its
+    /// entry for a referrers list. The layout is read for this once.
+    pub async fn referrers(&self, digest: &Digest) -> Result<Vec<(Digest, serde_json::Value)>> {
         let subjects = self
             .subjects
             .get_or_try_init(|| async {
-                let mut subjects: HashMap<Digest, Vec<Digest>> = HashMap::new();
+                let mut subjects: Subjects = HashMap::new();
                 let mut seen = std::collections::HashSet::new();
                 for entry in &self.entries {
                     if !seen.insert(&entry.digest) {
@@ -149,21 +153,17 @@ impl Layout {
                     else {
                         continue;
                     };
-                    if let Some(subject) = manifest.subject {
+                    if let Some(subject) = &manifest.subject {
                         subjects
-                            .entry(subject.digest)
+                            .entry(subject.digest.clone())
                             .or_default()
-                            .push(manifest.digest);
+                            .push((manifest.digest.clone(), manifest.referrer_entry()));
                     }
                 }
                 Ok::<_, Error>(subjects)
             })
             .await?;
-        let mut referrers = Vec::new();
-        for referrer in subjects.get(digest).into_iter().flatten() {
-            referrers.push(self.manifest(referrer, None).await?);
-        }
-        Ok(referrers)
+        Ok(subjects.get(digest).cloned().unwrap_or_default())
     }
 
     /// The file holding `digest`. `Digest` only holds a known algorithm and

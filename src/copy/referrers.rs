@@ -89,7 +89,8 @@ impl Engine {
                 .any(|f| matches!(f, Found::Tag { fallback: true, .. }));
             let mut untagged = Vec::new();
             for item in &found {
-                let (reference, digest, tag) = match item {
+                // A tag is copied as that tag; an untagged referrer by digest.
+                let (reference, digest) = match item {
                     Found::Tag {
                         tag,
                         digest,
@@ -98,7 +99,7 @@ impl Engine {
                         if !*fallback && visited.insert(digest.clone()) && depth < MAX_DEPTH {
                             pending.push((digest.clone(), depth + 1));
                         }
-                        (tag.clone(), digest, Some(tag))
+                        (tag.clone(), digest)
                     }
                     Found::Listed { digest } => {
                         if visited.insert(digest.clone()) && depth < MAX_DEPTH {
@@ -114,21 +115,21 @@ impl Engine {
                             pending.push((digest.clone(), depth + 1));
                         }
                         untagged.push(entry.clone());
-                        (digest.to_string(), digest, None)
+                        (digest.to_string(), digest)
                     }
                 };
                 let sub = Job {
                     image: job.image.clone(),
                     source: job.source.clone(),
-                    reference,
-                    pinned: Some(digest.clone()),
                     destinations: ready
                         .iter()
                         .map(|d| Destination {
-                            tag: tag.cloned().unwrap_or_else(|| digest.to_string()),
+                            tag: reference.clone(),
                             ..d.clone()
                         })
                         .collect(),
+                    reference,
+                    pinned: Some(digest.clone()),
                     referrers: false,
                 };
                 outcomes.extend(self.copy_job(&sub).await);
@@ -164,11 +165,8 @@ impl Engine {
                 }
             }
             Source::Layout(layout) => {
-                for manifest in layout.referrers(subject).await? {
-                    found.push(Found::Untagged {
-                        entry: manifest.referrer_entry(),
-                        digest: manifest.digest,
-                    });
+                for (digest, entry) in layout.referrers(subject).await? {
+                    found.push(Found::Untagged { digest, entry });
                 }
             }
         }
@@ -222,6 +220,8 @@ impl Engine {
             return Ok(None);
         }
         let tag = fallback_tag(subject);
+        // HEAD first (unmetered), so a target without an index is never
+        // GET-checked; only an index that exists is read, to merge with it.
         let mut listed: Vec<Value> = match self.client.head_manifest(repository, &tag).await? {
             Some(_) => {
                 let current = self.client.get_manifest(repository, &tag, None).await?;

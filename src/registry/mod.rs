@@ -175,6 +175,35 @@ fn next_link(link: &str) -> Option<String> {
     })
 }
 
+/// A manifest-sized body (a manifest, a referrers list), refused once it
+/// passes 4 MiB, whether or not the registry said its length up front.
+async fn capped_body(response: Response, url: &str) -> Result<Bytes> {
+    let too_large = || Error::Manifest {
+        what: url.to_string(),
+        reason: "larger than 4 MiB".into(),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| Error::Transport {
+            method: "GET".into(),
+            url: url.to_string(),
+            source,
+        })?;
+        if (body.len() + chunk.len()) as u64 > manifest::MAX_MANIFEST_SIZE {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -754,25 +783,7 @@ impl RegistryClient {
         let Some(answer) = answer else {
             return Ok(None);
         };
-        if answer
-            .response
-            .content_length()
-            .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
-        {
-            return Err(Error::Limit {
-                what: url,
-                reason: "a referrers list larger than 4 MiB".into(),
-            });
-        }
-        let body = answer
-            .response
-            .bytes()
-            .await
-            .map_err(|source| Error::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })?;
+        let body = capped_body(answer.response, &url).await?;
         let index: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| Error::Manifest {
                 what: url.clone(),
@@ -809,32 +820,7 @@ impl RegistryClient {
         let content_type = header(&response, CONTENT_TYPE.as_str()).map(str::to_string);
         let claimed =
             header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
-        if response
-            .content_length()
-            .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
-        {
-            return Err(Error::Manifest {
-                what: url,
-                reason: "larger than 4 MiB".into(),
-            });
-        }
-        let mut body = BytesMut::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| Error::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })?;
-            if (body.len() + chunk.len()) as u64 > manifest::MAX_MANIFEST_SIZE {
-                return Err(Error::Manifest {
-                    what: url,
-                    reason: "larger than 4 MiB".into(),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let body: Bytes = body.freeze();
+        let body = capped_body(response, &url).await?;
         let digest = expected
             .cloned()
             .or_else(|| reference.parse::<Digest>().ok())
