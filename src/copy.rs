@@ -195,11 +195,7 @@ impl Engine {
                 image: job.image.clone(),
                 tag: d.tag.clone(),
                 target: d.name.clone(),
-                destination: if d.tag.contains(':') {
-                    format!("{}@{}", d.repository, d.tag)
-                } else {
-                    format!("{}:{}", d.repository, d.tag)
-                },
+                destination: d.reference(),
                 source_digest: source.cloned(),
                 before,
                 after,
@@ -433,7 +429,7 @@ impl Engine {
             .await?;
         if found.as_ref() != Some(&image.root.digest) {
             return Err(Error::Verification {
-                destination: format!("{repository}:{}", destination.tag),
+                destination: destination.reference(),
                 expected: image.root.digest.clone(),
                 found: found
                     .map(|d| format!("`{d}`"))

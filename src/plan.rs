@@ -30,6 +30,14 @@ pub struct Destination {
     pub tag: String,
 }
 
+impl Destination {
+    /// `repository:tag`, or `repository@digest` for a referrer pushed by digest.
+    pub fn reference(&self) -> String {
+        let separator = if self.tag.contains(':') { '@' } else { ':' };
+        format!("{}{separator}{}", self.repository, self.tag)
+    }
+}
+
 /// One image × tag: where to read it and where to write it.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -555,7 +563,7 @@ impl Plan {
                 let destinations: Vec<String> = job
                     .destinations
                     .iter()
-                    .map(|d| format!("{}={}:{}", d.name, d.repository, d.tag))
+                    .map(|d| format!("{}={}", d.name, d.reference()))
                     .collect();
                 let tag = job.destinations.first().map(|d| d.tag.clone());
                 vec![

@@ -89,7 +89,7 @@ async fn verify_job(
             image: job.image.clone(),
             tag: d.tag.clone(),
             target: d.name.clone(),
-            destination: format!("{}:{}", d.repository, d.tag),
+            destination: d.reference(),
             source: source.cloned(),
             found,
             state,
