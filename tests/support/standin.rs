@@ -1,6 +1,6 @@
 //! A stand-in HTTP server for the services that cannot run here (GitHub's
-//! API, AWS's API): it records every request and answers what the test's
-//! handler says. The code under test talks to it with its real client
+//! API, AWS's API) and for distribution's token issuer: it records every
+//! request and answers what the test's handler says. The code under test talks to it with its real client
 //! (octocrab, the AWS SDK), pointed here by the base URL those clients take.
 
 use std::io::{BufRead, BufReader, Write};

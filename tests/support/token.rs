@@ -2,12 +2,12 @@
 //! and signs ES256 JWTs granting the requested scopes, with the signing
 //! certificate in `x5c` (the registry trusts it through `rootcertbundle`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+
+use super::standin::StandIn;
 
 pub const SERVICE: &str = "regmirror-test-registry";
 pub const ISSUER: &str = "regmirror-test-issuer";
@@ -23,6 +23,7 @@ pub struct Issuer {
     /// Every `scope` parameter asked for.
     pub scopes: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
+    _server: StandIn,
 }
 
 #[derive(serde::Serialize)]
@@ -57,8 +58,6 @@ impl Issuer {
         let encoding =
             jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
 
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let issued = Arc::new(Mutex::new(Vec::new()));
         let scopes = Arc::new(Mutex::new(Vec::new()));
         let expected = format!(
@@ -66,84 +65,62 @@ impl Issuer {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let (issued_in, scopes_in) = (issued.clone(), scopes.clone());
-        std::thread::spawn(move || {
-            for (n, stream) in listener.incoming().enumerate() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut authorization = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':')
-                        && name.eq_ignore_ascii_case("authorization")
-                    {
-                        authorization = Some(value.trim().to_string());
-                    }
-                }
-                let target = request_line.split_whitespace().nth(1).unwrap_or("/");
-                let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-                let requested: Vec<String> = url
-                    .query_pairs()
-                    .filter(|(k, _)| k == "scope")
-                    .map(|(_, v)| v.into_owned())
-                    .collect();
-                scopes_in.lock().unwrap().extend(requested.iter().cloned());
-                if authorization.as_deref() != Some(expected.as_str()) {
-                    let body = r#"{"details":"bad credentials"}"#;
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    continue;
-                }
-                let access = requested
-                    .iter()
-                    .flat_map(|scope| scope.split(' '))
-                    .filter_map(|scope| {
-                        let mut parts = scope.splitn(3, ':');
-                        let kind = parts.next()?.to_string();
-                        let name = parts.next()?.to_string();
-                        let actions = parts.next()?.split(',').map(str::to_string).collect();
-                        Some(Access {
-                            kind,
-                            name,
-                            actions,
-                        })
-                    })
-                    .collect();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs();
-                let claims = Claims {
-                    iss: ISSUER.into(),
-                    sub: "tester".into(),
-                    aud: SERVICE.into(),
-                    exp: now + 300,
-                    nbf: now - 10,
-                    iat: now,
-                    jti: format!("token-{n}"),
-                    access,
-                };
-                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-                header.x5c = Some(vec![x5c.clone()]);
-                let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
-                issued_in.lock().unwrap().push(token.clone());
-                let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let json = |status: u16, body: String| {
+            (
+                status,
+                vec![("Content-Type".to_string(), "application/json".to_string())],
+                body.into_bytes(),
+            )
+        };
+        let server = StandIn::start(move |request, _base| {
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
+            let requested: Vec<String> = url
+                .query_pairs()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            scopes_in.lock().unwrap().extend(requested.iter().cloned());
+            if request.header("authorization") != Some(expected.as_str()) {
+                return json(401, r#"{"details":"bad credentials"}"#.to_string());
             }
+            let access = requested
+                .iter()
+                .flat_map(|scope| scope.split(' '))
+                .filter_map(|scope| {
+                    let mut parts = scope.splitn(3, ':');
+                    let kind = parts.next()?.to_string();
+                    let name = parts.next()?.to_string();
+                    let actions = parts.next()?.split(',').map(str::to_string).collect();
+                    Some(Access {
+                        kind,
+                        name,
+                        actions,
+                    })
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let claims = Claims {
+                iss: ISSUER.into(),
+                sub: "tester".into(),
+                aud: SERVICE.into(),
+                exp: now + 300,
+                nbf: now - 10,
+                iat: now,
+                jti: format!("token-{n}"),
+                access,
+            };
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.x5c = Some(vec![x5c.clone()]);
+            let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+            issued_in.lock().unwrap().push(token.clone());
+            json(200, format!(r#"{{"token":"{token}","expires_in":300}}"#))
         });
+        let url = server.url.clone();
         Issuer {
             url,
             cert_path,
@@ -152,6 +129,7 @@ impl Issuer {
             issued,
             scopes,
             _dir: dir,
+            _server: server,
         }
     }
 }
