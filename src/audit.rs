@@ -264,15 +264,11 @@ fn resolve(text: &str) -> Option<(Reference, bool)> {
     if text.contains('$') || text.contains("{{") || text.contains(' ') {
         return None;
     }
-    let first = text.split('/').next().unwrap_or_default();
-    let explicit =
-        text.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let full = if explicit {
-        text.to_string()
-    } else {
-        format!("docker.io/{text}")
-    };
-    let mut reference: Reference = full.parse().ok()?;
+    // The reference parser puts a name without a registry on Docker Hub.
+    let explicit = text
+        .split_once('/')
+        .is_some_and(|(first, _)| crate::reference::is_registry(first));
+    let mut reference: Reference = text.parse().ok()?;
     if reference.tag.is_none() && reference.digest.is_none() {
         reference.tag = Some("latest".into());
     }

@@ -127,8 +127,7 @@ struct Prefix {
 
 fn parse_prefix(value: &str) -> Result<Prefix, String> {
     let (host, path) = value.split_once('/').unwrap_or((value, ""));
-    let looks_like_host = host.contains('.') || host.contains(':') || host == "localhost";
-    if !looks_like_host {
+    if !crate::reference::is_registry(host) {
         return Err(format!(
             "`{value}` must start with a registry host (e.g. `ghcr.io/acme`)"
         ));

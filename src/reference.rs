@@ -102,7 +102,7 @@ pub fn normalize_docker_hub(registry: &str, path: &str) -> (String, String) {
 }
 
 /// True when `component` looks like a registry host rather than a path part.
-fn is_registry(component: &str) -> bool {
+pub fn is_registry(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 
