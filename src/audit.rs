@@ -445,6 +445,16 @@ mod tests {
     }
 
     #[test]
+    fn a_helm_template_is_read_line_by_line() {
+        let template = "spec:\n  containers:\n    - name: app\n      image: \"{{ .Values.image }}\"\n    - image: 'quay.io/x/y:1' # sidecar\n{{- if .Values.debug }}\n      image: busybox\n{{- end }}\n";
+        assert!(serde_saphyr::from_multiple::<Value>(template).is_err());
+        let mut out = Vec::new();
+        yaml_lines(template, &mut out);
+        assert_eq!(out, ["{{ .Values.image }}", "quay.io/x/y:1", "busybox"]);
+        assert!(resolve(&out[0]).is_none());
+    }
+
+    #[test]
     fn dockerfile_stages_are_not_images() {
         let mut out = Vec::new();
         dockerfile(
