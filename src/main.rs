@@ -393,7 +393,7 @@ async fn sync(
     if let Some(bar) = &reporter.0 {
         bar.finish_and_clear();
     }
-    eprint!("{}", summary.table());
+    eprint!("{}", github::neutralize(&summary.table()));
     report(command, &summary, reports)?;
     Ok(summary.exit_code() as u8)
 }
@@ -537,13 +537,30 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             let (jobs, failures) = jobs_of(&client, plan).await;
             let title = format!("regmirror verify: {} image×tag jobs", jobs.len());
             let checks = grouped(&title, verify::verify(&client, targets, &jobs, deep, 8)).await;
-            print!("{}", verify::table(&checks));
+            print!("{}", github::neutralize(&verify::table(&checks)));
             let mut summary = verify::summary(&checks, started.elapsed());
             summary.outcomes.splice(0..0, failures);
             summary.started = Some(started_at);
             report("verify", &summary, &reports)?;
             Ok(summary.exit_code() as u8)
         }
+    }
+}
+
+/// stderr for log lines: each event is one write, and no line of it can
+/// be taken for a GitHub Actions workflow command (log lines carry text
+/// from registries).
+struct NeutralStderr;
+
+impl std::io::Write for NeutralStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(github::neutralize(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -563,7 +580,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| NeutralStderr)
         .with_target(false)
         .without_time()
         .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
@@ -581,7 +598,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, show_progress)) {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, error }) => {
-            eprintln!("error: {error:#}");
+            eprintln!("{}", github::neutralize(&format!("error: {error:#}")));
             ExitCode::from(code)
         }
     }

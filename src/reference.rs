@@ -106,8 +106,54 @@ pub fn is_registry(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 
+/// A registry host as a reference may name it: a DNS name or IPv4 address
+/// (`[A-Za-z0-9-]` labels joined by `.`), or an IPv6 address in brackets,
+/// with an optional `:PORT`. Nothing a URL would read as a path, query,
+/// fragment or user (`/`, `?`, `#`, `@`, spaces) can pass.
+pub fn valid_registry(registry: &str) -> bool {
+    let (name, port) = match registry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, tail)) => {
+                if address.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                match tail {
+                    "" => return true,
+                    _ => match tail.strip_prefix(':') {
+                        Some(port) => ("", Some(port)),
+                        None => return false,
+                    },
+                }
+            }
+            None => return false,
+        },
+        None => match registry.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (registry, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let name_ok = registry.starts_with('[')
+        || (!name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok));
+    port_ok && name_ok
+}
+
 /// One path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
-fn valid_path_component(component: &str) -> bool {
+pub fn valid_path_component(component: &str) -> bool {
     let bytes = component.as_bytes();
     let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if bytes.is_empty() || !alnum(&bytes[0]) || !alnum(&bytes[bytes.len() - 1]) {
@@ -180,6 +226,11 @@ impl FromStr for Reference {
         };
         if registry.bytes().any(|b| b.is_ascii_uppercase()) && registry != "localhost" {
             return Err(fail("registry must be lowercase"));
+        }
+        if !valid_registry(registry) {
+            return Err(fail(
+                "registry must be a host name or IP address with an optional `:PORT`",
+            ));
         }
         if !path.split('/').all(valid_path_component) {
             return Err(fail(
@@ -300,6 +351,18 @@ mod tests {
             "ghcr.io/a/b@sha256:123",
             "ghcr.io/a-/b",
             "ghcr.io/a/b:tag with space",
+            "ghcr.io/a/b:..",
+            "ghcr.io/a/../b",
+            "ghcr.io/a/%2e%2e/b",
+            "ghcr.io/a/b%2fc",
+            "ghcr.io/a?x=1/b",
+            "ghcr.io/a#x/b",
+            "evil.com#.ghcr.io/a/b",
+            "user@evil.com/a/b",
+            "ghcr.io:99999/a",
+            "ghcr.io:/a",
+            "[::1/a",
+            "[zz::1]:5000/a",
         ] {
             assert!(
                 input.parse::<Reference>().is_err(),
@@ -309,10 +372,44 @@ mod tests {
     }
 
     #[test]
+    fn registry_hosts() {
+        for host in [
+            "ghcr.io",
+            "127.0.0.1:5000",
+            "localhost",
+            "[::1]:5000",
+            "[::1]",
+            "my-registry.example.com:443",
+        ] {
+            assert!(valid_registry(host), "{host}");
+        }
+        for host in [
+            "",
+            "a b.io",
+            "evil.com#x",
+            "evil.com/x",
+            "u@evil.com",
+            "host:",
+            "host:port",
+            "-a.io",
+            "a..io",
+            "[::1]x",
+            "host:1:2",
+        ] {
+            assert!(!valid_registry(host), "{host}");
+        }
+    }
+
+    #[test]
     fn tag_rules() {
         assert!(valid_tag("v1.30.4-k3s1"));
         assert!(valid_tag("_x"));
         assert!(!valid_tag("v1.30.4+k3s1"));
         assert!(!valid_tag(&"a".repeat(129)));
+        for hostile in [
+            "..", ".", "%2e%2e", "a%2fb", "a/b", "a?b", "a#b", "", "-a", "a b",
+        ] {
+            assert!(!valid_tag(hostile), "{hostile}");
+        }
     }
 }

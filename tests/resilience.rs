@@ -1015,3 +1015,279 @@ async fn a_head_without_a_digest_falls_back_to_the_bytes_without_a_deadlock() {
     let outcomes = setup.check_targets(&report).await;
     assert_eq!(count(&outcomes, "copied"), 2);
 }
+
+// ---------------------------------------------------------------------------
+// Hostile registries: what a registry sends is untrusted (DESIGN §5b).
+
+/// `mirror.yaml` with one target `t0` (`HOST/m`) and `images` as YAML entries.
+fn hostile_config(dir: &Path, target: &str, images: &str) {
+    let text = format!(
+        "version: 1\ntargets:\n  t0: {target}/m\ndefaults:\n  targets: [t0]\nimages:\n{images}"
+    );
+    std::fs::write(dir.join("mirror.yaml"), text).unwrap();
+}
+
+fn json_reply(body: String, headers: &[(&str, String)]) -> Action {
+    let mut all = vec![("Content-Type".to_string(), "application/json".to_string())];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.clone())));
+    Action::Respond {
+        status: 200,
+        headers: all,
+        body: body.into_bytes(),
+    }
+}
+
+/// A source's tag list is untrusted: tags outside the spec's grammar (`..`,
+/// `%2e%2e`, `a%2fb`, `?`, `#`, a path) are skipped with a warning naming
+/// them, and no request leaves the target prefix: a victim repository on
+/// the target keeps its digest.
+#[tokio::test]
+async fn hostile_tags_never_leave_the_target_prefix() {
+    let setup = Setup::new(1, 1).await;
+    let target = &setup.targets[0];
+    let victim = small("victim", 7);
+    images::push(&target.url(), "victim", "v1", &victim).await;
+    let hostile = [
+        "..",
+        "../../../../victim/manifests/v1",
+        "%2e%2e",
+        "%2E%2E%2F%2E%2E",
+        "a%2fb",
+        "x?y=1",
+        "x#y",
+        "v1/../../../../victim",
+    ];
+    let mut tags = vec!["v1"];
+    tags.extend(hostile);
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/tags/list",
+            usize::MAX,
+            json_reply(serde_json::json!({ "tags": tags }).to_string(), &[]),
+        )],
+    );
+    hostile_config(
+        setup.dir.path(),
+        &target.host,
+        &format!(
+            "  - name: app0\n    source: {}/team/app0\n    tags: {{ regex: '.*' }}\n",
+            proxy.host
+        ),
+    );
+    let mark = target.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    assert_eq!(report["results"].as_array().unwrap().len(), 1, "{report:#}");
+    for tag in hostile {
+        assert!(
+            run.stderr.contains(&format!("skipping tag {tag:?}")),
+            "{tag} not named:\n{}",
+            run.stderr
+        );
+    }
+    let outside: Vec<String> = target
+        .requests()
+        .iter()
+        .skip(mark)
+        .filter(|r| r.path != "/v2/" && !r.path.starts_with("/v2/m/team/app0/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests outside the prefix: {outside:#?}"
+    );
+    assert_eq!(
+        deep_check(&target.host, "victim", "v1").await,
+        TagState::Complete(victim.root.0.clone())
+    );
+}
+
+/// Credentials stay with their registry: a tag list `Link`, a blob
+/// redirect and an upload `Location` that point at another host are
+/// followed without them; the other host's 401 and its realm teach
+/// regmirror nothing, and that host never sees an `Authorization` header.
+#[tokio::test]
+async fn credentials_never_reach_another_host() {
+    let foreign = support::standin::StandIn::start(|request, base| {
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        match request.path() {
+            p if p.ends_with("/tags/list") => (200, json, br#"{"tags":[]}"#.to_vec()),
+            "/token" => (200, json, br#"{"token":"stolen"}"#.to_vec()),
+            _ => (
+                401,
+                vec![(
+                    "WWW-Authenticate".to_string(),
+                    format!(r#"Bearer realm="{base}/token",service="evil""#),
+                )],
+                b"{}".to_vec(),
+            ),
+        }
+    });
+    let setup = Setup::new(2, 1).await;
+    // Both ends ask for Basic credentials, so regmirror holds a password for each.
+    let basic = || {
+        Rule::new(
+            "GET",
+            "/v2/",
+            1,
+            Action::Respond {
+                status: 401,
+                headers: vec![("WWW-Authenticate".into(), r#"Basic realm="r""#.into())],
+                body: Vec::new(),
+            },
+        )
+    };
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            basic(),
+            // app0's tag list goes on at the foreign host.
+            Rule::new(
+                "GET",
+                "/team/app0/tags/list",
+                usize::MAX,
+                json_reply(
+                    r#"{"tags":["v1"]}"#.into(),
+                    &[(
+                        "Link",
+                        format!(
+                            r#"<{}/v2/team/app0/tags/list?last=v1>; rel="next""#,
+                            foreign.url
+                        ),
+                    )],
+                ),
+            ),
+            // app0's blobs are "on a CDN": the foreign host.
+            Rule::new(
+                "GET",
+                "/team/app0/blobs/sha256:",
+                usize::MAX,
+                Action::Respond {
+                    status: 307,
+                    headers: vec![("Location".into(), format!("{}/cdn/blob", foreign.url))],
+                    body: Vec::new(),
+                },
+            ),
+        ],
+    );
+    let target = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            basic(),
+            // app1's uploads are sent to the foreign host.
+            Rule::new(
+                "POST",
+                "/m/team/app1/blobs/uploads/",
+                usize::MAX,
+                Action::Respond {
+                    status: 202,
+                    headers: vec![("Location".into(), format!("{}/upload/1", foreign.url))],
+                    body: Vec::new(),
+                },
+            ),
+        ],
+    );
+    hostile_config(
+        setup.dir.path(),
+        &target.host,
+        &format!(
+            "  - name: app0\n    source: {s}/team/app0\n    tags: {{ regex: '.*' }}\n  - name: app1\n    source: {s}/team/app1\n    tags: [v1]\n",
+            s = source.host
+        ),
+    );
+    let secret = |host: &str| {
+        let name: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        (
+            format!("REGMIRROR_AUTH_{name}"),
+            format!("alice:secret-for-{host}"),
+        )
+    };
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--json", "report.json"],
+        &[secret(&source.host), secret(&target.host)],
+    );
+    assert_ne!(run.code, 0, "{}", run.all());
+    let seen = foreign.requests();
+    let paths: Vec<&str> = seen.iter().map(|r| r.path()).collect();
+    // Every way to the foreign host was taken …
+    for path in ["/v2/team/app0/tags/list", "/cdn/blob", "/upload/1"] {
+        assert!(
+            paths.contains(&path),
+            "{path} not reached: {paths:?}\n{}",
+            run.all()
+        );
+    }
+    // … and it never saw a credential, nor a token request.
+    for request in &seen {
+        assert_eq!(request.header("authorization"), None, "{request:?}");
+    }
+    assert!(!paths.contains(&"/token"), "{paths:?}");
+    assert!(
+        run.stderr.contains("credentials are not sent there"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.all().contains("secret-for"), "{}", run.all());
+}
+
+/// Text from a registry (an error body) never reaches stderr or stdout as a
+/// line that starts with `::` (a GitHub Actions workflow command), and is
+/// inert in the step summary (no link, image or HTML).
+#[tokio::test]
+async fn registry_text_cannot_command_the_runner_or_the_summary() {
+    let setup = Setup::new(1, 1).await;
+    let body = "oops\n::error::pwned\n  ::add-mask::secret\n![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [click](http://evil.example)";
+    let target = Proxy::start(
+        &setup.targets[0].host,
+        vec![Rule::new(
+            "PUT",
+            "/manifests/",
+            usize::MAX,
+            Action::Respond {
+                status: 400,
+                headers: vec![("Content-Type".into(), "text/plain".into())],
+                body: body.as_bytes().to_vec(),
+            },
+        )],
+    );
+    setup.config(&setup.upstream.host, &[&target.host], "");
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--summary", "summary.md"],
+        &[("GITHUB_ACTIONS".into(), "true".into())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("pwned"), "{}", run.stderr);
+    let ours = [
+        "::error title=regmirror",
+        "::warning title=regmirror",
+        "::group::",
+        "::endgroup::",
+    ];
+    for line in run.all().lines() {
+        let line = line.trim_start();
+        if line.starts_with("::") {
+            assert!(
+                ours.iter().any(|o| line.starts_with(o)),
+                "a workflow command from registry text: {line}"
+            );
+        }
+    }
+    let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
+    let row = summary
+        .lines()
+        .find(|l| l.contains("pwned"))
+        .expect(&summary);
+    let message = row.trim_end_matches(" |").rsplit(" | ").next().unwrap();
+    assert!(
+        message.starts_with('`') && message.ends_with('`') && message.matches('`').count() == 2,
+        "the registry's text is not one code span: {row}"
+    );
+}

@@ -30,7 +30,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Descriptor, Manifest};
-use crate::reference::Repository;
+use crate::reference::{Repository, valid_path_component, valid_tag};
 use auth::{Challenge, Credential, Tokens};
 use limits::{Limits, RateLimit};
 use retry::Attempt;
@@ -132,6 +132,43 @@ struct Host {
     referrers_api: tokio::sync::Mutex<Option<bool>>,
 }
 
+impl Host {
+    /// True when `url` is on this registry's own origin (scheme, host and
+    /// port): the only place its credentials are sent.
+    fn owns(&self, url: &str) -> bool {
+        origin(url).is_some_and(|o| Some(o) == origin(&self.base))
+    }
+
+    /// A challenge this registry's own answer stated, checked.
+    fn checked(&self, challenge: Challenge) -> Result<Challenge> {
+        checked_challenge(&self.registry, &self.base, challenge)
+    }
+}
+
+/// A bearer realm must be an http(s) URL, and not plain HTTP when the
+/// registry itself (at `base`) speaks TLS: the password would travel in the
+/// clear.
+fn checked_challenge(registry: &str, base: &str, challenge: Challenge) -> Result<Challenge> {
+    if let Challenge::Bearer { realm, .. } = &challenge {
+        let refuse = |reason: &str| Error::Auth {
+            registry: registry.to_string(),
+            reason: format!("token realm `{}` {reason}", neutral(realm)),
+        };
+        let url = url::Url::parse(realm).map_err(|_| refuse("is not a URL"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if base.starts_with("http://") => {}
+            "http" => {
+                return Err(refuse(
+                    "is plain HTTP for a TLS registry; credentials are not sent there",
+                ));
+            }
+            _ => return Err(refuse("is not an http or https URL")),
+        }
+    }
+    Ok(challenge)
+}
+
 /// A response together with the host permit it was made under.
 struct Answer {
     response: Response,
@@ -152,11 +189,43 @@ pub struct RegistryClient {
     ecr: ecr::Repositories,
 }
 
-/// True for hosts where plain HTTP is acceptable without asking.
+/// True for hosts where plain HTTP is acceptable without asking: the
+/// literal loopback addresses (`127.0.0.0/8`, `[::1]`) and `localhost`. A
+/// name that merely starts with `127.` (`127.evil.example`) is not one.
 pub fn is_loopback(host: &str) -> bool {
-    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name == "localhost" || name == "::1" || name.starts_with("127.")
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map(|(address, _)| address)
+            .unwrap_or(rest),
+        None => host.split_once(':').map(|(name, _)| name).unwrap_or(host),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+/// `scheme://host:port` of a URL, the unit credentials are bound to.
+fn origin(url: &str) -> Option<url::Origin> {
+    url::Url::parse(url).ok().map(|u| u.origin())
+}
+
+/// `next` (a `Link` or `Location` target, perhaps relative) resolved against
+/// the URL it came with; an `https` → `http` step is refused, since what
+/// travels next (a tag list's position, an upload) would go in the clear.
+fn resolve_link(current: &str, next: &str, what: &str) -> Result<String> {
+    let bad = |reason: &str| Error::Limit {
+        what: format!("{what} `{}`", neutral(next)),
+        reason: reason.to_string(),
+    };
+    let base = url::Url::parse(current).map_err(|_| bad("the request URL does not parse"))?;
+    let resolved = base.join(next).map_err(|_| bad("not a URL"))?;
+    match (base.scheme(), resolved.scheme()) {
+        ("https", "https") | ("http", "http") | ("http", "https") => Ok(resolved.into()),
+        ("https", "http") => Err(bad("refusing to go from https to plain http")),
+        _ => Err(bad("not an http or https URL")),
+    }
 }
 
 /// Most pages of a tag list we follow (1,000 tags each).
@@ -175,17 +244,34 @@ fn next_link(link: &str) -> Option<String> {
     })
 }
 
-/// A manifest-sized body (a manifest, a referrers list), refused once it
-/// passes 4 MiB, whether or not the registry said its length up front.
-async fn capped_body(response: Response, url: &str) -> Result<Bytes> {
-    let too_large = || Error::Manifest {
+/// Largest JSON body other than a manifest we read (a tag-list page, a
+/// referrers list): 4 MiB, as for manifests.
+pub const MAX_JSON_SIZE: u64 = manifest::MAX_MANIFEST_SIZE;
+
+/// Largest token response we read.
+const MAX_TOKEN_SIZE: u64 = 64 * 1024;
+
+/// How much of an error body we read, and keep in the message.
+const MAX_ERROR_BODY: usize = 300;
+
+/// `4 MiB`, `64 KiB`, `100 bytes`.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// A body read whole into memory (a manifest, a tag-list page, a referrers
+/// list, a token), refused once it passes `limit` bytes, whether or not the
+/// registry said its length up front.
+async fn capped_body(response: Response, url: &str, limit: u64) -> Result<Bytes> {
+    let too_large = || Error::Limit {
         what: url.to_string(),
-        reason: "larger than 4 MiB".into(),
+        reason: format!("larger than {}; refusing to read it", size_text(limit)),
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > manifest::MAX_MANIFEST_SIZE)
-    {
+    if response.content_length().is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut body = BytesMut::new();
@@ -196,7 +282,7 @@ async fn capped_body(response: Response, url: &str) -> Result<Bytes> {
             url: url.to_string(),
             source,
         })?;
-        if (body.len() + chunk.len()) as u64 > manifest::MAX_MANIFEST_SIZE {
+        if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
@@ -213,13 +299,39 @@ fn retry_after(response: &Response) -> Option<Duration> {
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
 }
 
+/// Text from a registry made safe to print: one line (control characters
+/// shown escaped), so it can never start a line of its own, and so never a
+/// GitHub Actions workflow command (`::…`).
+pub fn neutral(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
+            if c.is_control() {
+                Box::new(c.escape_default())
+            } else {
+                Box::new(std::iter::once(c))
+            }
+        })
+        .collect()
+}
+
+/// The start of an error body, for the message: at most
+/// [`MAX_ERROR_BODY`] characters read (a registry can send gigabytes),
+/// made [`neutral`].
 async fn error_body(response: Response) -> String {
-    let text = response.text().await.unwrap_or_default();
-    let mut text: String = text.trim().chars().take(300).collect();
-    if text.len() == 300 {
+    let mut bytes = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX_ERROR_BODY * 4 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut text: String = text.trim().chars().take(MAX_ERROR_BODY).collect();
+    if text.chars().count() == MAX_ERROR_BODY {
         text.push('…');
     }
-    text
+    neutral(&text)
 }
 
 /// The HTTP client: redirects followed (blob GETs land on storage), no
@@ -229,6 +341,7 @@ fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
         .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
+        .redirect(redirect_policy())
         .no_proxy();
     if let Some(path) = ca {
         let ca_error = |reason: String| Error::Ca {
@@ -253,6 +366,28 @@ fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
             url: "client".into(),
             source,
         },
+    })
+}
+
+/// Redirects (blob GETs land on storage, often another host) are followed
+/// up to 10 times, never from `https` to `http`. reqwest itself drops
+/// `Authorization` when a redirect leaves the host, so credentials stay
+/// with their registry.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|url| url.scheme() == "https");
+        if downgrade {
+            let error = format!(
+                "refusing a redirect from https to plain http (`{}`)",
+                neutral(attempt.url().as_str())
+            );
+            attempt.error(error)
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
     })
 }
 
@@ -373,12 +508,26 @@ impl RegistryClient {
             .await?
             .response;
         let challenge = match response.status() {
-            StatusCode::UNAUTHORIZED => header(&response, WWW_AUTHENTICATE.as_str())
-                .and_then(auth::parse_challenge)
-                .ok_or_else(|| Error::Auth {
+            // A challenge counts only from the registry itself, not from a
+            // host its `/v2/` redirected us to.
+            StatusCode::UNAUTHORIZED if host.owns(response.url().as_str()) => {
+                let challenge = header(&response, WWW_AUTHENTICATE.as_str())
+                    .and_then(auth::parse_challenge)
+                    .ok_or_else(|| Error::Auth {
+                        registry: host.registry.clone(),
+                        reason: "401 without a usable `WWW-Authenticate` challenge".into(),
+                    })?;
+                host.checked(challenge)?
+            }
+            StatusCode::UNAUTHORIZED => {
+                return Err(Error::Auth {
                     registry: host.registry.clone(),
-                    reason: "401 without a usable `WWW-Authenticate` challenge".into(),
-                })?,
+                    reason: format!(
+                        "`GET {url}` was redirected to `{}`, which asked for credentials; they are not sent there",
+                        neutral(response.url().as_str())
+                    ),
+                });
+            }
             _ => Challenge::Anonymous,
         };
         *learned = Some(challenge.clone());
@@ -483,9 +632,8 @@ impl RegistryClient {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body: TokenResponse = response
-            .json()
-            .await
+        let body = capped_body(response, realm, MAX_TOKEN_SIZE).await?;
+        let body: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;
         let token = body
             .token
@@ -596,9 +744,16 @@ impl RegistryClient {
         idempotent: bool,
     ) -> Result<Answer> {
         let host = self.host(repository);
+        // Credentials go to the registry's own origin only: a `Link` or a
+        // `Location` naming another host is followed without them.
+        let own = host.owns(url);
         let mut refreshed = false;
         loop {
-            let authorization = self.authorization(&host, &access).await?;
+            let authorization = if own {
+                self.authorization(&host, &access).await?
+            } else {
+                None
+            };
             let answer = self
                 .attempt_loop(
                     &host,
@@ -611,6 +766,18 @@ impl RegistryClient {
                 .await?;
             if answer.response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(answer);
+            }
+            // A 401 from anywhere but the registry itself (another origin we
+            // were sent to, or redirected to) teaches nothing and gets nothing.
+            let answered_by = answer.response.url().to_string();
+            if !own || !host.owns(&answered_by) {
+                return Err(Error::Auth {
+                    registry: host.registry.clone(),
+                    reason: format!(
+                        "`{method} {url}` was answered 401 by `{}`, another host than the registry; credentials are not sent there",
+                        neutral(&answered_by)
+                    ),
+                });
             }
             if refreshed {
                 let identity = if self.credential(&host).await.is_some() {
@@ -628,17 +795,51 @@ impl RegistryClient {
             if let Some(challenge) =
                 header(&answer.response, WWW_AUTHENTICATE.as_str()).and_then(auth::parse_challenge)
             {
-                *host.challenge.lock().await = Some(challenge);
+                *host.challenge.lock().await = Some(host.checked(challenge)?);
             }
         }
     }
 
-    fn url(&self, repository: &Repository, tail: &str) -> String {
-        format!(
-            "{}/v2/{}/{tail}",
-            self.host(repository).base,
-            repository.path
-        )
+    /// `BASE/v2/<repository>/<segments…>?<query>`, built by path segments.
+    /// Every segment must be one the API has: a repository path component
+    /// (the spec's grammar), an endpoint word, a tag or a digest. Anything
+    /// that could move the request elsewhere (`..`, `%2f`, `?`, `#`) is
+    /// refused here, whatever let it through before.
+    fn url(
+        &self,
+        repository: &Repository,
+        tail: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<String> {
+        let refuse = |reason: &str| Error::Reference {
+            input: format!("{repository}/{}", neutral(&tail.join("/"))),
+            reason: reason.to_string(),
+        };
+        if !repository.path.split('/').all(valid_path_component) {
+            return Err(refuse(
+                "not a repository path of the distribution spec's grammar",
+            ));
+        }
+        let last = tail.len().saturating_sub(1);
+        for (i, segment) in tail.iter().enumerate() {
+            // `blobs/uploads/` ends in an empty segment (the trailing slash).
+            let trailing_slash = i == last && segment.is_empty();
+            if !(trailing_slash || valid_tag(segment) || segment.parse::<Digest>().is_ok()) {
+                return Err(refuse("not a tag or digest"));
+            }
+        }
+        let mut url = url::Url::parse(&self.host(repository).base)
+            .map_err(|_| refuse("the registry host does not make a URL"))?;
+        url.path_segments_mut()
+            .map_err(|_| refuse("the registry host does not make a URL"))?
+            .clear()
+            .push("v2")
+            .extend(repository.path.split('/'))
+            .extend(tail);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url.into())
     }
 
     fn status_error(method: &str, url: &str, status: StatusCode, body: String) -> Error {
@@ -691,7 +892,7 @@ impl RegistryClient {
         repository: &Repository,
         reference: &str,
     ) -> Result<Option<Digest>> {
-        let url = self.url(repository, &format!("manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference], &[])?;
         let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::ACCEPT);
         let Some(answer) = self.pull(repository, Method::HEAD, &url, &accept).await? else {
             return Ok(None);
@@ -718,8 +919,7 @@ impl RegistryClient {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let base = self.host(repository).base.clone();
-        let mut url = self.url(repository, "tags/list?n=1000");
+        let mut url = self.url(repository, &["tags", "list"], &[("n", "1000")])?;
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
             let answer = self
@@ -730,15 +930,27 @@ impl RegistryClient {
                 })?;
             let response = answer.response;
             let next = header(&response, "link").and_then(next_link);
-            let page: TagList = response.json().await.map_err(|source| Error::Transport {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
+            let body = capped_body(response, &url, MAX_JSON_SIZE).await?;
+            let page: TagList = serde_json::from_slice(&body).map_err(|e| Error::Manifest {
+                what: url.clone(),
+                reason: format!("the tag list is not JSON ({e})"),
             })?;
-            tags.extend(page.tags.unwrap_or_default());
+            // Tags become URL segments and destinations: only the spec's
+            // grammar passes (no `..`, `%2f`, `?`, `#`).
+            for tag in page.tags.unwrap_or_default() {
+                if valid_tag(&tag) {
+                    tags.push(tag);
+                } else {
+                    tracing::warn!(
+                        "{repository}: skipping tag {:?}: not a valid tag (`[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}`)",
+                        neutral(&tag)
+                    );
+                }
+            }
             match next {
-                Some(next) if next.starts_with('/') => url = format!("{base}{next}"),
-                Some(next) => url = next,
+                // Another origin gets no credentials: `send` only attaches
+                // them to the registry's own.
+                Some(next) => url = resolve_link(&url, &next, "tag list `Link`")?,
                 None => return Ok(tags),
             }
         }
@@ -768,7 +980,7 @@ impl RegistryClient {
                 None => Some(known),
             }
         };
-        let url = self.url(repository, &format!("referrers/{digest}"));
+        let url = self.url(repository, &["referrers", digest.as_str()], &[])?;
         let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::OCI_INDEX);
         let answer = match self.pull(repository, Method::GET, &url, &accept).await {
             Ok(answer) => answer,
@@ -783,7 +995,7 @@ impl RegistryClient {
         let Some(answer) = answer else {
             return Ok(None);
         };
-        let body = capped_body(answer.response, &url).await?;
+        let body = capped_body(answer.response, &url, MAX_JSON_SIZE).await?;
         let index: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| Error::Manifest {
                 what: url.clone(),
@@ -803,7 +1015,7 @@ impl RegistryClient {
         reference: &str,
         expected: Option<&Digest>,
     ) -> Result<Manifest> {
-        let url = self.url(repository, &format!("manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference], &[])?;
         // The one metered request (Docker Hub counts manifest GETs as pulls).
         self.host(repository)
             .limits
@@ -820,7 +1032,7 @@ impl RegistryClient {
         let content_type = header(&response, CONTENT_TYPE.as_str()).map(str::to_string);
         let claimed =
             header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
-        let body = capped_body(response, &url).await?;
+        let body = capped_body(response, &url, manifest::MAX_MANIFEST_SIZE).await?;
         let digest = expected
             .cloned()
             .or_else(|| reference.parse::<Digest>().ok())
@@ -836,7 +1048,7 @@ impl RegistryClient {
         reference: &str,
         manifest: &Manifest,
     ) -> Result<()> {
-        let url = self.url(repository, &format!("manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference], &[])?;
         let bytes = manifest.bytes.clone();
         let media_type = manifest.media_type.clone();
         let build = move |r: RequestBuilder| {
@@ -878,7 +1090,7 @@ impl RegistryClient {
 
     /// True when the repository has the blob (a HEAD).
     pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
-        let url = self.url(repository, &format!("blobs/{digest}"));
+        let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
         Ok(self
             .pull(repository, Method::HEAD, &url, &|r| r)
             .await?
@@ -893,7 +1105,7 @@ impl RegistryClient {
         blob: &Descriptor,
         path: &Path,
     ) -> Result<()> {
-        let url = self.url(repository, &format!("blobs/{}", blob.digest));
+        let url = self.url(repository, &["blobs", blob.digest.as_str()], &[])?;
         retry::run(|| async {
             let result = self.download_once(repository, blob, &url, path).await;
             match &result {
@@ -959,8 +1171,11 @@ impl RegistryClient {
         digest: &Digest,
         from: &str,
     ) -> Result<Mount> {
-        let base = self.url(repository, "blobs/uploads/");
-        let url = format!("{base}?mount={digest}&from={from}");
+        let url = self.url(
+            repository,
+            &["blobs", "uploads", ""],
+            &[("mount", digest.as_str()), ("from", from)],
+        )?;
         let access = Access::Mount {
             to: &repository.path,
             from,
@@ -979,7 +1194,7 @@ impl RegistryClient {
         match response.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Declined {
-                upload_url: self.location(repository, &response, &url)?,
+                upload_url: Self::location(&response, &url)?,
             }),
             status => Err(Self::status_error(
                 "POST",
@@ -990,7 +1205,10 @@ impl RegistryClient {
         }
     }
 
-    fn location(&self, repository: &Repository, response: &Response, url: &str) -> Result<String> {
+    /// An upload session's URL from `Location`, relative ones (GHCR)
+    /// resolved against the request. Another origin is followed without
+    /// credentials (see `send`); `https` → `http` is refused.
+    fn location(response: &Response, url: &str) -> Result<String> {
         let location = header(response, LOCATION.as_str()).ok_or_else(|| {
             Self::status_error(
                 "POST",
@@ -999,11 +1217,7 @@ impl RegistryClient {
                 "no `Location` header".into(),
             )
         })?;
-        if location.starts_with("http://") || location.starts_with("https://") {
-            Ok(location.to_string())
-        } else {
-            Ok(format!("{}{location}", self.host(repository).base))
-        }
+        resolve_link(url, location, "upload `Location`")
     }
 
     /// Uploads the blob in `path` with one monolithic PUT (GHCR and ECR break
@@ -1055,7 +1269,7 @@ impl RegistryClient {
         let upload_url = match session {
             Some(url) => url,
             None => {
-                let url = self.url(repository, "blobs/uploads/");
+                let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
                 let answer = self
                     .send(
                         repository,
@@ -1076,7 +1290,7 @@ impl RegistryClient {
                         error_body(response).await,
                     ));
                 }
-                self.location(repository, &response, &url)?
+                Self::location(&response, &url)?
             }
         };
         let on_disk = tokio::fs::metadata(path)
@@ -1090,8 +1304,13 @@ impl RegistryClient {
                 actual: on_disk,
             });
         }
-        let separator = if upload_url.contains('?') { '&' } else { '?' };
-        let url = format!("{upload_url}{separator}digest={}", blob.digest);
+        let mut url = url::Url::parse(&upload_url).map_err(|_| Error::Limit {
+            what: format!("upload `Location` `{}`", neutral(&upload_url)),
+            reason: "not a URL".into(),
+        })?;
+        url.query_pairs_mut()
+            .append_pair("digest", blob.digest.as_str());
+        let url = url.to_string();
         let path = path.to_path_buf();
         let size = blob.size;
         let build = move |r: RequestBuilder| {
@@ -1151,9 +1370,61 @@ mod tests {
         ] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com"] {
+        for host in [
+            "ghcr.io",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "127.evil.example",
+            "127.0.0.1.nip.io:5000",
+            "[::2]:5000",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
+    }
+
+    #[test]
+    fn links_resolve_against_their_request_and_never_downgrade() {
+        let current = "https://r.example/v2/a/tags/list?n=2";
+        assert_eq!(
+            resolve_link(current, "/v2/a/tags/list?n=2&last=b", "link").unwrap(),
+            "https://r.example/v2/a/tags/list?n=2&last=b"
+        );
+        assert_eq!(
+            resolve_link(current, "https://other.example/x", "link").unwrap(),
+            "https://other.example/x"
+        );
+        assert!(resolve_link(current, "http://r.example/v2/a", "link").is_err());
+        assert!(resolve_link(current, "file:///etc/passwd", "link").is_err());
+        assert_eq!(
+            resolve_link("http://127.0.0.1:5000/v2/", "https://r.example/", "l").unwrap(),
+            "https://r.example/"
+        );
+    }
+
+    #[test]
+    fn a_tls_registry_cannot_name_a_plain_http_realm() {
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.to_string(),
+            service: None,
+        };
+        let tls = "https://ghcr.io";
+        assert!(checked_challenge("ghcr.io", tls, bearer("https://ghcr.io/token")).is_ok());
+        assert!(checked_challenge("ghcr.io", tls, bearer("https://auth.example/t")).is_ok());
+        let error = checked_challenge("ghcr.io", tls, bearer("http://ghcr.io/token")).unwrap_err();
+        assert!(error.to_string().contains("plain HTTP"), "{error}");
+        assert!(checked_challenge("ghcr.io", tls, bearer("file:///etc/passwd")).is_err());
+        assert!(checked_challenge("ghcr.io", tls, bearer("not a url")).is_err());
+        let plain = "http://127.0.0.1:5000";
+        assert!(checked_challenge("x", plain, bearer("http://127.0.0.1:5001/token")).is_ok());
+        assert!(checked_challenge("ghcr.io", tls, Challenge::Basic).is_ok());
+    }
+
+    #[test]
+    fn registry_text_is_one_line() {
+        let text = neutral("oops\n::error::owned\r\u{1b}[31m");
+        assert_eq!(text.lines().count(), 1);
+        assert!(!text.contains('\u{1b}'));
+        assert_eq!(neutral("plain `text`"), "plain `text`");
     }
 
     #[test]

@@ -24,6 +24,26 @@ fn escape_property(text: &str) -> String {
     escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
+/// Text that is not a workflow command of ours, made unable to become one:
+/// a line that starts with `::` (after any spaces, which the runner skips)
+/// gets a `\\` in front. Log lines, tables and errors carry text from
+/// registries (error bodies, header values); only [`command`] and [`group`]
+/// write commands.
+pub fn neutralize(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_command = |line: &str| line.trim_start().starts_with("::");
+    if !text.lines().any(is_command) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        if is_command(line) {
+            out.push('\\');
+        }
+        out.push_str(line);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// One workflow command line: `::NAME title=TITLE::MESSAGE`.
 pub fn command(name: &str, title: &str, message: &str) -> String {
     format!(
@@ -77,6 +97,21 @@ mod tests {
             "::error title=a%3A b%2C c::50%25 done%0A::warning::fake"
         );
         assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn text_from_registries_never_starts_a_command() {
+        let text = "row one\n::error::pwned\n   ::add-mask::x\nok :: fine\n";
+        let neutral = neutralize(text);
+        assert_eq!(
+            neutral,
+            "row one\n\\::error::pwned\n\\   ::add-mask::x\nok :: fine\n"
+        );
+        assert!(neutral.lines().all(|l| !l.trim_start().starts_with("::")));
+        assert!(matches!(
+            neutralize("plain\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -19,6 +19,13 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
+/// A cell of text that may come from a registry (an error, with the body
+/// the registry sent): a code span, in which markdown renders no link,
+/// image, autolink or HTML.
+fn inert(text: &str) -> String {
+    code(text)
+}
+
 fn code(text: &str) -> String {
     format!("`{}`", cell(text).replace('`', "'"))
 }
@@ -152,7 +159,7 @@ fn problems(out: &mut String, summary: &Summary, status: Status, title: &str, wh
             code(&o.tag),
             cell(&o.target),
             code(&o.destination),
-            cell(&message)
+            inert(&message)
         );
     }
     more(out, rows.len().saturating_sub(MAX_ROWS), what);
@@ -185,7 +192,7 @@ mod tests {
         let failures = text.find("### Failures (1)").expect(&text);
         let images = text.find("### Images (2)").expect(&text);
         assert!(totals < failures && failures < images, "{text}");
-        assert!(text.contains("push `x`: status 500 \\| oops"), "{text}");
+        assert!(text.contains("`push 'x': status 500 \\| oops`"), "{text}");
         assert!(
             text.contains("| k3s | `v1, v2` | ghcr | 1 | 0 | 0 | 0 | 1 | 0 |"),
             "{text}"
@@ -219,6 +226,35 @@ mod tests {
         assert!(
             text.contains("1 copied, 0 present, 1 deferred, 0 failed"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn registry_text_cannot_become_links_images_or_html() {
+        let chain = &[
+            "`PUT x` answered 400: ![x](http://evil.example/x.png) <img src=x> [click](http://evil.example) `code` http://evil.example",
+        ][..];
+        let summary = Summary {
+            outcomes: vec![sample(
+                "k3s",
+                "v1",
+                Status::Failed,
+                Some((FailureKind::Other, chain)),
+            )],
+            ..Summary::default()
+        };
+        let text = markdown("sync", &summary);
+        let row = text
+            .lines()
+            .find(|l| l.contains("evil.example"))
+            .expect(&text);
+        let message = row.rsplit(" | ").next().expect(row);
+        // One code span, wholly: nothing inside is rendered as markdown.
+        assert!(message.starts_with('`'), "{row}");
+        assert_eq!(
+            message.trim_end_matches(" |").matches('`').count(),
+            2,
+            "{row}"
         );
     }
 
