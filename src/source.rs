@@ -4,6 +4,7 @@
 //! manifest by digest, write a verified blob to a file — so the copy does not
 //! care which it has. [`Image`] is the whole manifest tree of one image.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -17,6 +18,13 @@ use crate::registry::RegistryClient;
 
 /// Index nesting we follow before calling the image hostile.
 const MAX_DEPTH: usize = 4;
+
+/// Most distinct manifests one image may have (a 1,024-entry index of
+/// 1,024-entry indexes is not an image anyone pushes).
+pub const MAX_IMAGE_MANIFESTS: usize = 4096;
+
+/// Most manifest bytes one image may hold in memory, all manifests together.
+pub const MAX_IMAGE_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
 /// An image source.
 #[derive(Debug)]
@@ -105,24 +113,37 @@ impl Source {
     }
 
     /// Reads the whole manifest tree under `digest`: every platform,
-    /// attestation entries (`unknown/unknown`) included.
+    /// attestation entries (`unknown/unknown`) included. Each digest is
+    /// fetched once, however often indexes repeat it, and the tree may hold
+    /// at most [`MAX_IMAGE_MANIFESTS`] manifests of [`MAX_IMAGE_MANIFEST_BYTES`]
+    /// in all: memory is bounded by what is unique, not by what is listed.
     pub async fn read_image(&self, client: &RegistryClient, digest: &Digest) -> Result<Image> {
         let root = self.manifest(client, digest, None).await?;
-        let mut levels: Vec<Vec<Manifest>> = Vec::new();
-        let mut next: Vec<Descriptor> = root.children.clone();
-        while !next.is_empty() {
-            if levels.len() == MAX_DEPTH {
-                return Err(Error::Manifest {
-                    what: digest.to_string(),
-                    reason: format!("indexes nested deeper than {MAX_DEPTH}"),
-                });
+        let hostile = |reason: String| Error::Manifest {
+            what: digest.to_string(),
+            reason,
+        };
+        let mut total = root.bytes.len() as u64;
+        let mut fetched: HashMap<Digest, Manifest> = HashMap::new();
+        let mut level: Vec<Descriptor> = unique(&root.children, &fetched, digest);
+        let mut depth = 0;
+        while !level.is_empty() {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(hostile(format!("indexes nested deeper than {MAX_DEPTH}")));
             }
-            let fetched: Vec<Manifest> = stream::iter(next.iter())
+            if fetched.len() + level.len() > MAX_IMAGE_MANIFESTS {
+                return Err(hostile(format!(
+                    "more than {MAX_IMAGE_MANIFESTS} distinct manifests in one image"
+                )));
+            }
+            let manifests: Vec<Manifest> = stream::iter(level.iter())
                 .map(|d| self.manifest(client, &d.digest, Some(d.media_type.as_str())))
                 .buffered(8)
                 .try_collect()
                 .await?;
-            for (descriptor, manifest) in next.iter().zip(&fetched) {
+            let mut next = Vec::new();
+            for (descriptor, manifest) in level.iter().zip(manifests) {
                 let actual = manifest.bytes.len() as u64;
                 if actual != descriptor.size {
                     return Err(Error::SizeMismatch {
@@ -131,12 +152,130 @@ impl Source {
                         actual,
                     });
                 }
+                total += actual;
+                if total > MAX_IMAGE_MANIFEST_BYTES {
+                    return Err(hostile(format!(
+                        "its manifests pass {} MiB in all",
+                        MAX_IMAGE_MANIFEST_BYTES >> 20
+                    )));
+                }
+                next.extend(manifest.children.iter().cloned());
+                fetched.insert(descriptor.digest.clone(), manifest);
             }
-            next = fetched.iter().flat_map(|m| m.children.clone()).collect();
-            levels.push(fetched);
+            level = unique(&next, &fetched, digest);
         }
-        // Deepest level first, so every child is pushed before its parent.
-        let children = levels.into_iter().rev().flatten().collect();
+        let children = push_order(&root, &mut fetched);
         Ok(Image { root, children })
+    }
+}
+
+/// The descriptors of `list` not yet fetched, each digest once. A
+/// manifest cannot list itself (its digest would have to be in its own
+/// bytes), so `root` is left out too.
+fn unique(
+    list: &[Descriptor],
+    fetched: &HashMap<Digest, Manifest>,
+    root: &Digest,
+) -> Vec<Descriptor> {
+    let mut seen = HashSet::new();
+    list.iter()
+        .filter(|d| &d.digest != root && !fetched.contains_key(&d.digest))
+        .filter(|d| seen.insert(d.digest.clone()))
+        .cloned()
+        .collect()
+}
+
+/// The manifests under `root`, each once, every child before each parent
+/// that lists it (depth first, children first), whatever levels share them.
+fn push_order(root: &Manifest, fetched: &mut HashMap<Digest, Manifest>) -> Vec<Manifest> {
+    let mut order = Vec::with_capacity(fetched.len());
+    let mut placed = HashSet::new();
+    // (manifest, whether its children are already placed)
+    let mut stack: Vec<(Digest, bool)> = root
+        .children
+        .iter()
+        .rev()
+        .map(|d| (d.digest.clone(), false))
+        .collect();
+    while let Some((digest, expanded)) = stack.pop() {
+        if placed.contains(&digest) {
+            continue;
+        }
+        if expanded {
+            if let Some(manifest) = fetched.remove(&digest) {
+                placed.insert(digest);
+                order.push(manifest);
+            }
+            continue;
+        }
+        let Some(manifest) = fetched.get(&digest) else {
+            continue;
+        };
+        let children: Vec<Digest> = manifest.children.iter().map(|d| d.digest.clone()).collect();
+        stack.push((digest, true));
+        stack.extend(children.into_iter().rev().map(|d| (d, false)));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
+
+    fn manifest(json: serde_json::Value) -> Manifest {
+        let bytes = bytes::Bytes::from(json.to_string());
+        Manifest::parse(bytes.clone(), &Digest::sha256(&bytes), None).unwrap()
+    }
+
+    fn leaf(seed: u8) -> Manifest {
+        let config = Digest::sha256(&[seed]);
+        manifest(serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 1},
+            "layers": []
+        }))
+    }
+
+    fn index(children: &[&Manifest]) -> Manifest {
+        let entries: Vec<serde_json::Value> = children
+            .iter()
+            .map(|m| serde_json::json!({"mediaType": m.media_type, "digest": m.digest.to_string(), "size": m.bytes.len()}))
+            .collect();
+        manifest(
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        )
+    }
+
+    /// Shared and repeated children are pushed once, each before every
+    /// parent that lists it, whatever level they were found at.
+    #[test]
+    fn push_order_places_each_manifest_once_children_first() {
+        let (a, b) = (leaf(1), leaf(2));
+        let inner = index(&[&a, &a, &b]);
+        let root = index(&[&a, &inner, &inner, &b]);
+        let mut fetched: HashMap<Digest, Manifest> = [&a, &b, &inner]
+            .into_iter()
+            .map(|m| (m.digest.clone(), m.clone()))
+            .collect();
+        let order: Vec<Digest> = push_order(&root, &mut fetched)
+            .into_iter()
+            .map(|m| m.digest)
+            .collect();
+        assert_eq!(order.len(), 3, "{order:?}");
+        let at = |m: &Manifest| order.iter().position(|d| *d == m.digest).unwrap();
+        assert!(at(&a) < at(&inner) && at(&b) < at(&inner), "{order:?}");
+    }
+
+    #[test]
+    fn unique_drops_repeats_the_fetched_and_the_root() {
+        let (a, b) = (leaf(1), leaf(2));
+        let root = index(&[&a, &a, &a, &b]);
+        let mut fetched = HashMap::new();
+        assert_eq!(unique(&root.children, &fetched, &root.digest).len(), 2);
+        fetched.insert(a.digest.clone(), a.clone());
+        let left = unique(&root.children, &fetched, &root.digest);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].digest, b.digest);
     }
 }

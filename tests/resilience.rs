@@ -1291,3 +1291,78 @@ async fn registry_text_cannot_command_the_runner_or_the_summary() {
         "the registry's text is not one code span: {row}"
     );
 }
+
+/// An index that repeats a child a thousand times, listed a thousand times
+/// by another index (a million entries in 300 KB), costs one GET per
+/// distinct manifest, and the image copies complete.
+#[tokio::test]
+async fn a_manifest_tree_fetches_each_digest_once() {
+    let setup = Setup::new(1, 1).await;
+    let (child, child_type, child_bytes) = setup.images[0].1.root.clone();
+    let entries = |digest: &str, media_type: &str, size: usize| {
+        let entry = serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": images::OCI_INDEX,
+            "manifests": vec![entry; 1000],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let inner = entries(&child, &child_type, child_bytes.len());
+    let inner_digest = images::sha256(&inner);
+    let outer = entries(&inner_digest, images::OCI_INDEX, inner.len());
+    let http = reqwest::Client::new();
+    let upstream = setup.upstream.url();
+    images::put_manifest(
+        &http,
+        &upstream,
+        "team/app0",
+        &inner_digest,
+        images::OCI_INDEX,
+        &inner,
+    )
+    .await;
+    images::put_manifest(
+        &http,
+        &upstream,
+        "team/app0",
+        "fan",
+        images::OCI_INDEX,
+        &outer,
+    )
+    .await;
+    hostile_config(
+        setup.dir.path(),
+        &setup.targets[0].host,
+        &format!(
+            "  - name: app0\n    source: {}/team/app0\n    tags: [fan]\n",
+            setup.upstream.host
+        ),
+    );
+    let mark = setup.upstream.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    let gets: Vec<String> = setup
+        .upstream
+        .requests()
+        .iter()
+        .skip(mark)
+        .filter(|r| r.method == "GET" && r.is_manifest())
+        .map(|r| r.path.clone())
+        .collect();
+    // The root is read by the digest its tag's HEAD named.
+    let outer_digest = images::sha256(&outer);
+    for reference in [outer_digest.as_str(), inner_digest.as_str(), child.as_str()] {
+        let n = gets
+            .iter()
+            .filter(|p| p.ends_with(&format!("/manifests/{reference}")))
+            .count();
+        assert_eq!(n, 1, "{reference} fetched {n} times: {gets:#?}");
+    }
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "fan").await,
+        TagState::Complete(outer_digest)
+    );
+}

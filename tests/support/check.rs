@@ -37,6 +37,7 @@ pub async fn deep_check(host: &str, repo: &str, tag: &str) -> TagState {
     let bytes = response.bytes().await.unwrap();
     let root = sha256(&bytes);
     let mut pending = vec![(root.clone(), bytes.to_vec())];
+    let mut visited = std::collections::HashSet::from([root.clone()]);
     while let Some((digest, bytes)) = pending.pop() {
         if sha256(&bytes) != digest {
             return TagState::Broken(format!("manifest {digest} has other bytes"));
@@ -47,6 +48,10 @@ pub async fn deep_check(host: &str, repo: &str, tag: &str) -> TagState {
         };
         for child in manifest["manifests"].as_array().into_iter().flatten() {
             let child_digest = child["digest"].as_str().unwrap_or_default();
+            // Each manifest once, however often indexes repeat it.
+            if !visited.insert(child_digest.to_string()) {
+                continue;
+            }
             let response = http
                 .get(format!("{base}/manifests/{child_digest}"))
                 .header("accept", ACCEPT)
