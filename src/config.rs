@@ -72,6 +72,13 @@ pub struct RegistryEntry {
     /// first path component of a target is the registry alias.
     #[serde(default)]
     pub create_repositories: bool,
+    /// Idle time-out (`30s`, `2m`): a request or body that moves less than
+    /// 1 KiB in this long has stalled and is retried; a registry that
+    /// stalls 3 times in a row is marked down for the run. Never a limit
+    /// on a transfer that keeps moving.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `registries.<host>.rate_limit`.

@@ -62,6 +62,19 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The peer went quiet: less than 1 KiB moved in a whole idle window.
+    #[error("`{method} {url}` stalled: less than 1 KiB moved in {}", humantime::format_duration(*.window))]
+    Stalled {
+        method: String,
+        url: String,
+        window: std::time::Duration,
+    },
+
+    /// A registry marked down for the rest of the run (it kept stalling
+    /// or refusing connections); its remaining work fails at once.
+    #[error("`{registry}` is marked down for this run: {reason}")]
+    Down { registry: String, reason: String },
+
     /// The registry's TLS certificate did not verify.
     #[error(
         "TLS to `{url}` failed: the certificate is not trusted (if `{registry}` uses a private CA, set `registries.{registry}.ca` to its PEM file)"

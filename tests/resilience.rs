@@ -1366,3 +1366,134 @@ async fn a_manifest_tree_fetches_each_digest_once() {
         TagState::Complete(outer_digest)
     );
 }
+
+/// A TCP server that accepts connections and never answers; returns its
+/// address and how many connections it took.
+fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (host, accepted)
+}
+
+/// A target that accepts connections and never answers stalls its first
+/// requests, is marked down after three in a row, and its remaining work
+/// fails at once with that cause; the healthy target gets every image and
+/// the run ends within seconds, not after minutes of time-outs.
+#[tokio::test]
+async fn a_dead_target_is_marked_down_and_the_healthy_one_goes_on() {
+    let setup = Setup::new(6, 1).await;
+    let (dead, accepted) = black_hole();
+    setup.config(
+        &setup.upstream.host,
+        &[&dead, &setup.targets[0].host],
+        &format!("registries:\n  {dead}:\n    timeout: 1s\n"),
+    );
+    let started = Instant::now();
+    let (run, report) = setup.sync(&[]);
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{}", run.all());
+    for (name, _) in &setup.images {
+        assert_eq!(outcome(&report, name, "t1"), "copied", "{report:#}");
+        assert_eq!(outcome(&report, name, "t0"), "failed", "{report:#}");
+    }
+    let messages: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"] == "t0")
+        .map(|r| r["error"]["message"].as_str().unwrap())
+        .collect();
+    let down = messages
+        .iter()
+        .filter(|m| m.contains("is marked down for this run"))
+        .count();
+    assert!(down >= 5, "{messages:#?}");
+    assert!(
+        run.stderr.contains("stalled: less than 1 KiB moved in 1s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("marked down for this run after 3"),
+        "{}",
+        run.stderr
+    );
+    // Three stalls and the attempt after them, not a connection per request.
+    let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 8,
+        "{connections} connections to the dead target"
+    );
+    // Generous for a loaded CI machine; without the deadline this run takes
+    // minutes (each request waits out its time-out, four times).
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// A blob that trickles (a byte every 300 ms, so never idle by the second)
+/// is a stall: retried a bounded number of times, then the image fails
+/// naming it, while the run ends within seconds.
+#[tokio::test]
+async fn a_trickling_body_is_a_stall() {
+    let setup = Setup::new(1, 1).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickle = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+                while stream.write_all(b"x").is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::Respond {
+                status: 307,
+                headers: vec![("Location".into(), format!("http://{trickle}/blob"))],
+                body: Vec::new(),
+            },
+        )],
+    );
+    setup.config(
+        &source.host,
+        &setup.target_hosts(),
+        &format!("registries:\n  {}:\n    timeout: 1s\n", source.host),
+    );
+    let started = Instant::now();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "failed");
+    let message = report["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stalled") || message.contains("marked down"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "v1").await,
+        TagState::Absent
+    );
+}

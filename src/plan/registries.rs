@@ -26,6 +26,10 @@ pub fn docker_hub_defaults() -> RegistryOptions {
     }
 }
 
+/// Shortest and longest idle time-out `registries.<host>.timeout` takes.
+const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Options for every registry the file names, keyed by registry as the
 /// references spell it (`docker.io`), plus Docker Hub's defaults.
 pub fn resolve(
@@ -54,6 +58,26 @@ pub fn resolve(
         }
         if let Some(entry) = &entry.rate_limit {
             options.rate_limit = rate_limit(entry, &place("rate_limit"), problems);
+        }
+        if let Some(timeout) = &entry.timeout {
+            match humantime::parse_duration(&timeout.value) {
+                Ok(window) if (MIN_TIMEOUT..=MAX_TIMEOUT).contains(&window) => {
+                    options.timeout = window;
+                }
+                Ok(_) => problems.push(problem_at(
+                    timeout,
+                    place("timeout"),
+                    "must be between 1s and 1h",
+                )),
+                Err(e) => problems.push(problem_at(
+                    timeout,
+                    place("timeout"),
+                    format!(
+                        "`{}` is not a duration like `30s` or `2m` ({e})",
+                        timeout.value
+                    ),
+                )),
+            }
         }
         if let Some(min) = &entry.min_remaining {
             options.min_remaining = Some(min.value);

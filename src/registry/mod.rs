@@ -8,6 +8,7 @@
 //! host and scope. Transient failures are retried as [`retry`] decides.
 
 pub mod auth;
+pub mod deadline;
 pub mod ecr;
 pub mod limits;
 pub mod retry;
@@ -32,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::reference::{Repository, valid_path_component, valid_tag};
 use auth::{Challenge, Credential, Tokens};
+use deadline::{Fault, Health, Watch};
 use limits::{Limits, RateLimit};
 use retry::Attempt;
 
@@ -53,6 +55,9 @@ pub struct RegistryOptions {
     pub ca: Option<PathBuf>,
     /// Create missing repositories through the ECR Public API before pushing.
     pub create_repositories: bool,
+    /// Idle window: a request that moves less than 1 KiB in it has stalled
+    /// (see [`deadline`]).
+    pub timeout: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -65,6 +70,7 @@ impl Default for RegistryOptions {
             min_remaining: None,
             ca: None,
             create_repositories: false,
+            timeout: deadline::DEFAULT_WINDOW,
         }
     }
 }
@@ -130,9 +136,62 @@ struct Host {
     credential: OnceCell<Option<Credential>>,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,
+    /// The idle window of every request and body (`timeout`).
+    window: Duration,
+    /// Stalls in a row; down for the run after too many.
+    health: Health,
 }
 
 impl Host {
+    /// The error for a request to this host that failed in transport,
+    /// counted against the host's health: stalls and failed connects mark
+    /// it down after a few in a row.
+    fn fault(&self, method: &Method, url: &str, fault: Fault) -> Error {
+        let (error, counts) = match fault {
+            Fault::Stalled => (
+                Error::Stalled {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    window: self.window,
+                },
+                true,
+            ),
+            Fault::Transport(source) if is_certificate_error(&source) => {
+                let error = Error::Tls {
+                    registry: self.registry.clone(),
+                    url: url.to_string(),
+                    source,
+                };
+                (error, false)
+            }
+            Fault::Transport(source) => {
+                let counts = source.is_connect() || source.is_timeout();
+                let error = Error::Transport {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    source,
+                };
+                (error, counts)
+            }
+        };
+        if counts && self.health.stalled(&error.to_string()) {
+            tracing::warn!(
+                "{}: marked down for this run after {} stalled or refused requests in a row; its remaining work fails at once",
+                self.registry,
+                deadline::MAX_STALLS
+            );
+        }
+        error
+    }
+
+    /// The error every request gets once the host is down.
+    fn down(&self) -> Option<Error> {
+        self.health.down().map(|reason| Error::Down {
+            registry: self.registry.clone(),
+            reason,
+        })
+    }
+
     /// True when `url` is on this registry's own origin (scheme, host and
     /// port): the only place its credentials are sent.
     fn owns(&self, url: &str) -> bool {
@@ -169,10 +228,45 @@ fn checked_challenge(registry: &str, base: &str, challenge: Challenge) -> Result
     Ok(challenge)
 }
 
-/// A response together with the host permit it was made under.
+/// The builder of a request: headers and body, given the watch its body
+/// reports progress to (only streamed uploads use it).
+type Build<'a> = &'a (dyn Fn(RequestBuilder, &Arc<Watch>) -> RequestBuilder + Sync);
+
+/// A response together with the host permit it was made under; its body
+/// is read within the host's idle deadline.
 struct Answer {
     response: Response,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    host: Arc<Host>,
+    method: Method,
+    url: String,
+}
+
+impl Answer {
+    /// The body, chunk by chunk, each within the idle deadline; the permit
+    /// is held until the stream is dropped.
+    fn chunks(self) -> impl futures::Stream<Item = Result<Bytes>> + Send {
+        let Answer {
+            response,
+            permit,
+            host,
+            method,
+            url,
+        } = self;
+        deadline::body(response, host.window, permit)
+            .map(move |chunk| chunk.map_err(|fault| host.fault(&method, &url, fault)))
+    }
+
+    /// The body whole, refused past `limit` bytes.
+    async fn capped(self, limit: u64) -> Result<Bytes> {
+        let (length, url) = (self.response.content_length(), self.url.clone());
+        read_capped(self.chunks(), length, &url, limit).await
+    }
+
+    /// The start of an error body, for a message: see [`error_text`].
+    async fn error_text(self) -> String {
+        error_text(self.chunks()).await
+    }
 }
 
 /// The registry client. Cheap to share behind an `Arc`.
@@ -266,22 +360,23 @@ fn size_text(bytes: u64) -> String {
 /// A body read whole into memory (a manifest, a tag-list page, a referrers
 /// list, a token), refused once it passes `limit` bytes, whether or not the
 /// registry said its length up front.
-async fn capped_body(response: Response, url: &str, limit: u64) -> Result<Bytes> {
+async fn read_capped(
+    chunks: impl futures::Stream<Item = Result<Bytes>>,
+    length: Option<u64>,
+    url: &str,
+    limit: u64,
+) -> Result<Bytes> {
     let too_large = || Error::Limit {
         what: url.to_string(),
         reason: format!("larger than {}; refusing to read it", size_text(limit)),
     };
-    if response.content_length().is_some_and(|n| n > limit) {
+    if length.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut body = BytesMut::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| Error::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })?;
+    let mut chunks = std::pin::pin!(chunks);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -317,10 +412,10 @@ pub fn neutral(text: &str) -> String {
 /// The start of an error body, for the message: at most
 /// [`MAX_ERROR_BODY`] characters read (a registry can send gigabytes),
 /// made [`neutral`].
-async fn error_body(response: Response) -> String {
+async fn error_text(chunks: impl futures::Stream<Item = Result<Bytes>>) -> String {
     let mut bytes = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
+    let mut chunks = std::pin::pin!(chunks);
+    while let Some(Ok(chunk)) = chunks.next().await {
         bytes.extend_from_slice(&chunk);
         if bytes.len() > MAX_ERROR_BODY * 4 {
             break;
@@ -339,8 +434,9 @@ async fn error_body(response: Response) -> String {
 fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+        // No read timeout: reqwest's would cover a whole upload body. Each
+        // request's idle deadline is `deadline`'s.
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
         .redirect(redirect_policy())
         .no_proxy();
     if let Some(path) = ca {
@@ -475,6 +571,8 @@ impl RegistryClient {
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
                     referrers_api: tokio::sync::Mutex::new(None),
+                    window: options.timeout,
+                    health: Health::default(),
                 })
             })
             .clone()
@@ -497,14 +595,14 @@ impl RegistryClient {
     }
 
     /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
-    async fn challenge(&self, host: &Host) -> Result<Challenge> {
+    async fn challenge(&self, host: &Arc<Host>) -> Result<Challenge> {
         let mut learned = host.challenge.lock().await;
         if let Some(challenge) = learned.clone() {
             return Ok(challenge);
         }
         let url = format!("{}/v2/", host.base);
         let response = self
-            .attempt_loop(host, Method::GET, &url, None, &|r| r, true)
+            .attempt_loop(host, Method::GET, &url, None, &|r, _| r, true)
             .await?
             .response;
         let challenge = match response.status() {
@@ -535,7 +633,7 @@ impl RegistryClient {
     }
 
     /// The `Authorization` header for `access` at `host`, if any is needed.
-    async fn authorization(&self, host: &Host, access: &Access<'_>) -> Result<Option<String>> {
+    async fn authorization(&self, host: &Arc<Host>, access: &Access<'_>) -> Result<Option<String>> {
         match self.challenge(host).await? {
             Challenge::Anonymous => Ok(None),
             Challenge::Basic => Ok(match self.credential(host).await {
@@ -610,11 +708,18 @@ impl RegistryClient {
                 }
             }
         };
-        let response = request.send().await.map_err(|source| Error::Transport {
-            method: "GET".into(),
-            url: realm.to_string(),
-            source,
-        })?;
+        let method = if matches!(credential, Some(Credential::IdentityToken(_))) {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        if let Some(down) = host.down() {
+            return Err(down);
+        }
+        let response = deadline::send(request, &Watch::new(), host.window)
+            .await
+            .map_err(|fault| host.fault(&method, realm, fault))?;
+        host.health.answered();
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let identity = if credential.is_some() {
@@ -632,7 +737,10 @@ impl RegistryClient {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = capped_body(response, realm, MAX_TOKEN_SIZE).await?;
+        let length = response.content_length();
+        let chunks = deadline::body(response, host.window, ())
+            .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault)));
+        let body = read_capped(chunks, length, realm, MAX_TOKEN_SIZE).await?;
         let body: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;
         let token = body
@@ -646,41 +754,51 @@ impl RegistryClient {
     }
 
     /// Sends one request, retrying transient failures when `idempotent`
-    /// (as [`retry`] decides). Waits for a host permit only once the auth
-    /// header is known, so a token fetch never waits behind the requests it
-    /// is meant to enable. Notes the rate-limit budget of every answer; a
-    /// 429 that retrying did not cure becomes [`Error::RateLimited`].
+    /// (as [`retry`] decides), each attempt within the host's idle deadline.
+    /// Waits for a host permit only once the auth header is known, so a
+    /// token fetch never waits behind the requests it is meant to enable.
+    /// Notes the rate-limit budget of every answer; a 429 that retrying did
+    /// not cure becomes [`Error::RateLimited`]. A host marked down fails at
+    /// once.
     async fn attempt_loop(
         &self,
-        host: &Host,
+        host: &Arc<Host>,
         method: Method,
         url: &str,
         authorization: Option<&str>,
-        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+        build: Build<'_>,
         idempotent: bool,
     ) -> Result<Answer> {
         let answer = retry::run(|| {
             let method = method.clone();
             async move {
+                if let Some(down) = host.down() {
+                    return Attempt::Final(Err(down));
+                }
                 let mut request = host.http.request(method.clone(), url);
                 if let Some(value) = authorization {
                     request = request.header(AUTHORIZATION, value);
                 }
-                let request = build(request);
+                let watch = Watch::new();
+                let request = build(request, &watch);
                 let permit = host
                     .permits
                     .clone()
                     .acquire_owned()
                     .await
                     .expect("host semaphore is never closed");
-                match request.send().await {
+                match deadline::send(request, &watch, host.window).await {
                     Ok(response) => {
+                        host.health.answered();
                         host.limits.observe(response.headers());
                         let status = response.status().as_u16();
                         let retry_after = retry_after(&response);
                         let result = Ok(Answer {
                             response,
-                            _permit: permit,
+                            permit,
+                            host: host.clone(),
+                            method: method.clone(),
+                            url: url.to_string(),
                         });
                         if idempotent && retry::status_is_retryable(status) {
                             tracing::debug!(%url, status, "transient status");
@@ -692,28 +810,24 @@ impl RegistryClient {
                             Attempt::Final(result)
                         }
                     }
-                    Err(source) if is_certificate_error(&source) => {
-                        Attempt::Final(Err(Error::Tls {
-                            registry: host.registry.clone(),
-                            url: url.to_string(),
-                            source,
-                        }))
-                    }
-                    Err(source) => {
-                        let retryable = idempotent && retry::transport_is_retryable(&source);
-                        tracing::debug!(%url, error = %source, retryable, "transport failure");
-                        let result = Err(Error::Transport {
-                            method: method.to_string(),
-                            url: url.to_string(),
-                            source,
-                        });
+                    Err(fault) => {
+                        let retryable = idempotent
+                            && match &fault {
+                                Fault::Stalled => true,
+                                Fault::Transport(source) => {
+                                    !is_certificate_error(source)
+                                        && retry::transport_is_retryable(source)
+                                }
+                            };
+                        let error = host.fault(&method, url, fault);
+                        tracing::debug!(%url, %error, retryable, "transport failure");
                         if retryable {
                             Attempt::Transient {
-                                result,
+                                result: Err(error),
                                 retry_after: None,
                             }
                         } else {
-                            Attempt::Final(result)
+                            Attempt::Final(Err(error))
                         }
                     }
                 }
@@ -722,7 +836,7 @@ impl RegistryClient {
         .await?;
         if answer.response.status() == StatusCode::TOO_MANY_REQUESTS {
             let until = retry_after(&answer.response).map(|wait| SystemTime::now() + wait);
-            let body = error_body(answer.response).await;
+            let body = answer.error_text().await;
             return Err(Error::RateLimited {
                 registry: host.registry.clone(),
                 until,
@@ -740,7 +854,7 @@ impl RegistryClient {
         access: Access<'_>,
         method: Method,
         url: &str,
-        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+        build: Build<'_>,
         idempotent: bool,
     ) -> Result<Answer> {
         let host = self.host(repository);
@@ -859,7 +973,7 @@ impl RegistryClient {
         repository: &Repository,
         method: Method,
         url: &str,
-        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+        build: Build<'_>,
     ) -> Result<Option<Answer>> {
         let answer = self
             .send(
@@ -878,7 +992,7 @@ impl RegistryClient {
                 let body = if method == Method::HEAD {
                     String::new()
                 } else {
-                    error_body(answer.response).await
+                    answer.error_text().await
                 };
                 Err(Self::status_error(method.as_str(), url, status, body))
             }
@@ -893,7 +1007,7 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Option<Digest>> {
         let url = self.url(repository, &["manifests", reference], &[])?;
-        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::ACCEPT);
+        let accept = |r: RequestBuilder, _: &Arc<Watch>| r.header(ACCEPT, manifest::ACCEPT);
         let Some(answer) = self.pull(repository, Method::HEAD, &url, &accept).await? else {
             return Ok(None);
         };
@@ -923,14 +1037,13 @@ impl RegistryClient {
         let mut tags = Vec::new();
         for _ in 0..MAX_TAG_PAGES {
             let answer = self
-                .pull(repository, Method::GET, &url, &|r| r)
+                .pull(repository, Method::GET, &url, &|r, _| r)
                 .await?
                 .ok_or_else(|| Error::NotFound {
                     what: repository.to_string(),
                 })?;
-            let response = answer.response;
-            let next = header(&response, "link").and_then(next_link);
-            let body = capped_body(response, &url, MAX_JSON_SIZE).await?;
+            let next = header(&answer.response, "link").and_then(next_link);
+            let body = answer.capped(MAX_JSON_SIZE).await?;
             let page: TagList = serde_json::from_slice(&body).map_err(|e| Error::Manifest {
                 what: url.clone(),
                 reason: format!("the tag list is not JSON ({e})"),
@@ -981,7 +1094,7 @@ impl RegistryClient {
             }
         };
         let url = self.url(repository, &["referrers", digest.as_str()], &[])?;
-        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::OCI_INDEX);
+        let accept = |r: RequestBuilder, _: &Arc<Watch>| r.header(ACCEPT, manifest::OCI_INDEX);
         let answer = match self.pull(repository, Method::GET, &url, &accept).await {
             Ok(answer) => answer,
             // Registries without the API say so in different ways.
@@ -995,7 +1108,7 @@ impl RegistryClient {
         let Some(answer) = answer else {
             return Ok(None);
         };
-        let body = capped_body(answer.response, &url, MAX_JSON_SIZE).await?;
+        let body = answer.capped(MAX_JSON_SIZE).await?;
         let index: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| Error::Manifest {
                 what: url.clone(),
@@ -1021,18 +1134,17 @@ impl RegistryClient {
             .limits
             .before_pull(&repository.registry)
             .await?;
-        let accept = |r: RequestBuilder| r.header(ACCEPT, manifest::ACCEPT);
+        let accept = |r: RequestBuilder, _: &Arc<Watch>| r.header(ACCEPT, manifest::ACCEPT);
         let answer = self
             .pull(repository, Method::GET, &url, &accept)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}:{reference}"),
             })?;
-        let response = answer.response;
-        let content_type = header(&response, CONTENT_TYPE.as_str()).map(str::to_string);
-        let claimed =
-            header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
-        let body = capped_body(response, &url, manifest::MAX_MANIFEST_SIZE).await?;
+        let content_type = header(&answer.response, CONTENT_TYPE.as_str()).map(str::to_string);
+        let claimed = header(&answer.response, "docker-content-digest")
+            .and_then(|d| d.parse::<Digest>().ok());
+        let body = answer.capped(manifest::MAX_MANIFEST_SIZE).await?;
         let digest = expected
             .cloned()
             .or_else(|| reference.parse::<Digest>().ok())
@@ -1051,7 +1163,7 @@ impl RegistryClient {
         let url = self.url(repository, &["manifests", reference], &[])?;
         let bytes = manifest.bytes.clone();
         let media_type = manifest.media_type.clone();
-        let build = move |r: RequestBuilder| {
+        let build = move |r: RequestBuilder, _: &Arc<Watch>| {
             r.header(CONTENT_TYPE, media_type.as_str())
                 .body(bytes.clone())
         };
@@ -1065,18 +1177,17 @@ impl RegistryClient {
                 true,
             )
             .await?;
-        let response = answer.response;
-        if !response.status().is_success() {
-            let status = response.status();
+        if !answer.response.status().is_success() {
+            let status = answer.response.status();
             return Err(Self::status_error(
                 "PUT",
                 &url,
                 status,
-                error_body(response).await,
+                answer.error_text().await,
             ));
         }
         if let Some(Ok(stored)) =
-            header(&response, "docker-content-digest").map(str::parse::<Digest>)
+            header(&answer.response, "docker-content-digest").map(str::parse::<Digest>)
             && stored != manifest.digest
         {
             return Err(Error::DigestMismatch {
@@ -1092,7 +1203,7 @@ impl RegistryClient {
     pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
         let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
         Ok(self
-            .pull(repository, Method::HEAD, &url, &|r| r)
+            .pull(repository, Method::HEAD, &url, &|r, _| r)
             .await?
             .is_some())
     }
@@ -1116,6 +1227,13 @@ impl RegistryClient {
                         retry_after: None,
                     }
                 }
+                Err(Error::Stalled { .. }) => {
+                    tracing::debug!(%url, "blob download stalled");
+                    Attempt::Transient {
+                        result,
+                        retry_after: None,
+                    }
+                }
                 _ => Attempt::Final(result),
             }
         })
@@ -1130,24 +1248,19 @@ impl RegistryClient {
         path: &Path,
     ) -> Result<()> {
         let answer = self
-            .pull(repository, Method::GET, url, &|r| r)
+            .pull(repository, Method::GET, url, &|r, _| r)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}@{}", blob.digest),
             })?;
-        let response = answer.response;
         let file = tokio::fs::File::create(path)
             .await
             .map_err(|e| Error::io(format!("create spool file {}", path.display()), e))?;
         let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| Error::Transport {
-                method: "GET".into(),
-                url: url.to_string(),
-                source,
-            })?;
+        let mut chunks = std::pin::pin!(answer.chunks());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             verifier.update(&chunk);
             if verifier.overrun() {
                 break;
@@ -1186,21 +1299,20 @@ impl RegistryClient {
                 access,
                 Method::POST,
                 &url,
-                &|r| r.header(CONTENT_LENGTH, 0),
+                &|r, _| r.header(CONTENT_LENGTH, 0),
                 true,
             )
             .await?;
-        let response = answer.response;
-        match response.status() {
+        match answer.response.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Declined {
-                upload_url: Self::location(&response, &url)?,
+                upload_url: Self::location(&answer.response, &url)?,
             }),
             status => Err(Self::status_error(
                 "POST",
                 &url,
                 status,
-                error_body(response).await,
+                answer.error_text().await,
             )),
         }
     }
@@ -1276,21 +1388,20 @@ impl RegistryClient {
                         Access::Push(&repository.path),
                         Method::POST,
                         &url,
-                        &|r| r.header(CONTENT_LENGTH, 0),
+                        &|r, _| r.header(CONTENT_LENGTH, 0),
                         true,
                     )
                     .await?;
-                let response = answer.response;
-                if response.status() != StatusCode::ACCEPTED {
-                    let status = response.status();
+                if answer.response.status() != StatusCode::ACCEPTED {
+                    let status = answer.response.status();
                     return Err(Self::status_error(
                         "POST",
                         &url,
                         status,
-                        error_body(response).await,
+                        answer.error_text().await,
                     ));
                 }
-                Self::location(&response, &url)?
+                Self::location(&answer.response, &url)?
             }
         };
         let on_disk = tokio::fs::metadata(path)
@@ -1313,15 +1424,17 @@ impl RegistryClient {
         let url = url.to_string();
         let path = path.to_path_buf();
         let size = blob.size;
-        let build = move |r: RequestBuilder| {
+        let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
             // Opened per attempt; `send` builds the request once (not idempotent).
+            // The body reports its progress: a target that stops reading
+            // stalls the upload, a slow one that keeps reading never does.
             let body = match std::fs::File::open(&path) {
-                Ok(file) => {
-                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                Ok(file) => reqwest::Body::wrap_stream(watch.body(
+                    tokio_util::io::ReaderStream::with_capacity(
                         tokio::fs::File::from_std(file),
                         256 * 1024,
-                    ))
-                }
+                    ),
+                )),
                 // Never an empty body standing in for the blob: the request fails.
                 Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {
                     Err::<Bytes, _>(error)
@@ -1341,14 +1454,13 @@ impl RegistryClient {
                 false,
             )
             .await?;
-        let response = answer.response;
-        if response.status() != StatusCode::CREATED {
-            let status = response.status();
+        if answer.response.status() != StatusCode::CREATED {
+            let status = answer.response.status();
             return Err(Self::status_error(
                 "PUT",
                 &upload_url,
                 status,
-                error_body(response).await,
+                answer.error_text().await,
             ));
         }
         Ok(())

@@ -1,0 +1,264 @@
+//! Deadlines for slow peers: idle time, never total time.
+//!
+//! A transfer is *stalled* when less than [`MIN_BYTES`] moved in a whole
+//! window (`registries.<host>.timeout`, default [`DEFAULT_WINDOW`]): a
+//! server that accepts and never answers, a body that trickles a byte every
+//! few seconds, a target that stops reading an upload. A 5 GB layer over a
+//! slow but moving link is never cut, however long it takes. Once a request
+//! body is sent, the registry may take longer to answer (it moves the
+//! upload into storage): [`WINDOWS_AFTER_UPLOAD`] windows.
+//!
+//! reqwest's own `read_timeout` cannot do this: its timer runs from the
+//! request until the response head, across the whole upload body
+//! (reqwest#2784), and a trickle resets it.
+//!
+//! A host whose requests stall or cannot connect [`MAX_STALLS`] times in a
+//! row is marked down for the run ([`Health`]): its remaining requests fail
+//! at once with one named cause, so no other host's work waits behind it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+
+/// Idle window when the configuration gives none.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Less than this in a whole window is a stall (curl's low-speed limit).
+pub const MIN_BYTES: u64 = 1024;
+
+/// Windows a registry may take to answer once an upload body is sent.
+pub const WINDOWS_AFTER_UPLOAD: u32 = 10;
+
+/// Stalls (or failed connects) in a row that mark a host down.
+pub const MAX_STALLS: u32 = 3;
+
+/// Why a transfer stopped: the peer went quiet, or the transport failed.
+#[derive(Debug)]
+pub enum Fault {
+    /// Less than [`MIN_BYTES`] moved in a window.
+    Stalled,
+    /// The transport failed.
+    Transport(reqwest::Error),
+}
+
+/// The progress of one request's upload body, for [`send`]'s deadline.
+#[derive(Default)]
+pub struct Watch {
+    /// Request body bytes handed to the connection so far.
+    moved: AtomicU64,
+    /// True once the whole request body was handed over.
+    sent: AtomicBool,
+}
+
+impl Watch {
+    /// A watch for one attempt.
+    pub fn new() -> Arc<Watch> {
+        Arc::new(Watch::default())
+    }
+
+    /// Resolves when the request stalls: a window with less than
+    /// [`MIN_BYTES`] of body sent (or, the body sent, several windows
+    /// without an answer).
+    async fn stalled(&self, window: Duration) {
+        let mut quiet = 0;
+        loop {
+            let before = self.moved.load(Ordering::Relaxed);
+            tokio::time::sleep(window).await;
+            if self.moved.load(Ordering::Relaxed) - before >= MIN_BYTES {
+                quiet = 0;
+                continue;
+            }
+            quiet += 1;
+            let allowed = if self.sent.load(Ordering::Relaxed) {
+                WINDOWS_AFTER_UPLOAD
+            } else {
+                1
+            };
+            if quiet >= allowed {
+                return;
+            }
+        }
+    }
+
+    /// `body` (a streamed request body) reporting its progress here.
+    pub fn body<S>(self: &Arc<Self>, body: S) -> impl Stream<Item = std::io::Result<Bytes>> + use<S>
+    where
+        S: Stream<Item = std::io::Result<Bytes>>,
+    {
+        let (moving, done) = (self.clone(), self.clone());
+        let end = futures::stream::once(async move {
+            done.sent.store(true, Ordering::Relaxed);
+            None
+        })
+        .filter_map(futures::future::ready);
+        body.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                moving
+                    .moved
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        })
+        .chain(end)
+    }
+}
+
+/// Sends `request` and waits for the response head, until it stalls.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    watch: &Watch,
+    window: Duration,
+) -> Result<reqwest::Response, Fault> {
+    // Whichever comes first: the answer, or the watch seeing no progress.
+    tokio::select! {
+        answer = request.send() => answer.map_err(Fault::Transport),
+        () = watch.stalled(window) => Err(Fault::Stalled),
+    }
+}
+
+/// A response body whose chunks fail with [`Fault::Stalled`] once a window
+/// passes with less than [`MIN_BYTES`] received; `keep` (a host permit)
+/// lives as long as the stream.
+pub fn body<K: Send + 'static>(
+    response: reqwest::Response,
+    window: Duration,
+    keep: K,
+) -> Pin<Box<dyn Stream<Item = Result<Bytes, Fault>> + Send>> {
+    struct State<K> {
+        chunks: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+        deadline: Instant,
+        moved: u64,
+        _keep: K,
+    }
+    let state = State {
+        chunks: Box::pin(response.bytes_stream()),
+        deadline: Instant::now() + window,
+        moved: 0,
+        _keep: keep,
+    };
+    Box::pin(futures::stream::unfold(
+        Some(state),
+        move |state| async move {
+            let mut state = state?;
+            loop {
+                // The next chunk, unless the window ends first.
+                let next = tokio::select! {
+                    chunk = state.chunks.next() => Some(chunk),
+                    () = tokio::time::sleep_until(state.deadline) => None,
+                };
+                match next {
+                    Some(None) => return None,
+                    Some(Some(Err(error))) => return Some((Err(Fault::Transport(error)), None)),
+                    Some(Some(Ok(chunk))) => {
+                        state.moved += chunk.len() as u64;
+                        if Instant::now() >= state.deadline {
+                            if state.moved < MIN_BYTES {
+                                return Some((Err(Fault::Stalled), None));
+                            }
+                            state.deadline = Instant::now() + window;
+                            state.moved = 0;
+                        }
+                        return Some((Ok(chunk), Some(state)));
+                    }
+                    None if state.moved < MIN_BYTES => return Some((Err(Fault::Stalled), None)),
+                    None => {
+                        state.deadline = Instant::now() + window;
+                        state.moved = 0;
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// Whether a host still answers: stalls in a row, and the verdict once
+/// there were too many.
+#[derive(Default)]
+pub struct Health {
+    stalls: AtomicU32,
+    /// Why the host was marked down, once it was.
+    down: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// An answer came: the host is alive.
+    pub fn answered(&self) {
+        self.stalls.store(0, Ordering::Relaxed);
+    }
+
+    /// A request stalled or could not connect; marks the host down after
+    /// [`MAX_STALLS`] in a row. True when this call marked it.
+    pub fn stalled(&self, cause: &str) -> bool {
+        let stalls = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
+        if stalls < MAX_STALLS {
+            return false;
+        }
+        let mut down = self.down.lock().expect("health lock poisoned");
+        if down.is_some() {
+            return false;
+        }
+        *down = Some(format!("{stalls} requests in a row failed ({cause})"));
+        true
+    }
+
+    /// Why the host is down, if it is.
+    pub fn down(&self) -> Option<String> {
+        self.down.lock().expect("health lock poisoned").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_down_after_stalls_in_a_row_only() {
+        let health = Health::default();
+        assert!(!health.stalled("x"));
+        assert!(!health.stalled("x"));
+        health.answered();
+        assert!(!health.stalled("x"));
+        assert!(!health.stalled("x"));
+        assert_eq!(health.down(), None);
+        assert!(health.stalled("no byte for 1s"));
+        assert!(!health.stalled("x"), "marked once");
+        assert!(health.down().unwrap().contains("no byte for 1s"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_stalls_after_one_quiet_window_or_ten_once_its_body_is_sent() {
+        let window = Duration::from_secs(30);
+        let watch = Watch::new();
+        let start = Instant::now();
+        watch.stalled(window).await;
+        assert_eq!(start.elapsed(), window);
+
+        let watch = Watch::new();
+        let body = watch.body(futures::stream::iter([Ok(Bytes::from_static(b"x"))]));
+        let _: Vec<_> = body.collect().await;
+        let start = Instant::now();
+        watch.stalled(window).await;
+        assert_eq!(start.elapsed(), window * WINDOWS_AFTER_UPLOAD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn moving_uploads_never_stall() {
+        let window = Duration::from_secs(30);
+        let watch = Watch::new();
+        let feeder = watch.clone();
+        // 2 KiB every 10 s: slow, but moving.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                feeder.moved.fetch_add(2048, Ordering::Relaxed);
+            }
+        });
+        let stalled = tokio::time::timeout(Duration::from_secs(3600), watch.stalled(window)).await;
+        assert!(stalled.is_err(), "a moving upload was called stalled");
+    }
+}
