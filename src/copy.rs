@@ -85,6 +85,9 @@ enum Written {
     Uploaded,
 }
 
+/// The repository path that began writing a blob first, and its write cell.
+type FirstWriter = (String, Arc<OnceCell<Written>>);
+
 /// Identifies one object in one repository: (is manifest, api host, path, digest).
 type WriteKey = (bool, String, String, Digest);
 
@@ -99,6 +102,11 @@ pub struct Engine {
     /// Repositories this run wrote or saw holding each blob, per registry:
     /// mount sources. Only this run's knowledge; never kept between runs.
     holders: Mutex<HashMap<(String, Digest), BTreeSet<String>>>,
+    /// Per (api host, blob): the repository that began writing it first
+    /// this run, and its write cell. Other repositories of that registry
+    /// wait for it and mount from it instead of uploading the same bytes
+    /// again. The first writer waits on no one, so there is no cycle.
+    first_writers: Mutex<HashMap<(String, Digest), FirstWriter>>,
 }
 
 fn failure_of(error: &Error) -> Failure {
@@ -127,6 +135,7 @@ impl Engine {
             options,
             writes: Mutex::default(),
             holders: Mutex::default(),
+            first_writers: Mutex::default(),
         })
     }
 
@@ -542,6 +551,7 @@ impl Engine {
         let written = cell
             .get_or_try_init(|| async {
                 mine.store(true, Ordering::Relaxed);
+                self.after_first_writer(repository, &blob.digest, &cell).await;
                 let mut session = None;
                 if let Some(from) = self.mount_source(repository, &blob.digest) {
                     match self.client.mount_blob(repository, &blob.digest, &from).await {
@@ -561,6 +571,32 @@ impl Engine {
             })
             .await?;
         Ok((*written, mine.load(Ordering::Relaxed)))
+    }
+
+    /// Waits for the repository of the same registry that began writing
+    /// `digest` first, if that is another one: once it is done, the blob is
+    /// mounted from there instead of uploaded again. If it failed, this
+    /// writer goes on by itself.
+    async fn after_first_writer(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        cell: &Arc<OnceCell<Written>>,
+    ) {
+        let (path, first) = self
+            .first_writers
+            .lock()
+            .expect("first writers lock poisoned")
+            .entry((repository.api_host().to_string(), digest.clone()))
+            .or_insert_with(|| (repository.path.clone(), cell.clone()))
+            .clone();
+        if path != repository.path {
+            // Waits while the first writer is busy; an empty cell (it
+            // failed) is left empty.
+            let _ = first
+                .get_or_try_init(|| async { Err::<Written, ()>(()) })
+                .await;
+        }
     }
 
     /// Puts a child manifest by digest unless the repository has it. True if
