@@ -329,29 +329,38 @@ fn copy_job(source: &str, destinations: &[String], referrers: bool) -> Result<Jo
 }
 
 /// Writes the reports the user asked for and, in GitHub Actions, the
-/// annotations. A report that cannot be written is an error of the run.
-fn report(command: &str, summary: &Summary, args: &ReportArgs) -> Result<(), Failure> {
+/// annotations. A report that cannot be written is named on stderr; it
+/// does not change the run's exit code (the copies happened all the same).
+fn report(command: &str, summary: &Summary, args: &ReportArgs) {
+    let unwritten = |what: &str, path: &std::path::Path, error: std::io::Error| {
+        eprintln!(
+            "error: write the {what} `{}`: {error} (the run's result is unchanged)",
+            path.display()
+        );
+    };
     if let Some(path) = &args.json {
         let document = json::Document::new(command, summary);
-        std::fs::write(path, document.to_json())
-            .with_context(|| format!("write the JSON report `{}`", path.display()))?;
+        if let Err(error) = std::fs::write(path, document.to_json()) {
+            unwritten("JSON report", path, error);
+        }
     }
     if let Some(path) = &args.summary {
         use std::io::Write as _;
         // GitHub's step summary file is shared by the step's commands: append.
-        std::fs::OpenOptions::new()
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .and_then(|mut file| file.write_all(markdown::markdown(command, summary).as_bytes()))
-            .with_context(|| format!("write the summary `{}`", path.display()))?;
+            .and_then(|mut file| file.write_all(markdown::markdown(command, summary).as_bytes()));
+        if let Err(error) = written {
+            unwritten("summary", path, error);
+        }
     }
     if github::in_actions() {
         for line in github::annotations(summary) {
             eprintln!("{line}");
         }
     }
-    Ok(())
 }
 
 /// In GitHub Actions, folds what `body` logs into a collapsed group.
@@ -373,6 +382,8 @@ async fn jobs_of(client: &RegistryClient, plan: Plan) -> (Vec<Job>, Vec<Outcome>
     let (mut selected, failures) = tags::expand(client, &plan.queries).await;
     let mut jobs = plan.jobs;
     jobs.append(&mut selected);
+    plan::drop_repeated_destinations(&mut jobs);
+    jobs.retain(|job| !job.destinations.is_empty());
     (jobs, failures)
 }
 
@@ -394,7 +405,7 @@ async fn sync(
         bar.finish_and_clear();
     }
     eprint!("{}", github::neutralize(&summary.table()));
-    report(command, &summary, reports)?;
+    report(command, &summary, reports);
     Ok(summary.exit_code() as u8)
 }
 
@@ -541,7 +552,7 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             let mut summary = verify::summary(&checks, started.elapsed());
             summary.outcomes.splice(0..0, failures);
             summary.started = Some(started_at);
-            report("verify", &summary, &reports)?;
+            report("verify", &summary, &reports);
             Ok(summary.exit_code() as u8)
         }
     }

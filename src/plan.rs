@@ -215,6 +215,8 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
     let mut jobs = Vec::new();
     let mut queries = Vec::new();
     let mut names = HashSet::new();
+    // Who writes each target repository:tag.
+    let mut writers: HashMap<(Repository, String), String> = HashMap::new();
     for (i, entry) in file.images.iter().enumerate() {
         let place = |key: &str| format!("images[{i}].{key}");
         let reference = match entry.source.value.parse::<Reference>() {
@@ -327,7 +329,16 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             .map(|p| p.value.trim_matches('/').to_string())
             .unwrap_or_else(|| reference.repository.path.clone());
         let mut repositories = Vec::new();
-        for name in target_names {
+        let mut listed = HashSet::new();
+        for (t, name) in target_names.iter().enumerate() {
+            if !listed.insert(&name.value) {
+                problems.push(problem_at(
+                    name,
+                    format!("{}[{t}]", place("targets")),
+                    format!("target `{}` is listed twice", name.value),
+                ));
+                continue;
+            }
             let Some(prefix) = prefixes.get(&name.value) else {
                 continue;
             };
@@ -343,6 +354,33 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 Err(message) => {
                     let at = entry.path.as_ref().unwrap_or(name);
                     problems.push(problem_at(at, place("path"), message));
+                }
+            }
+        }
+
+        // Two entries writing one target repository:tag would race, and
+        // the tag would end up naming whichever finished last. (Tags that
+        // selectors pick are known only at run time: see
+        // [`drop_repeated_destinations`].)
+        let at = entry.name.as_ref().unwrap_or(&entry.source);
+        'repositories: for (_, repository) in &repositories {
+            for tag in &tags {
+                match writers.entry((repository.clone(), tag.value.clone())) {
+                    std::collections::hash_map::Entry::Occupied(other) => {
+                        problems.push(problem_at(
+                            at,
+                            place("targets"),
+                            format!(
+                                "`{repository}:{}` is also written by image `{}`; two entries cannot write one tag",
+                                tag.value,
+                                other.get()
+                            ),
+                        ));
+                        break 'repositories;
+                    }
+                    std::collections::hash_map::Entry::Vacant(free) => {
+                        free.insert(name.clone());
+                    }
                 }
             }
         }
@@ -492,9 +530,95 @@ fn compile_selector(
     })
 }
 
+/// Leaves out of later jobs each destination (target repository:tag) an
+/// earlier job already writes, with a warning naming both images: two tag
+/// selectors (or a selector and a list) that pick the same tag for one
+/// target repository would race for it. Returns how many were left out.
+pub fn drop_repeated_destinations(jobs: &mut [Job]) -> usize {
+    let mut writers: HashMap<(Repository, String), String> = HashMap::new();
+    let mut dropped = 0;
+    for job in jobs.iter_mut() {
+        job.destinations.retain(
+            |d| match writers.entry((d.repository.clone(), d.tag.clone())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    tracing::warn!(
+                        "{}: `{}` is also written by image `{}`; left to that one",
+                        job.image,
+                        d.reference(),
+                        first.get()
+                    );
+                    dropped += 1;
+                    false
+                }
+                std::collections::hash_map::Entry::Vacant(free) => {
+                    free.insert(job.image.clone());
+                    true
+                }
+            },
+        );
+    }
+    dropped
+}
+
 /// Parses and resolves a file's text.
 pub fn load(file_name: &str, text: &str) -> Result<Plan, Problems> {
-    resolve(file_name, crate::config::parse(file_name, text)?)
+    resolve(file_name, crate::config::parse(file_name, text)?).map_err(|mut problems| {
+        // Map keys (`registries.<host>`) carry no position of their own:
+        // find the key's line in the text (the longest key that names it).
+        let keys = section_keys(text, "registries");
+        for problem in problems.problems.iter_mut().filter(|p| p.line == 0) {
+            let found = keys
+                .iter()
+                .filter(|(key, _, _)| {
+                    problem
+                        .place
+                        .strip_prefix("registries.")
+                        .and_then(|rest| rest.strip_prefix(key.as_str()))
+                        .is_some_and(|tail| tail.is_empty() || tail.starts_with('.'))
+                })
+                .max_by_key(|(key, _, _)| key.len());
+            if let Some((_, line, column)) = found {
+                (problem.line, problem.column) = (*line, *column);
+            }
+        }
+        problems.problems.sort_by_key(|p| (p.line, p.column));
+        problems
+    })
+}
+
+/// The keys directly under the top-level `section:` of a YAML text written
+/// in block style, unquoted, with their 1-based line and column.
+fn section_keys(text: &str, section: &str) -> Vec<(String, u64, u64)> {
+    let mut keys = Vec::new();
+    let mut inside = false;
+    let mut indent = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let depth = line.len() - trimmed.len();
+        if depth == 0 {
+            inside = trimmed.trim_end().starts_with(&format!("{section}:"));
+            indent = None;
+            continue;
+        }
+        if !inside || *indent.get_or_insert(depth) != depth {
+            continue;
+        }
+        // `host:port:` — the key ends at the colon before a space or the end.
+        let trimmed = trimmed.trim_end();
+        let Some(key) = trimmed
+            .split_once(": ")
+            .map(|(key, _)| key)
+            .or_else(|| trimmed.strip_suffix(':'))
+        else {
+            continue;
+        };
+        let key = key.trim().trim_matches(['"', '\'']);
+        keys.push((key.to_string(), (i + 1) as u64, (depth + 1) as u64));
+    }
+    keys
 }
 
 impl Plan {
@@ -662,6 +786,82 @@ images:
         assert!(fulcio.pinned.is_some());
         assert_eq!(fulcio.destinations[0].tag, "v1.4.0");
         assert!(fulcio.reference.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn refuses_clashing_writes_repeated_targets_bad_hosts_and_numbers_out_of_range() {
+        let bad = "\
+version: 1
+targets:
+  ghcr: ghcr.io/acme
+  hub: docker.io/acme
+registries:
+  'evil.com#x':
+    insecure: true
+  ghcr.io:
+    concurrency: 99999999999999
+    timeout: 0s
+  docker.io:
+    rate_limit: { requests: 1, per: 99999y }
+images:
+  - name: a
+    source: docker.io/library/k3s
+    tags: [v1, v2]
+    targets: [ghcr, ghcr]
+  - name: b
+    source: quay.io/other/k3s
+    path: library/k3s
+    tags: [v2]
+    targets: [ghcr]
+  - name: c
+    source: docker.io/rancher/pause
+    tags: [3.9]
+    targets: [hub]
+  - name: d
+    source: quay.io/x/pause
+    path: rancher/pause
+    tags: [3.9]
+    targets: [hub]
+";
+        let problems = load("m.yaml", bad).unwrap_err().problems;
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for (line, needle) in [
+            (6, "`evil.com#x` is not a registry host"),
+            (9, "concurrency: must be at most 1024"),
+            (10, "timeout: must be between 1s and 1h"),
+            (12, "must be at most a year"),
+            (17, "target `ghcr` is listed twice"),
+            (
+                18,
+                "`ghcr.io/acme/library/k3s:v2` is also written by image `a`",
+            ),
+            (27, "is also written by image `c`"),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.line == line && p.to_string().contains(needle)),
+                "expected `{needle}` at line {line}: {text:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 7, "{text:#?}");
+    }
+
+    #[test]
+    fn a_destination_two_jobs_pick_is_left_to_the_first() {
+        let plan = load(
+            "m.yaml",
+            "version: 1\ntargets: {t: ghcr.io/m}\ndefaults: {targets: [t]}\nimages:\n  - {name: a, source: quay.io/x/app, path: app, tags: [v1, v2]}\n  - {name: b, source: docker.io/y/app, path: app, tags: [v3]}\n",
+        )
+        .unwrap();
+        let mut jobs = plan.jobs;
+        // As if b's selector had also picked v2 at run time.
+        let mut picked = jobs[2].clone();
+        picked.destinations[0].tag = "v2".into();
+        jobs.push(picked);
+        assert_eq!(drop_repeated_destinations(&mut jobs), 1);
+        let kept: Vec<usize> = jobs.iter().map(|j| j.destinations.len()).collect();
+        assert_eq!(kept, [1, 1, 1, 0]);
     }
 
     #[test]

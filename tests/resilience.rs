@@ -1497,3 +1497,39 @@ async fn a_trickling_body_is_a_stall() {
         TagState::Absent
     );
 }
+
+/// A report file that cannot be written is named on stderr and leaves the
+/// run's exit code as the copies made it.
+#[tokio::test]
+async fn an_unwritable_report_does_not_change_the_exit_code() {
+    let setup = Setup::new(1, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let run = regmirror(
+        setup.dir.path(),
+        &[
+            "sync",
+            "--json",
+            "no-such-dir/report.json",
+            "--summary",
+            "no-such-dir/summary.md",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("write the JSON report `no-such-dir/report.json`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("write the summary `no-such-dir/summary.md`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "v1").await,
+        TagState::Complete(setup.images[0].1.root.0.clone())
+    );
+}

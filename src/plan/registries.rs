@@ -26,6 +26,12 @@ pub fn docker_hub_defaults() -> RegistryOptions {
     }
 }
 
+/// Most requests in flight to one registry that `concurrency` takes.
+const MAX_CONCURRENCY: usize = 1024;
+
+/// Longest `rate_limit.per`.
+const MAX_PER: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 /// Shortest and longest idle time-out `registries.<host>.timeout` takes.
 const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -40,6 +46,17 @@ pub fn resolve(
     let mut registries = HashMap::new();
     registries.insert("docker.io".to_string(), docker_hub_defaults());
     for (host, entry) in entries {
+        if !crate::reference::valid_registry(host) {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                place: format!("registries.{host}"),
+                message: format!(
+                    "`{host}` is not a registry host (a host name or IP address with an optional `:PORT`)"
+                ),
+            });
+            continue;
+        }
         let (registry, _) = crate::reference::normalize_docker_hub(host, "x");
         let mut options = registries.remove(&registry).unwrap_or_default();
         options.insecure = entry.insecure;
@@ -54,7 +71,14 @@ pub fn resolve(
                     "must be at least 1",
                 ));
             }
-            options.concurrency = concurrency.value.max(1);
+            if concurrency.value > MAX_CONCURRENCY {
+                problems.push(problem_at(
+                    concurrency,
+                    place("concurrency"),
+                    format!("must be at most {MAX_CONCURRENCY}"),
+                ));
+            }
+            options.concurrency = concurrency.value.clamp(1, MAX_CONCURRENCY);
         }
         if let Some(entry) = &entry.rate_limit {
             options.rate_limit = rate_limit(entry, &place("rate_limit"), problems);
@@ -126,6 +150,14 @@ fn rate_limit(
         ));
     }
     let per = match humantime::parse_duration(&entry.per.value) {
+        Ok(per) if per > MAX_PER => {
+            problems.push(problem_at(
+                &entry.per,
+                format!("{place}.per"),
+                "must be at most a year",
+            ));
+            None
+        }
         Ok(per) if !per.is_zero() => Some(per),
         Ok(_) => {
             problems.push(problem_at(

@@ -174,7 +174,7 @@ impl Host {
                 (error, counts)
             }
         };
-        if counts && self.health.stalled(&error.to_string()) {
+        if counts && self.health.stalled(&cause_of(&error)) {
             tracing::warn!(
                 "{}: marked down for this run after {} stalled or refused requests in a row; its remaining work fails at once",
                 self.registry,
@@ -485,6 +485,19 @@ fn redirect_policy() -> reqwest::redirect::Policy {
             attempt.follow()
         }
     })
+}
+
+/// An error and its innermost cause, on one line (`… failed: connection refused`).
+fn cause_of(error: &Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    if std::ptr::addr_eq(innermost, error as &dyn std::error::Error) {
+        error.to_string()
+    } else {
+        format!("{error}: {innermost}")
+    }
 }
 
 /// True when a transport error is a certificate that did not verify.
