@@ -323,6 +323,9 @@ impl Engine {
             Err(error) => return shared_failure(error),
         };
         let blobs = image.blobs();
+        // The spool keeps this image's blobs while its destinations are
+        // written, and lets each go once no job needs it.
+        let _lease = self.spool.lease(blobs.iter().map(|b| &b.digest));
         if let Source::Registry(repository) = job.source.as_ref() {
             for blob in &blobs {
                 self.record(repository, &blob.digest);

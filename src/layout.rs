@@ -216,9 +216,7 @@ impl Layout {
         let mut input = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.missing(&blob.digest, e))?;
-        let output = tokio::fs::File::create(to)
-            .await
-            .map_err(|e| Error::io(format!("create {}", to.display()), e))?;
+        let output = crate::spool::create_file(to).await?;
         let mut output = tokio::io::BufWriter::with_capacity(256 * 1024, output);
         let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
         let mut buffer = vec![0u8; 256 * 1024];
@@ -237,12 +235,12 @@ impl Layout {
             output
                 .write_all(&buffer[..n])
                 .await
-                .map_err(|e| Error::io("write spool file", e))?;
+                .map_err(|e| crate::spool::write_error(to, e))?;
         }
         output
             .flush()
             .await
-            .map_err(|e| Error::io("write spool file", e))?;
+            .map_err(|e| crate::spool::write_error(to, e))?;
         verifier.finish(&format!("blob {} in {}", blob.digest, self.dir.display()))
     }
 }

@@ -5,6 +5,11 @@
 //! the file, so a target that fails mid-upload retries without touching the
 //! upstream again. Files live in a temporary directory removed at the end.
 //!
+//! A blob leaves the spool as soon as no job holds a [`Lease`] on it (every
+//! destination that needed it has it, or failed), so disk use is bounded by
+//! the blobs in flight, not by the run. The directory is private (0700, its
+//! files 0600) and unique per run.
+//!
 //! A run that is killed cannot remove its spool, so each spool holds a lock
 //! on its `.lock` file while it lives, and a new spool removes the spools
 //! next to it whose lock nobody holds.
@@ -25,9 +30,42 @@ pub struct Spool {
     dir: tempfile::TempDir,
     /// Locked while this spool lives: tells other runs it is not garbage.
     _lock: File,
-    /// One cell per digest: the first asker fetches, the others wait on the
-    /// cell. A failed fetch leaves the cell empty for the next asker.
-    entries: Mutex<HashMap<Digest, Arc<OnceCell<PathBuf>>>>,
+    /// One entry per digest: the first asker fetches, the others wait on
+    /// the cell. A failed fetch leaves the cell empty for the next asker.
+    entries: Mutex<HashMap<Digest, Entry>>,
+}
+
+/// A blob in the spool: its file once fetched, and the jobs that need it.
+#[derive(Default)]
+struct Entry {
+    cell: Arc<OnceCell<PathBuf>>,
+    leases: usize,
+}
+
+/// A job's hold on blobs it may read from the spool; when the last lease
+/// on a blob is dropped, its file is removed.
+pub struct Lease<'a> {
+    spool: &'a Spool,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.spool.entries.lock().expect("spool lock poisoned");
+        for digest in &self.digests {
+            let Some(entry) = entries.get_mut(digest) else {
+                continue;
+            };
+            entry.leases = entry.leases.saturating_sub(1);
+            if entry.leases == 0 {
+                if let Some(path) = entry.cell.get() {
+                    // Best effort: the directory goes at the end of the run anyway.
+                    let _ = std::fs::remove_file(path);
+                }
+                entries.remove(digest);
+            }
+        }
+    }
 }
 
 impl Spool {
@@ -43,8 +81,11 @@ impl Spool {
     /// A spool in `base`, after removing the abandoned ones there.
     pub fn in_dir(base: &Path) -> Result<Spool> {
         remove_abandoned(base);
-        let dir = tempfile::Builder::new()
-            .prefix(PREFIX)
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(PREFIX);
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder
             .tempdir_in(base)
             .map_err(|e| Error::io(format!("create spool in {}", base.display()), e))?;
         let lock = File::create(dir.path().join(LOCK))
@@ -57,6 +98,30 @@ impl Spool {
         })
     }
 
+    /// The spool's directory (for messages: a full disk names it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Holds `digests` in the spool until the lease is dropped.
+    pub fn lease<'a>(&'a self, digests: impl IntoIterator<Item = &'a Digest>) -> Lease<'a> {
+        let mut entries = self.entries.lock().expect("spool lock poisoned");
+        let digests: Vec<Digest> = digests.into_iter().cloned().collect();
+        for digest in &digests {
+            entries.entry(digest.clone()).or_default().leases += 1;
+        }
+        Lease {
+            spool: self,
+            digests,
+        }
+    }
+
+    /// Blobs in the spool now (fetched, not yet released).
+    pub fn held(&self) -> usize {
+        let entries = self.entries.lock().expect("spool lock poisoned");
+        entries.values().filter(|e| e.cell.get().is_some()).count()
+    }
+
     /// The file holding `digest`, fetching it with `fetch(path)` if no one has.
     /// `fetch` must write the verified blob to `path` or fail.
     pub async fn get<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<PathBuf>
@@ -66,7 +131,7 @@ impl Spool {
     {
         let cell = {
             let mut entries = self.entries.lock().expect("spool lock poisoned");
-            entries.entry(digest.clone()).or_default().clone()
+            entries.entry(digest.clone()).or_default().cell.clone()
         };
         let path = self
             .dir
@@ -82,6 +147,27 @@ impl Spool {
         .await
         .cloned()
     }
+}
+
+/// Creates a spool file, readable by this user only.
+pub async fn create_file(path: &Path) -> Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path).await.map_err(|e| write_error(path, e))
+}
+
+/// A failed write to the spool, naming its directory and, for a full disk,
+/// how to move it.
+pub fn write_error(path: &Path, error: std::io::Error) -> Error {
+    let dir = path.parent().unwrap_or(path).display();
+    let hint = if error.kind() == std::io::ErrorKind::StorageFull {
+        "; set `REGMIRROR_SPOOL` to a directory on a disk with more room"
+    } else {
+        ""
+    };
+    Error::io(format!("write the spool in `{dir}`{hint}"), error)
 }
 
 const PREFIX: &str = "regmirror-spool-";
@@ -165,6 +251,46 @@ mod tests {
             !first.exists() && !second_path.exists(),
             "a finished spool stayed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_blob_leaves_when_its_last_lease_does_and_files_are_private() {
+        let spool = Spool::new().unwrap();
+        let digest = Digest::sha256(b"blob");
+        let (first, second) = (spool.lease([&digest]), spool.lease([&digest]));
+        let path = spool
+            .get(&digest, |path| async move {
+                let mut file = create_file(&path).await?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, b"blob")
+                    .await
+                    .map_err(|e| Error::io("write", e))
+            })
+            .await
+            .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(spool.dir()), 0o700);
+        }
+        drop(first);
+        assert!(path.exists(), "removed while another job holds it");
+        assert_eq!(spool.held(), 1);
+        drop(second);
+        assert!(!path.exists(), "kept after every job let go");
+        assert_eq!(spool.held(), 0);
+    }
+
+    #[test]
+    fn a_full_disk_names_the_spool_and_how_to_move_it() {
+        let error = write_error(
+            Path::new("/tmp/regmirror-spool-x/sha256-00"),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        let text = error.to_string();
+        assert!(text.contains("`/tmp/regmirror-spool-x`"), "{text}");
+        assert!(text.contains("REGMIRROR_SPOOL"), "{text}");
     }
 
     #[tokio::test]

@@ -1533,3 +1533,74 @@ async fn an_unwritable_report_does_not_change_the_exit_code() {
         TagState::Complete(setup.images[0].1.root.0.clone())
     );
 }
+
+/// Disk use is bounded by what is in flight: with one job at a time, the
+/// spool never holds more than one image's blobs, and nothing is left.
+#[tokio::test]
+async fn the_spool_holds_only_what_is_in_flight() {
+    let setup = Setup::new(10, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let largest: u64 = setup
+        .images
+        .iter()
+        .map(|(_, image)| image.blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>())
+        .max()
+        .unwrap();
+    let total: u64 = setup
+        .images
+        .iter()
+        .flat_map(|(_, image)| image.blobs.iter().map(|(_, b)| b.len() as u64))
+        .sum();
+    let mut child = regmirror_command(
+        setup.dir.path(),
+        &["sync", "--jobs", "1"],
+        &[("REGMIRROR_SPOOL".into(), spool.display().to_string())],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let bytes_in = |dir: &Path| -> u64 {
+        walk(dir)
+            .iter()
+            .filter(|p| !p.ends_with(".lock"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(bytes_in(&spool));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(status.success());
+    assert!(peak > 0, "never saw the spool in use");
+    assert!(
+        peak <= largest,
+        "the spool held {peak} bytes; one image is at most {largest} (all: {total})"
+    );
+    assert!(
+        walk(&spool).is_empty(),
+        "left in the spool: {:?}",
+        walk(&spool)
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -1266,9 +1266,7 @@ impl RegistryClient {
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}@{}", blob.digest),
             })?;
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| Error::io(format!("create spool file {}", path.display()), e))?;
+        let file = crate::spool::create_file(path).await?;
         let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
         let mut chunks = std::pin::pin!(answer.chunks());
@@ -1281,12 +1279,12 @@ impl RegistryClient {
             writer
                 .write_all(&chunk)
                 .await
-                .map_err(|e| Error::io("write spool file", e))?;
+                .map_err(|e| crate::spool::write_error(path, e))?;
         }
         writer
             .flush()
             .await
-            .map_err(|e| Error::io("write spool file", e))?;
+            .map_err(|e| crate::spool::write_error(path, e))?;
         verifier.finish(&format!("blob {} from {repository}", blob.digest))
     }
 
