@@ -39,6 +39,9 @@ use crate::spool::Spool;
 
 mod referrers;
 
+/// Times a manifest PUT answered `MANIFEST_BLOB_UNKNOWN` is tried again.
+const BLOB_UNKNOWN_RETRIES: u32 = 3;
+
 /// How a run behaves.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -422,7 +425,10 @@ impl Engine {
             }
         }
         for child in &image.children {
-            if self.ensure_manifest(job, repository, child, !fresh).await? {
+            if self
+                .ensure_manifest(job, image, repository, child, !fresh)
+                .await?
+            {
                 transfer.manifests_pushed += 1;
             }
         }
@@ -432,7 +438,7 @@ impl Engine {
             return Ok(transfer);
         }
         // The tag last: by now everything it points at is in place.
-        self.put_manifest(job, repository, &destination.tag, &image.root)
+        self.put_manifest(job, image, repository, &destination.tag, &image.root)
             .await?;
         transfer.manifests_pushed += 1;
         let found = self
@@ -609,6 +615,7 @@ impl Engine {
     async fn ensure_manifest(
         &self,
         job: &Job,
+        image: &Image,
         repository: &Repository,
         manifest: &Manifest,
         check_first: bool,
@@ -628,7 +635,7 @@ impl Engine {
                     return Ok(Written::Present);
                 }
                 mine.store(true, Ordering::Relaxed);
-                self.put_manifest(job, repository, manifest.digest.as_str(), manifest)
+                self.put_manifest(job, image, repository, manifest.digest.as_str(), manifest)
                     .await?;
                 Ok::<_, Error>(Written::Uploaded)
             })
@@ -636,35 +643,53 @@ impl Engine {
         Ok(*written == Written::Uploaded && mine.load(Ordering::Relaxed))
     }
 
-    /// PUTs a manifest. If the registry says one of its blobs is unknown
-    /// (distribution can lose a blob link while it is rewritten), checks its
-    /// blobs again, re-puts the missing ones, and tries once more.
+    /// PUTs a manifest. If the registry says something it names is unknown
+    /// (`MANIFEST_BLOB_UNKNOWN`: distribution can lose a blob link while
+    /// another writer rewrites it, and a run beside ours writes the same
+    /// blobs), checks every blob and child manifest it names again, puts
+    /// back what is missing, and tries again, a few times.
     async fn put_manifest(
         &self,
         job: &Job,
+        image: &Image,
         repository: &Repository,
         reference: &str,
         manifest: &Manifest,
     ) -> Result<()> {
-        match self
-            .client
-            .put_manifest(repository, reference, manifest)
-            .await
-        {
-            Err(error) if error.is_blob_unknown() && !manifest.blobs.is_empty() => {
-                tracing::warn!(%repository, %reference, "registry reports a blob unknown; checking blobs again");
-                for blob in &manifest.blobs {
-                    if !self.client.blob_exists(repository, &blob.digest).await? {
-                        self.unrecord(repository, &blob.digest);
-                        self.forget_write(&Self::key(false, repository, &blob.digest));
-                        self.ensure_blob(job, repository, blob).await?;
-                    }
+        let mut tries = 0;
+        loop {
+            let error = match self
+                .client
+                .put_manifest(repository, reference, manifest)
+                .await
+            {
+                Err(error) if error.is_blob_unknown() && tries < BLOB_UNKNOWN_RETRIES => error,
+                other => return other,
+            };
+            tries += 1;
+            tracing::warn!(%repository, %reference, "registry reports something unknown; checking again: {error}");
+            for blob in &manifest.blobs {
+                if !self.client.blob_exists(repository, &blob.digest).await? {
+                    self.unrecord(repository, &blob.digest);
+                    self.forget_write(&Self::key(false, repository, &blob.digest));
+                    // Leased by this job: still in the spool, or fetched again.
+                    self.ensure_blob(job, repository, blob).await?;
                 }
-                self.client
-                    .put_manifest(repository, reference, manifest)
-                    .await
             }
-            other => other,
+            for child in &manifest.children {
+                let present = self
+                    .client
+                    .head_manifest(repository, child.digest.as_str())
+                    .await?
+                    .is_some();
+                let known = image.children.iter().find(|m| m.digest == child.digest);
+                if let (false, Some(known)) = (present, known) {
+                    self.forget_write(&Self::key(true, repository, &known.digest));
+                    Box::pin(self.ensure_manifest(job, image, repository, known, false)).await?;
+                }
+            }
+            // Give the other writer a moment to finish its link files.
+            tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(tries))).await;
         }
     }
 }

@@ -88,8 +88,13 @@ impl Spool {
         let dir = builder
             .tempdir_in(base)
             .map_err(|e| Error::io(format!("create spool in {}", base.display()), e))?;
-        let lock = File::create(dir.path().join(LOCK))
+        // Locked under another name, then renamed: another run's clean-up
+        // only looks at `.lock`, which is never there unlocked while we live
+        // (a lock follows its file through a rename).
+        let staging = dir.path().join(".lock.new");
+        let lock = File::create(&staging)
             .and_then(|file| file.lock().map(|()| file))
+            .and_then(|file| std::fs::rename(&staging, dir.path().join(LOCK)).map(|()| file))
             .map_err(|e| Error::io(format!("lock spool {}", dir.path().display()), e))?;
         Ok(Spool {
             dir,

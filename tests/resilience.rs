@@ -1604,3 +1604,68 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Two runs against the same targets at once (a nightly run and a manual
+/// backfill) both succeed, round after round: a manifest PUT that the
+/// registry answers `MANIFEST_BLOB_UNKNOWN` (distribution rewrites a blob's
+/// link file by truncating it while the other run writes the same blob)
+/// re-checks what it names and tries again.
+#[tokio::test]
+async fn overlapping_runs_both_succeed() {
+    let upstream = Registry::start(Auth::None);
+    let mut generated = Vec::new();
+    for (i, name) in ["web", "api", "worker"].iter().enumerate() {
+        let image = images::generate(&Spec {
+            base: 1, // one base layer shared by all three
+            layer_size: 16 * 1024,
+            ..Spec::new(&format!("team/{name}"), "v1", i == 1)
+        });
+        images::push(&upstream.url(), &format!("team/{name}"), "v1", &image).await;
+        generated.push((name.to_string(), image));
+    }
+    let mut failures = Vec::new();
+    for round in 0..8 {
+        let target = Registry::start(Auth::None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "version: 1\ntargets:\n  t: {}/m\ndefaults:\n  targets: [t]\n  referrers: false\nimages:\n",
+            target.host
+        );
+        for (name, _) in &generated {
+            text.push_str(&format!(
+                "  - name: {name}\n    source: {}/team/{name}\n    tags: [v1]\n",
+                upstream.host
+            ));
+        }
+        std::fs::write(dir.path().join("mirror.yaml"), text).unwrap();
+        let spawn = || {
+            regmirror_command(dir.path(), &["sync"], &[])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        for run in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+            if !run.status.success() {
+                failures.push(format!(
+                    "round {round}: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                ));
+            }
+        }
+        for (name, image) in &generated {
+            assert_eq!(
+                deep_check(&target.host, &format!("m/team/{name}"), "v1").await,
+                TagState::Complete(image.root.0.clone()),
+                "round {round}: {name}"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed runs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
