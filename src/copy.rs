@@ -26,6 +26,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -54,7 +55,14 @@ pub struct Options {
     pub jobs: usize,
     /// Blob transfers in flight per destination.
     pub blobs_per_destination: usize,
+    /// Stops the run: no job starts after it fires, and jobs in flight get
+    /// [`GRACE`] to finish; what did not is reported `cancelled`.
+    pub cancel: CancellationToken,
 }
+
+/// How long jobs in flight may go on after the run is cancelled. A job cut
+/// off leaves no partial tag: the tag is the last write.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Default for Options {
     fn default() -> Self {
@@ -63,6 +71,7 @@ impl Default for Options {
             deep: false,
             jobs: 8,
             blobs_per_destination: 4,
+            cancel: CancellationToken::new(),
         }
     }
 }
@@ -112,6 +121,26 @@ pub struct Engine {
     first_writers: Mutex<HashMap<(String, Digest), FirstWriter>>,
 }
 
+/// A job the run stopped before it finished: one outcome per destination.
+fn cancelled(job: &Job) -> Vec<Outcome> {
+    job.destinations
+        .iter()
+        .map(|d| Outcome {
+            image: job.image.clone(),
+            tag: d.tag.clone(),
+            target: d.name.clone(),
+            destination: d.reference(),
+            source_digest: job.pinned.clone(),
+            before: None,
+            after: None,
+            status: Status::Cancelled,
+            failure: None,
+            transfer: Transfer::default(),
+            duration: std::time::Duration::ZERO,
+        })
+        .collect()
+}
+
 fn failure_of(error: &Error) -> Failure {
     if let Some(until) = error.rate_limited_until() {
         return Failure {
@@ -150,7 +179,20 @@ impl Engine {
         // client) and the per-object write cells.
         let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())
             .map(|(i, job)| async move {
-                let outcomes = self.run_job(job).await;
+                let cancel = &self.options.cancel;
+                let outcomes = if cancel.is_cancelled() {
+                    cancelled(job)
+                } else {
+                    // The job, unless the run is cancelled and the grace
+                    // period ends first (the job's requests are dropped).
+                    tokio::select! {
+                        outcomes = self.run_job(job) => outcomes,
+                        () = async {
+                            cancel.cancelled().await;
+                            tokio::time::sleep(GRACE).await;
+                        } => cancelled(job),
+                    }
+                };
                 reporter.job_finished(&outcomes);
                 (i, outcomes)
             })
@@ -162,6 +204,7 @@ impl Engine {
             outcomes: done.into_iter().flat_map(|(_, o)| o).collect(),
             duration: started.elapsed(),
             started: Some(started_at),
+            interrupted: None,
         }
     }
 
@@ -199,9 +242,11 @@ impl Engine {
             let after = match status {
                 _ if failure.is_some() => None,
                 Status::Copied | Status::Present => source.cloned(),
-                Status::Planned | Status::Verified | Status::Failed | Status::Deferred => {
-                    before.clone()
-                }
+                Status::Planned
+                | Status::Verified
+                | Status::Failed
+                | Status::Deferred
+                | Status::Cancelled => before.clone(),
             };
             let outcome = Outcome {
                 image: job.image.clone(),

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +23,7 @@ use regmirror::shard::{self, Shard};
 use regmirror::source::Source;
 use regmirror::tags;
 use regmirror::verify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -387,20 +389,70 @@ async fn jobs_of(client: &RegistryClient, plan: Plan) -> (Vec<Job>, Vec<Outcome>
     (jobs, failures)
 }
 
+/// Cancels `cancel` on the first SIGINT or SIGTERM and keeps the exit code
+/// that signal calls for (130, 143) in `code`; a second signal ends the
+/// process at once.
+fn on_signal(cancel: CancellationToken, code: Arc<AtomicI32>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        code.store(next_signal().await, Ordering::SeqCst);
+        tracing::warn!(
+            "stopping: no new work starts; work in flight gets {}s to finish, then the reports are written (signal again to stop at once)",
+            regmirror::copy::GRACE.as_secs()
+        );
+        cancel.cancel();
+        let again = next_signal().await;
+        eprintln!("error: stopped at once by a second signal");
+        std::process::exit(again);
+    })
+}
+
+/// Waits for SIGINT (130) or SIGTERM (143).
+async fn next_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        130
+    }
+}
+
 async fn sync(
     command: &str,
     plan: Plan,
-    options: Options,
+    mut options: Options,
     show_progress: bool,
     reports: &ReportArgs,
 ) -> Result<u8, Failure> {
     let client = Arc::new(RegistryClient::new(plan.registries.clone())?);
+    let cancel = CancellationToken::new();
+    options.cancel = cancel.clone();
+    let signal = Arc::new(AtomicI32::new(0));
+    let signals = on_signal(cancel.clone(), signal.clone());
     let (jobs, failures) = jobs_of(&client, plan).await;
     let engine = Engine::new(client, options)?;
     let reporter = progress(show_progress, jobs.len());
     let title = format!("regmirror {command}: {} image×tag jobs", jobs.len());
     let mut summary = grouped(&title, engine.run(&jobs, &reporter)).await;
     summary.outcomes.splice(0..0, failures);
+    if cancel.is_cancelled() {
+        // Stored before the token was cancelled.
+        summary.interrupted = Some(signal.load(Ordering::SeqCst));
+    }
+    signals.abort();
+    drop(engine); // removes the spool before the reports are written
     if let Some(bar) = &reporter.0 {
         bar.finish_and_clear();
     }

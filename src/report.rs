@@ -29,6 +29,9 @@ pub enum Status {
     /// Not attempted: the source registry's rate limit is spent; the next
     /// run picks it up (see the failure for when).
     Deferred,
+    /// Not finished: the run was stopped (SIGINT, SIGTERM) before or while
+    /// it ran. The target has the image whole, or not at all.
+    Cancelled,
 }
 
 impl Status {
@@ -41,6 +44,7 @@ impl Status {
             Status::Verified => "verified",
             Status::Failed => "FAILED",
             Status::Deferred => "deferred",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -153,6 +157,9 @@ pub struct Summary {
     pub duration: Duration,
     /// When the run started.
     pub started: Option<SystemTime>,
+    /// The exit code of the signal that stopped the run (130 for SIGINT,
+    /// 143 for SIGTERM), if one did.
+    pub interrupted: Option<i32>,
 }
 
 /// The error and each cause, outermost first; a cause whose text the
@@ -222,6 +229,9 @@ impl Summary {
     /// mismatch, 1 for any other failure, else 0. Deferred work is not a
     /// failure: the next run does it.
     pub fn exit_code(&self) -> i32 {
+        if let Some(code) = self.interrupted {
+            return code;
+        }
         let kinds: Vec<FailureKind> = self
             .outcomes
             .iter()
@@ -266,6 +276,7 @@ impl Summary {
             Status::Verified,
             Status::Planned,
             Status::Deferred,
+            Status::Cancelled,
             Status::Failed,
         ] {
             let n = self.count(status);

@@ -263,6 +263,7 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         outcomes,
         duration,
         started: None,
+        interrupted: None,
     }
 }
 

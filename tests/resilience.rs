@@ -1669,3 +1669,91 @@ async fn overlapping_runs_both_succeed() {
         failures.join("\n")
     );
 }
+
+/// SIGTERM (a cancelled CI job) stops the run within seconds: no new work
+/// starts, the reports are written with the unfinished pairs `cancelled`,
+/// the spool is removed, the exit code is 143, and every tag on the target
+/// names a complete image or is absent.
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
+    let setup = Setup::new(12, 1).await;
+    let slow = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(400)),
+        )],
+    );
+    setup.config(&slow.host, &setup.target_hosts(), "");
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let child = regmirror_command(
+        setup.dir.path(),
+        &[
+            "sync",
+            "--jobs",
+            "2",
+            "--json",
+            "report.json",
+            "--summary",
+            "summary.md",
+        ],
+        &[("REGMIRROR_SPOOL".into(), spool.display().to_string())],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stopped = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stopped < Duration::from_secs(10),
+        "took {stopped:?} to stop"
+    );
+    assert!(stderr.contains("stopping: no new work starts"), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["exit_code"], 143);
+    let cancelled = report["totals"]["cancelled"].as_u64().unwrap();
+    assert!(cancelled > 0, "{report:#}");
+    assert_eq!(
+        report["results"].as_array().unwrap().len(),
+        12,
+        "every pair is reported"
+    );
+    let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("{cancelled} cancelled")),
+        "{summary}"
+    );
+    for (name, image) in &setup.images {
+        let state = deep_check(&setup.targets[0].host, &format!("m/team/{name}"), "v1").await;
+        match outcome(&report, name, "t0").as_str() {
+            "copied" | "present" => {
+                assert_eq!(state, TagState::Complete(image.root.0.clone()), "{name}")
+            }
+            "cancelled" => assert!(
+                state == TagState::Absent || state == TagState::Complete(image.root.0.clone()),
+                "{name}: {state:?}"
+            ),
+            other => panic!("{name}: {other}"),
+        }
+    }
+    assert!(
+        walk(&spool).is_empty(),
+        "left in the spool: {:?}",
+        walk(&spool)
+    );
+}

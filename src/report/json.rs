@@ -47,6 +47,8 @@ pub struct Totals {
     pub failed: usize,
     /// Results deferred because the source's rate limit was spent.
     pub deferred: usize,
+    /// Results not finished because the run was stopped (SIGINT, SIGTERM).
+    pub cancelled: usize,
     /// Blobs uploaded.
     pub blobs_uploaded: usize,
     /// Blobs mounted from another repository of the same registry.
@@ -76,6 +78,8 @@ pub enum OutcomeName {
     /// Not attempted: the source's rate limit is spent; `error.retry_at`
     /// says when it resets, if the registry said.
     Deferred,
+    /// Not finished: the run was stopped by a signal.
+    Cancelled,
 }
 
 /// One image × tag × target.
@@ -155,6 +159,7 @@ fn row(o: &Outcome) -> Row {
             Status::Verified => OutcomeName::Verified,
             Status::Failed => OutcomeName::Failed,
             Status::Deferred => OutcomeName::Deferred,
+            Status::Cancelled => OutcomeName::Cancelled,
         },
         blobs: Blobs {
             uploaded: o.transfer.blobs_uploaded,
@@ -195,6 +200,7 @@ impl Document {
                 verified: summary.count(Status::Verified),
                 failed: summary.count(Status::Failed),
                 deferred: summary.count(Status::Deferred),
+                cancelled: summary.count(Status::Cancelled),
                 blobs_uploaded: totals.blobs_uploaded,
                 blobs_mounted: totals.blobs_mounted,
                 blobs_skipped: totals.blobs_skipped,

@@ -105,6 +105,8 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
             Status::Planned => row.planned += 1,
             Status::Failed => row.failed += 1,
             Status::Deferred => row.deferred += 1,
+            // Counted in the totals line; not per image.
+            Status::Cancelled => {}
         }
         row.bytes += o.transfer.bytes_uploaded;
     }
