@@ -114,6 +114,11 @@ enum Command {
         /// Also check that every child manifest and blob is present on each target.
         #[arg(long)]
         deep: bool,
+        /// With `--deep`: GET every manifest and blob on each target and hash
+        /// it, instead of a HEAD (finds stored bytes that were corrupted;
+        /// costs a download of every image from every target).
+        #[arg(long, requires = "deep")]
+        content: bool,
         /// Read the targets without credentials, as anyone pulling would, and
         /// name those that are private (GHCR makes new packages private).
         #[arg(long)]
@@ -584,9 +589,15 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             config,
             selection,
             deep,
+            content,
             anonymous,
             report: reports,
         } => {
+            let depth = match (deep, content) {
+                (_, true) => verify::Depth::Content,
+                (true, false) => verify::Depth::Parts,
+                (false, false) => verify::Depth::Tag,
+            };
             let plan = load_plan(&config, Some(&selection))?;
             let client = RegistryClient::new(plan.registries.clone())?;
             let anonymous_client = if anonymous {
@@ -599,7 +610,7 @@ async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             let started_at = std::time::SystemTime::now();
             let (jobs, failures) = jobs_of(&client, plan).await;
             let title = format!("regmirror verify: {} image×tag jobs", jobs.len());
-            let checks = grouped(&title, verify::verify(&client, targets, &jobs, deep, 8)).await;
+            let checks = grouped(&title, verify::verify(&client, targets, &jobs, depth, 8)).await;
             print!("{}", github::neutralize(&verify::table(&checks)));
             let mut summary = verify::summary(&checks, started.elapsed());
             summary.outcomes.splice(0..0, failures);

@@ -4,11 +4,17 @@
 //! from HEAD requests only (a target is never GET-checked: Docker Hub as a
 //! target would count pulls). `--deep` reads the source's manifest tree and
 //! HEADs every child manifest and blob on each matching target.
+//! `--deep --content` GETs them instead and hashes every byte as it streams:
+//! a stored layer with flipped bytes (same size, so a HEAD calls it present)
+//! is found. Each target reads each blob once; memory stays bounded (the
+//! bytes are hashed, not kept). Its cost is a full download of every image
+//! from every target, and on Docker Hub as a target each manifest GET
+//! counts as a pull.
 
 use futures::future::join_all;
 use futures::{StreamExt, stream};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
@@ -52,6 +58,17 @@ pub struct Check {
     pub state: State,
 }
 
+/// How far `verify` looks at a target that has the tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The tag's digest only (a HEAD).
+    Tag,
+    /// Every child manifest and blob is present (HEADs).
+    Parts,
+    /// Every manifest and blob is present and hashes to its digest (GETs).
+    Content,
+}
+
 /// Checks every job, `concurrency` at a time: sources through `client`,
 /// targets through `targets` (the same client, or an anonymous one for
 /// `verify --anonymous`).
@@ -59,11 +76,11 @@ pub async fn verify(
     client: &RegistryClient,
     targets: &RegistryClient,
     jobs: &[Job],
-    deep: bool,
+    depth: Depth,
     concurrency: usize,
 ) -> Vec<Check> {
     let mut done: Vec<(usize, Vec<Check>)> = stream::iter(jobs.iter().enumerate())
-        .map(|(i, job)| async move { (i, verify_job(client, targets, job, deep).await) })
+        .map(|(i, job)| async move { (i, verify_job(client, targets, job, depth).await) })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -82,7 +99,7 @@ async fn verify_job(
     client: &RegistryClient,
     targets: &RegistryClient,
     job: &Job,
-    deep: bool,
+    depth: Depth,
 ) -> Vec<Check> {
     let check =
         |d: &Destination, source: Option<&Digest>, found: Option<Digest>, state: State| Check {
@@ -127,7 +144,7 @@ async fn verify_job(
     let any_match = founds
         .iter()
         .any(|f| matches!(f, Ok(Some(d)) if *d == source));
-    let image: Option<Result<Image>> = if deep && any_match {
+    let image: Option<Result<Image>> = if depth != Depth::Tag && any_match {
         Some(job.source.read_image(client, &source).await)
     } else {
         None
@@ -144,7 +161,11 @@ async fn verify_job(
             (Ok(Some(digest)), _) if *digest != source => State::Mismatch,
             (Ok(Some(_)), Some(Err(error))) => error_state(error),
             (Ok(Some(_)), Some(Ok(image))) => {
-                match missing_parts(targets, &destination.repository, image).await {
+                let lacking = match depth {
+                    Depth::Content => bad_content(targets, &destination.repository, image).await,
+                    _ => missing_parts(targets, &destination.repository, image).await,
+                };
+                match lacking {
                     Ok(missing) if missing.is_empty() => State::Match,
                     Ok(missing) => State::Incomplete(missing),
                     Err(error) => error_state(&error),
@@ -184,6 +205,61 @@ async fn missing_parts(
                 .then(|| format!("{} {digest}", if is_manifest { "manifest" } else { "blob" })))
         })
         .buffered(8)
+        .collect()
+        .await;
+    results.into_iter().filter_map(Result::transpose).collect()
+}
+
+/// Manifests (the root included) and blobs of `image` the repository lacks
+/// or holds other bytes for: each read once, hashed as it streams.
+async fn bad_content(
+    client: &RegistryClient,
+    repository: &Repository,
+    image: &Image,
+) -> Result<Vec<String>> {
+    let manifests = std::iter::once(&image.root)
+        .chain(&image.children)
+        .map(|m| (true, m.digest.clone(), m.bytes.len() as u64));
+    let blobs = image.blobs().into_iter().map(|b| (false, b.digest, b.size));
+    let results: Vec<Result<Option<String>>> = stream::iter(manifests.chain(blobs))
+        .map(|(is_manifest, digest, size)| async move {
+            let what = if is_manifest { "manifest" } else { "blob" };
+            let verdict = if is_manifest {
+                match client
+                    .get_manifest(repository, digest.as_str(), Some(&digest))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            } else {
+                match client.get_blob(repository, &digest).await? {
+                    None => Err(Error::NotFound {
+                        what: digest.to_string(),
+                    }),
+                    Some(chunks) => {
+                        let mut verifier = Verifier::new(digest.clone(), Some(size));
+                        let mut chunks = std::pin::pin!(chunks);
+                        while let Some(chunk) = chunks.next().await {
+                            verifier.update(&chunk?);
+                            if verifier.overrun() {
+                                break;
+                            }
+                        }
+                        verifier.finish(&format!("blob {digest} at {repository}"))
+                    }
+                }
+            };
+            match verdict {
+                Ok(()) => Ok(None),
+                Err(Error::NotFound { .. }) => Ok(Some(format!("{what} {digest}"))),
+                Err(error) if error.is_mismatch() => {
+                    Ok(Some(format!("{what} {digest} holds other bytes ({error})")))
+                }
+                Err(error) => Err(error),
+            }
+        })
+        .buffered(4)
         .collect()
         .await;
     results.into_iter().filter_map(Result::transpose).collect()

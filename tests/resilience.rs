@@ -1757,3 +1757,46 @@ async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
         walk(&spool)
     );
 }
+
+/// A target whose stored layer was corrupted (same size, flipped bytes) is
+/// called healthy by `verify --deep` (HEADs), and found by
+/// `verify --deep --content`, which reads each blob once and names it.
+#[tokio::test]
+async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
+    let setup = Setup::new(1, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let (run, _) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let target = &setup.targets[0];
+    let image = &setup.images[0].1;
+    let (victim, _) = image.blobs.iter().max_by_key(|(_, b)| b.len()).unwrap();
+    let path = target.blob_data(victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let heads = regmirror(setup.dir.path(), &["verify", "--deep"], &[]);
+    assert_eq!(heads.code, 0, "HEADs cannot see it:\n{}", heads.all());
+
+    let mark = target.mark();
+    let content = regmirror(setup.dir.path(), &["verify", "--deep", "--content"], &[]);
+    assert_eq!(content.code, 4, "{}", content.all());
+    assert!(
+        content
+            .all()
+            .contains(&format!("blob {victim} holds other bytes")),
+        "{}",
+        content.all()
+    );
+    let unique: std::collections::HashSet<&String> = image.blobs.iter().map(|(d, _)| d).collect();
+    // The registry logs a request after answering it: give the last line a moment.
+    let mut blob_gets = 0;
+    for _ in 0..100 {
+        blob_gets = target.count_since(mark, "GET", support::Request::is_blob);
+        if blob_gets >= unique.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(blob_gets, unique.len(), "each blob read once");
+}

@@ -1221,6 +1221,20 @@ impl RegistryClient {
             .is_some())
     }
 
+    /// A blob's bytes as they arrive (each chunk within the idle deadline),
+    /// or `None` if the repository does not have it. The caller checks them.
+    pub async fn get_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<impl futures::Stream<Item = Result<Bytes>> + Send + use<>>> {
+        let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
+        Ok(self
+            .pull(repository, Method::GET, &url, &|r, _| r)
+            .await?
+            .map(Answer::chunks))
+    }
+
     /// Streams a blob into `path`, checking digest and size as it goes.
     /// Retries from the start on a broken transfer.
     pub async fn download_blob(
