@@ -310,3 +310,51 @@ mod tests {
         assert!(err.is_mismatch());
     }
 }
+
+/// Properties over arbitrary bytes (proptest): manifests come from
+/// registries and layouts.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn descriptor() -> impl Strategy<Value = serde_json::Value> {
+        (
+            prop_oneof![Just(OCI_MANIFEST), Just(OCI_INDEX), Just("x/y"), Just("")],
+            "[0-9a-f]{64}",
+            any::<u64>(),
+            proptest::option::of(prop_oneof![Just("linux"), Just("unknown")]),
+        )
+            .prop_map(|(media_type, hex, size, os)| {
+                serde_json::json!({
+                    "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": size,
+                    "platform": os.map(|os| serde_json::json!({"os": os, "architecture": "amd64"})),
+                })
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let bytes = Bytes::from(bytes);
+            let _ = Manifest::parse(bytes.clone(), &Digest::sha256(&bytes), None);
+        }
+
+        #[test]
+        fn manifest_shaped_json_parses_without_panic_and_keeps_its_bytes(
+            media_type in prop_oneof![Just(OCI_INDEX), Just(OCI_MANIFEST), Just(DOCKER_LIST), Just(DOCKER_MANIFEST), Just("text/plain")],
+            entries in proptest::collection::vec(descriptor(), 0..6),
+            schema in proptest::option::of(0u64..4),
+        ) {
+            let body = serde_json::json!({
+                "schemaVersion": schema, "mediaType": media_type,
+                "manifests": entries, "config": entries.first(), "layers": entries,
+            });
+            let bytes = Bytes::from(body.to_string());
+            if let Ok(manifest) = Manifest::parse(bytes.clone(), &Digest::sha256(&bytes), None) {
+                prop_assert_eq!(&manifest.bytes, &bytes);
+                prop_assert!(manifest.children.len() <= MAX_INDEX_CHILDREN);
+            }
+        }
+    }
+}

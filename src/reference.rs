@@ -413,3 +413,50 @@ mod tests {
         }
     }
 }
+
+/// Properties over arbitrary input (proptest): references come from
+/// configs, imports, audits and registries.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics_and_what_parses_is_safe(input in "\\PC{0,80}") {
+            if let Ok(reference) = input.parse::<Reference>() {
+                prop_assert!(valid_registry(&reference.repository.registry));
+                prop_assert!(reference.repository.path.split('/').all(valid_path_component));
+                if let Some(tag) = &reference.tag {
+                    prop_assert!(valid_tag(tag));
+                }
+                let again: Reference = reference.to_string().parse().unwrap();
+                prop_assert_eq!(again, reference);
+            }
+        }
+
+        #[test]
+        fn reference_shaped_text_round_trips(
+            host in "(ghcr\\.io|localhost:5000|127\\.0\\.0\\.1:[0-9]{1,5}|[a-z]{1,8}\\.[a-z]{2,3})",
+            path in "[a-z0-9]{1,6}([._-][a-z0-9]{1,6}){0,2}(/[a-z0-9]{1,6}){0,3}",
+            tag in proptest::option::of("[A-Za-z0-9_][A-Za-z0-9._-]{0,20}"),
+        ) {
+            let text = match &tag {
+                Some(tag) => format!("{host}/{path}:{tag}"),
+                None => format!("{host}/{path}"),
+            };
+            if let Ok(reference) = text.parse::<Reference>() {
+                prop_assert_eq!(reference.to_string(), text);
+            }
+        }
+
+        #[test]
+        fn a_valid_tag_can_never_move_a_url(tag in "\\PC{0,140}") {
+            if valid_tag(&tag) {
+                prop_assert!(tag != "." && tag != "..");
+                prop_assert!(!tag.contains(['/', '?', '#', '%', '\\', ' ']));
+                prop_assert!(tag.len() <= 128);
+            }
+        }
+    }
+}

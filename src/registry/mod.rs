@@ -1590,3 +1590,45 @@ mod tests {
         );
     }
 }
+
+/// Properties over arbitrary header text (proptest): `Link`, `Location`
+/// and challenges come from registries.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_link_header_parses_without_panic_into_a_part_of_itself(header in "\\PC{0,200}") {
+            if let Some(target) = next_link(&header) {
+                prop_assert!(header.contains(&target));
+            }
+        }
+
+        #[test]
+        fn links_never_downgrade_from_https(next in "\\PC{0,100}") {
+            if let Ok(resolved) = resolve_link("https://r.example/v2/a/tags/list", &next, "link") {
+                prop_assert!(resolved.starts_with("https://"), "{}", resolved);
+            }
+        }
+
+        #[test]
+        fn registry_text_is_always_one_printable_line(text in "\\PC{0,50}[\\r\\n\\t\\x00-\\x1f]{0,5}\\PC{0,50}") {
+            let neutral = neutral(&text);
+            prop_assert!(!neutral.chars().any(char::is_control));
+        }
+
+        #[test]
+        fn retry_after_of_any_text_never_panics(value in "\\PC{0,60}") {
+            let _ = retry::parse_retry_after(&value, SystemTime::now());
+        }
+
+        #[test]
+        fn challenges_of_any_text_never_panic(header in "\\PC{0,200}") {
+            if let Some(challenge) = auth::parse_challenge(&header) {
+                let _ = checked_challenge("r", "https://r.example", challenge);
+            }
+        }
+    }
+}

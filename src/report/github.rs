@@ -30,12 +30,13 @@ fn escape_property(text: &str) -> String {
 /// registries (error bodies, header values); only [`command`] and [`group`]
 /// write commands.
 pub fn neutralize(text: &str) -> std::borrow::Cow<'_, str> {
+    // The runner reads lines as .NET does: a lone CR ends one too.
     let is_command = |line: &str| line.trim_start().starts_with("::");
-    if !text.lines().any(is_command) {
+    if !text.split(['\n', '\r']).any(is_command) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
-    for line in text.split_inclusive('\n') {
+    for line in text.split_inclusive(['\n', '\r']) {
         if is_command(line) {
             out.push('\\');
         }
@@ -153,5 +154,23 @@ mod tests {
             "{}",
             lines[2]
         );
+    }
+}
+
+/// Properties over arbitrary text (proptest): log lines and tables carry
+/// text from registries.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn no_line_of_neutralized_text_is_a_command(text in "([ \\t]{0,2}(::)?\\PC{0,20}[\\r\\n]{0,2}){0,8}") {
+            let neutral = neutralize(&text);
+            for line in neutral.split(['\n', '\r']) {
+                prop_assert!(!line.trim_start().starts_with("::"), "{:?}", line);
+            }
+        }
     }
 }
