@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 use crate::config::{ConfigFile, Problem, Problems, TagSelector, Tags, problem_at};
 use crate::digest::Digest;
 use crate::reference::{Reference, Repository, valid_tag};
-use crate::registry::RegistryOptions;
+use crate::registry::options::RegistryOptions;
 
 mod registries;
 use crate::source::Source;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Problem, RateLimitEntry, RegistryEntry, problem_at};
-use crate::registry::RegistryOptions;
-use crate::registry::limits::RateLimit;
+use crate::registry::options::RateLimit;
+use crate::registry::options::RegistryOptions;
 
 /// Docker Hub, unless `registries.docker.io` says otherwise: a steady pace
 /// of manifest GETs (its anti-abuse limit answers bursts with 429), and

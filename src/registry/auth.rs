@@ -11,6 +11,17 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use reqwest::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+
+use super::body::{MAX_TOKEN_SIZE, header, neutral, read_capped};
+use super::deadline::{self, Watch};
+use super::{Host, RegistryClient};
+use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
 /// A secret that opens a registry.
@@ -193,6 +204,238 @@ impl Tokens {
     }
 }
 
+// --- The token exchange: challenge, credentials, bearer tokens. ---
+
+/// What a request needs to be allowed to do; becomes the token scope.
+#[derive(Clone, Debug)]
+pub(super) enum Access<'a> {
+    Pull(&'a str),
+    Push(&'a str),
+    Mount { to: &'a str, from: &'a str },
+}
+
+impl Access<'_> {
+    fn scopes(&self) -> Vec<String> {
+        match self {
+            Access::Pull(path) => vec![format!("repository:{path}:pull")],
+            Access::Push(path) => vec![format!("repository:{path}:pull,push")],
+            Access::Mount { to, from } => vec![
+                format!("repository:{to}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
+        }
+    }
+}
+
+/// A bearer realm must be an http(s) URL, and not plain HTTP when the
+/// registry itself (at `base`) speaks TLS: the password would travel in the
+/// clear.
+pub(super) fn checked_challenge(
+    registry: &str,
+    base: &str,
+    challenge: Challenge,
+) -> Result<Challenge> {
+    if let Challenge::Bearer { realm, .. } = &challenge {
+        let refuse = |reason: &str| Error::Auth {
+            registry: registry.to_string(),
+            reason: format!("token realm `{}` {reason}", neutral(realm)),
+        };
+        let url = url::Url::parse(realm).map_err(|_| refuse("is not a URL"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if base.starts_with("http://") => {}
+            "http" => {
+                return Err(refuse(
+                    "is plain HTTP for a TLS registry; credentials are not sent there",
+                ));
+            }
+            _ => return Err(refuse("is not an http or https URL")),
+        }
+    }
+    Ok(challenge)
+}
+
+impl RegistryClient {
+    pub(super) async fn credential(&self, host: &Host) -> Option<Credential> {
+        if self.anonymous {
+            return None;
+        }
+        host.credential
+            .get_or_init(|| async {
+                let registry = host.registry.clone();
+                tokio::task::spawn_blocking(move || lookup(&registry))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await
+            .clone()
+    }
+
+    /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
+    async fn challenge(&self, host: &Arc<Host>) -> Result<Challenge> {
+        let mut learned = host.challenge.lock().await;
+        if let Some(challenge) = learned.clone() {
+            return Ok(challenge);
+        }
+        let url = format!("{}/v2/", host.base);
+        let response = self
+            .attempt_loop(host, Method::GET, &url, None, &|r, _| r, true)
+            .await?
+            .response;
+        let challenge = match response.status() {
+            // A challenge counts only from the registry itself, not from a
+            // host its `/v2/` redirected us to.
+            StatusCode::UNAUTHORIZED if host.owns(response.url().as_str()) => {
+                let challenge = header(&response, WWW_AUTHENTICATE.as_str())
+                    .and_then(parse_challenge)
+                    .ok_or_else(|| Error::Auth {
+                        registry: host.registry.clone(),
+                        reason: "401 without a usable `WWW-Authenticate` challenge".into(),
+                    })?;
+                host.checked(challenge)?
+            }
+            StatusCode::UNAUTHORIZED => {
+                return Err(Error::Auth {
+                    registry: host.registry.clone(),
+                    reason: format!(
+                        "`GET {url}` was redirected to `{}`, which asked for credentials; they are not sent there",
+                        neutral(response.url().as_str())
+                    ),
+                });
+            }
+            _ => Challenge::Anonymous,
+        };
+        *learned = Some(challenge.clone());
+        Ok(challenge)
+    }
+
+    /// The `Authorization` header for `access` at `host`, if any is needed.
+    pub(super) async fn authorization(
+        &self,
+        host: &Arc<Host>,
+        access: &Access<'_>,
+    ) -> Result<Option<String>> {
+        match self.challenge(host).await? {
+            Challenge::Anonymous => Ok(None),
+            Challenge::Basic => Ok(match self.credential(host).await {
+                Some(Credential::Basic { username, password }) => {
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    Some(format!("Basic {encoded}"))
+                }
+                _ => None,
+            }),
+            Challenge::Bearer { realm, service } => {
+                let token = self.token(host, &realm, service.as_deref(), access).await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    pub(super) fn token_key(host: &Host, access: &Access<'_>) -> String {
+        format!("{} {}", host.base, access.scopes().join(" "))
+    }
+
+    /// A bearer token for `access`, from the cache or from `realm`.
+    async fn token(
+        &self,
+        host: &Host,
+        realm: &str,
+        service: Option<&str>,
+        access: &Access<'_>,
+    ) -> Result<String> {
+        let key = Self::token_key(host, access);
+        if let Some(token) = self.tokens.get(&key) {
+            return Ok(token);
+        }
+        let auth_error = |reason: String| Error::Auth {
+            registry: host.registry.clone(),
+            reason,
+        };
+        let mut url =
+            url::Url::parse(realm).map_err(|_| auth_error(format!("bad token realm `{realm}`")))?;
+        let credential = self.credential(host).await;
+        let request = match &credential {
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("client_id", "regmirror")
+                    .append_pair("refresh_token", refresh);
+                if let Some(service) = service {
+                    form.append_pair("service", service);
+                }
+                form.append_pair("scope", &access.scopes().join(" "));
+                host.http
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            other => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    for scope in access.scopes() {
+                        query.append_pair("scope", &scope);
+                    }
+                }
+                let request = host.http.get(url.clone());
+                match other {
+                    Some(Credential::Basic { username, password }) => {
+                        request.basic_auth(username, Some(password))
+                    }
+                    _ => request,
+                }
+            }
+        };
+        let method = if matches!(credential, Some(Credential::IdentityToken(_))) {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        if let Some(down) = host.down() {
+            return Err(down);
+        }
+        let response = deadline::send(request, &Watch::new(), host.window)
+            .await
+            .map_err(|fault| host.fault(&method, realm, fault))?;
+        host.health.answered();
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let identity = if credential.is_some() {
+                "with the configured credentials"
+            } else {
+                "anonymously (no credentials found)"
+            };
+            return Err(auth_error(format!(
+                "token request to `{realm}` {identity} answered {status}"
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let length = response.content_length();
+        let chunks = deadline::body(response, host.window, ())
+            .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault)));
+        let body = read_capped(chunks, length, realm, MAX_TOKEN_SIZE).await?;
+        let body: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;
+        let token = body
+            .token
+            .or(body.access_token)
+            .ok_or_else(|| auth_error(format!("token response from `{realm}` has no token")))?;
+        // The spec's default lifetime is 60 s when none is given.
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(1));
+        self.tokens.put(key, token.clone(), lifetime);
+        Ok(token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +491,52 @@ mod tests {
         assert_eq!(tokens.get("b"), None);
         tokens.forget("a");
         assert_eq!(tokens.get("a"), None);
+    }
+
+    #[test]
+    fn a_tls_registry_cannot_name_a_plain_http_realm() {
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.to_string(),
+            service: None,
+        };
+        let tls = "https://ghcr.io";
+        assert!(checked_challenge("ghcr.io", tls, bearer("https://ghcr.io/token")).is_ok());
+        assert!(checked_challenge("ghcr.io", tls, bearer("https://auth.example/t")).is_ok());
+        let error = checked_challenge("ghcr.io", tls, bearer("http://ghcr.io/token")).unwrap_err();
+        assert!(error.to_string().contains("plain HTTP"), "{error}");
+        assert!(checked_challenge("ghcr.io", tls, bearer("file:///etc/passwd")).is_err());
+        assert!(checked_challenge("ghcr.io", tls, bearer("not a url")).is_err());
+        let plain = "http://127.0.0.1:5000";
+        assert!(checked_challenge("x", plain, bearer("http://127.0.0.1:5001/token")).is_ok());
+        assert!(checked_challenge("ghcr.io", tls, Challenge::Basic).is_ok());
+    }
+
+    #[test]
+    fn scopes_for_mounts_name_both_repositories() {
+        let scopes = Access::Mount {
+            to: "a/b",
+            from: "c/d",
+        }
+        .scopes();
+        assert_eq!(
+            scopes,
+            vec!["repository:a/b:pull,push", "repository:c/d:pull"]
+        );
+    }
+}
+
+/// Properties over arbitrary header text (proptest): challenges come from registries.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn challenges_of_any_text_never_panic(header in "\\PC{0,200}") {
+            if let Some(challenge) = parse_challenge(&header) {
+                let _ = checked_challenge("r", "https://r.example", challenge);
+            }
+        }
     }
 }

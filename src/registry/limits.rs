@@ -8,33 +8,23 @@
 //! `min_remaining`, we stop starting pulls from that host: the images are
 //! deferred to the next run, not failed with 429s.
 
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use reqwest::header::HeaderMap;
 
+use super::options::RateLimit;
 use crate::error::{Error, Result};
 
-/// `registries.<host>.rate_limit`: at most `requests` metered requests per
-/// `per`, with bursts of up to `burst` (default: `requests`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    pub requests: NonZeroU32,
-    pub per: Duration,
-    pub burst: Option<NonZeroU32>,
-}
-
-impl RateLimit {
-    fn quota(self) -> Quota {
-        // `Quota::per_hour(n)` would make the burst n; spread the requests
-        // evenly instead and allow the burst asked for.
-        let period = self.per / self.requests.get();
-        Quota::with_period(period.max(Duration::from_nanos(1)))
-            .expect("period is not zero")
-            .allow_burst(self.burst.unwrap_or(self.requests))
-    }
+/// The governor quota of a [`RateLimit`].
+fn quota(limit: RateLimit) -> Quota {
+    // `Quota::per_hour(n)` would make the burst n; spread the requests
+    // evenly instead and allow the burst asked for.
+    let period = limit.per / limit.requests.get();
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("period is not zero")
+        .allow_burst(limit.burst.unwrap_or(limit.requests))
 }
 
 /// What a registry said it has left.
@@ -80,7 +70,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(rate_limit: Option<RateLimit>, min_remaining: Option<u64>) -> Limits {
         Limits {
-            quota: rate_limit.map(|r| DefaultDirectRateLimiter::direct(r.quota())),
+            quota: rate_limit.map(|r| DefaultDirectRateLimiter::direct(quota(r))),
             min_remaining,
             budget: Mutex::new(None),
         }
@@ -245,15 +235,15 @@ mod tests {
     #[test]
     fn quota_spreads_requests_and_allows_the_burst() {
         let limit = RateLimit {
-            requests: NonZeroU32::new(100).unwrap(),
+            requests: std::num::NonZeroU32::new(100).unwrap(),
             per: Duration::from_secs(3600),
-            burst: Some(NonZeroU32::new(10).unwrap()),
+            burst: Some(std::num::NonZeroU32::new(10).unwrap()),
         };
-        let limiter = DefaultDirectRateLimiter::direct(limit.quota());
+        let limiter = DefaultDirectRateLimiter::direct(quota(limit));
         for n in 0..10 {
             assert!(limiter.check().is_ok(), "request {n} of the burst");
         }
         assert!(limiter.check().is_err(), "the 11th waits 36 s");
-        assert_eq!(limit.quota().replenish_interval(), Duration::from_secs(36));
+        assert_eq!(quota(limit).replenish_interval(), Duration::from_secs(36));
     }
 }

@@ -1,0 +1,311 @@
+//! The blob verbs: HEAD, GET (streamed, checked as it arrives), mount from
+//! a sibling repository, and one monolithic upload PUT from the spool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+
+use super::body::{Answer, header, neutral};
+use super::deadline::Watch;
+use super::http::resolve_link;
+use super::retry::{self, Attempt};
+use super::{Access, RegistryClient};
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, Result};
+use crate::manifest::Descriptor;
+use crate::reference::Repository;
+
+/// The result of a cross-repository mount request.
+#[derive(Debug)]
+pub enum Mount {
+    /// The registry linked the blob; nothing to upload.
+    Mounted,
+    /// The registry declined (spec: 202) and opened an upload session instead.
+    Declined { upload_url: String },
+}
+
+impl RegistryClient {
+    /// True when the repository has the blob (a HEAD).
+    pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
+        let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
+        Ok(self
+            .pull(repository, Method::HEAD, &url, &|r, _| r)
+            .await?
+            .is_some())
+    }
+
+    /// A blob's bytes as they arrive (each chunk within the idle deadline),
+    /// or `None` if the repository does not have it. The caller checks them.
+    pub async fn get_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<impl futures::Stream<Item = Result<Bytes>> + Send + use<>>> {
+        let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
+        Ok(self
+            .pull(repository, Method::GET, &url, &|r, _| r)
+            .await?
+            .map(Answer::chunks))
+    }
+
+    /// Streams a blob into `path`, checking digest and size as it goes.
+    /// Retries from the start on a broken transfer.
+    pub async fn download_blob(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+    ) -> Result<()> {
+        let url = self.url(repository, &["blobs", blob.digest.as_str()], &[])?;
+        retry::run(|| async {
+            let result = self.download_once(repository, blob, &url, path).await;
+            match &result {
+                Err(Error::Transport { source, .. }) if retry::transport_is_retryable(source) => {
+                    tracing::debug!(%url, error = %source, "blob download broke");
+                    Attempt::Transient {
+                        result,
+                        retry_after: None,
+                    }
+                }
+                Err(Error::Stalled { .. }) => {
+                    tracing::debug!(%url, "blob download stalled");
+                    Attempt::Transient {
+                        result,
+                        retry_after: None,
+                    }
+                }
+                _ => Attempt::Final(result),
+            }
+        })
+        .await
+    }
+
+    async fn download_once(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        url: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let answer = self
+            .pull(repository, Method::GET, url, &|r, _| r)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("{repository}@{}", blob.digest),
+            })?;
+        let file = crate::spool::create_file(path).await?;
+        let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
+        let mut chunks = std::pin::pin!(answer.chunks());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            verifier.update(&chunk);
+            if verifier.overrun() {
+                break;
+            }
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| crate::spool::write_error(path, e))?;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| crate::spool::write_error(path, e))?;
+        verifier.finish(&format!("blob {} from {repository}", blob.digest))
+    }
+
+    /// Asks the registry to link `digest` from `from` (same registry) into `repository`.
+    pub async fn mount_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Mount> {
+        let url = self.url(
+            repository,
+            &["blobs", "uploads", ""],
+            &[("mount", digest.as_str()), ("from", from)],
+        )?;
+        let access = Access::Mount {
+            to: &repository.path,
+            from,
+        };
+        let answer = self
+            .send(
+                repository,
+                access,
+                Method::POST,
+                &url,
+                &|r, _| r.header(CONTENT_LENGTH, 0),
+                true,
+            )
+            .await?;
+        match answer.response.status() {
+            StatusCode::CREATED => Ok(Mount::Mounted),
+            StatusCode::ACCEPTED => Ok(Mount::Declined {
+                upload_url: Self::location(&answer.response, &url)?,
+            }),
+            status => Err(Self::status_error(
+                "POST",
+                &url,
+                status,
+                answer.error_text().await,
+            )),
+        }
+    }
+
+    /// An upload session's URL from `Location`, relative ones (GHCR)
+    /// resolved against the request. Another origin is followed without
+    /// credentials (see `send`); `https` → `http` is refused.
+    fn location(response: &Response, url: &str) -> Result<String> {
+        let location = header(response, LOCATION.as_str()).ok_or_else(|| {
+            Self::status_error(
+                "POST",
+                url,
+                response.status(),
+                "no `Location` header".into(),
+            )
+        })?;
+        resolve_link(url, location, "upload `Location`")
+    }
+
+    /// Uploads the blob in `path` with one monolithic PUT (GHCR and ECR break
+    /// on chunked PATCH uploads). `session` is an upload URL already opened
+    /// (a declined mount). Retries the whole upload on transient failures.
+    pub async fn upload_blob(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+        session: Option<String>,
+    ) -> Result<()> {
+        let session = Mutex::new(session);
+        retry::run(|| async {
+            let session = session.lock().expect("session lock poisoned").take();
+            let result = self.upload_once(repository, blob, path, session).await;
+            // The PUT is sent once per attempt (its body is a stream), so its
+            // failures are retried here, with a new upload session; the POST
+            // that opens a session was already retried where it was sent.
+            let retryable = match &result {
+                Err(Error::Transport { method, source, .. }) => {
+                    method == "PUT" && retry::transport_is_retryable(source)
+                }
+                Err(Error::Status { method, status, .. }) => {
+                    method == "PUT" && retry::status_is_retryable(*status)
+                }
+                _ => false,
+            };
+            if retryable {
+                tracing::debug!(repository = %repository, digest = %blob.digest, "upload failed; retrying from the spool");
+                Attempt::Transient {
+                    result,
+                    retry_after: None,
+                }
+            } else {
+                Attempt::Final(result)
+            }
+        })
+        .await
+    }
+
+    async fn upload_once(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+        session: Option<String>,
+    ) -> Result<()> {
+        let upload_url = match session {
+            Some(url) => url,
+            None => {
+                let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
+                let answer = self
+                    .send(
+                        repository,
+                        Access::Push(&repository.path),
+                        Method::POST,
+                        &url,
+                        &|r, _| r.header(CONTENT_LENGTH, 0),
+                        true,
+                    )
+                    .await?;
+                if answer.response.status() != StatusCode::ACCEPTED {
+                    let status = answer.response.status();
+                    return Err(Self::status_error(
+                        "POST",
+                        &url,
+                        status,
+                        answer.error_text().await,
+                    ));
+                }
+                Self::location(&answer.response, &url)?
+            }
+        };
+        let on_disk = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?
+            .len();
+        if on_disk != blob.size {
+            return Err(Error::SizeMismatch {
+                digest: blob.digest.clone(),
+                expected: blob.size,
+                actual: on_disk,
+            });
+        }
+        let mut url = url::Url::parse(&upload_url).map_err(|_| Error::Limit {
+            what: format!("upload `Location` `{}`", neutral(&upload_url)),
+            reason: "not a URL".into(),
+        })?;
+        url.query_pairs_mut()
+            .append_pair("digest", blob.digest.as_str());
+        let url = url.to_string();
+        let path = path.to_path_buf();
+        let size = blob.size;
+        let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
+            // Opened per attempt; `send` builds the request once (not idempotent).
+            // The body reports its progress: a target that stops reading
+            // stalls the upload, a slow one that keeps reading never does.
+            let body = match std::fs::File::open(&path) {
+                Ok(file) => reqwest::Body::wrap_stream(watch.body(
+                    tokio_util::io::ReaderStream::with_capacity(
+                        tokio::fs::File::from_std(file),
+                        256 * 1024,
+                    ),
+                )),
+                // Never an empty body standing in for the blob: the request fails.
+                Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {
+                    Err::<Bytes, _>(error)
+                })),
+            };
+            r.header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body)
+        };
+        let answer = self
+            .send(
+                repository,
+                Access::Push(&repository.path),
+                Method::PUT,
+                &url,
+                &build,
+                false,
+            )
+            .await?;
+        if answer.response.status() != StatusCode::CREATED {
+            let status = answer.response.status();
+            return Err(Self::status_error(
+                "PUT",
+                &upload_url,
+                status,
+                answer.error_text().await,
+            ));
+        }
+        Ok(())
+    }
+}
