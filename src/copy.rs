@@ -34,7 +34,7 @@ use crate::manifest::{Descriptor, Manifest};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::{Mount, RegistryClient};
-use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer};
+use crate::report::{Failure, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
@@ -76,8 +76,11 @@ impl Default for Options {
     }
 }
 
-/// Told about each job as it finishes (progress bars live in the binary).
+/// Told about the run as it goes (progress bars live in the binary).
 pub trait Reporter: Send + Sync {
+    /// The run starts, with this many image × tag jobs.
+    fn started(&self, _jobs: usize) {}
+
     /// One job's outcomes, one per destination.
     fn job_finished(&self, outcomes: &[Outcome]);
 }
@@ -126,36 +129,16 @@ fn cancelled(job: &Job) -> Vec<Outcome> {
     job.destinations
         .iter()
         .map(|d| Outcome {
-            image: job.image.clone(),
-            tag: d.tag.clone(),
-            target: d.name.clone(),
-            destination: d.reference(),
             source_digest: job.pinned.clone(),
-            before: None,
-            after: None,
-            status: Status::Cancelled,
-            failure: None,
-            transfer: Transfer::default(),
-            duration: std::time::Duration::ZERO,
+            ..Outcome::new(
+                &job.image,
+                &d.tag,
+                &d.name,
+                d.reference(),
+                Status::Cancelled,
+            )
         })
         .collect()
-}
-
-fn failure_of(error: &Error) -> Failure {
-    if let Some(until) = error.rate_limited_until() {
-        return Failure {
-            retry_at: until,
-            ..Failure::of(FailureKind::RateLimited, error)
-        };
-    }
-    let kind = if error.is_auth() {
-        FailureKind::Auth
-    } else if matches!(error.root(), Error::Verification { .. }) {
-        FailureKind::Verification
-    } else {
-        FailureKind::Other
-    };
-    Failure::of(kind, error)
 }
 
 impl Engine {
@@ -175,6 +158,7 @@ impl Engine {
     pub async fn run(&self, jobs: &[Job], reporter: &dyn Reporter) -> Summary {
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();
+        reporter.started(jobs.len());
         // Jobs wait on each other only through registry permits (in the
         // client) and the per-object write cells.
         let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())
@@ -225,41 +209,25 @@ impl Engine {
                        source: Option<&Digest>,
                        before: Option<Digest>,
                        result: Result<(Status, Transfer)>| {
-            let (status, transfer, failure) = match result {
-                Ok((status, transfer)) => (status, transfer, None),
-                Err(error) => {
-                    let failure = failure_of(&error);
-                    let status = if failure.kind == FailureKind::RateLimited {
-                        Status::Deferred
-                    } else {
-                        Status::Failed
-                    };
-                    (status, Transfer::default(), Some(failure))
-                }
+            let base = Outcome {
+                source_digest: source.cloned(),
+                before: before.clone(),
+                duration: started.elapsed(),
+                ..Outcome::new(&job.image, &d.tag, &d.name, d.reference(), Status::Failed)
             };
             // Copied is only reported after the tag was HEADed back; a
             // failed target's state is unknown.
-            let after = match status {
-                _ if failure.is_some() => None,
-                Status::Copied | Status::Present => source.cloned(),
-                Status::Planned
-                | Status::Verified
-                | Status::Failed
-                | Status::Deferred
-                | Status::Cancelled => before.clone(),
-            };
-            let outcome = Outcome {
-                image: job.image.clone(),
-                tag: d.tag.clone(),
-                target: d.name.clone(),
-                destination: d.reference(),
-                source_digest: source.cloned(),
-                before,
-                after,
-                status,
-                failure,
-                transfer,
-                duration: started.elapsed(),
+            let outcome = match result {
+                Ok((status, transfer)) => Outcome {
+                    status,
+                    transfer,
+                    after: match status {
+                        Status::Copied | Status::Present => source.cloned(),
+                        _ => before,
+                    },
+                    ..base
+                },
+                Err(error) => base.failed(Failure::from(&error)),
             };
             match &outcome.failure {
                 Some(failure) => tracing::error!(
@@ -274,10 +242,10 @@ impl Engine {
                     job.image,
                     d.tag,
                     outcome.destination,
-                    status.as_str(),
-                    transfer.blobs_uploaded,
-                    transfer.blobs_mounted,
-                    transfer.blobs_skipped
+                    outcome.status.as_str(),
+                    outcome.transfer.blobs_uploaded,
+                    outcome.transfer.blobs_mounted,
+                    outcome.transfer.blobs_skipped
                 ),
             }
             outcome

@@ -8,67 +8,13 @@
 //! sets, and GitHub Enterprise uses), else `https://api.github.com`, with
 //! `$GITHUB_TOKEN` when set: unauthenticated callers get 60 requests an hour.
 
-use std::collections::BTreeMap;
-
 use crate::error::{Error, Result};
-use crate::reference::valid_tag;
+use crate::plan::tags::Releases;
 
 /// Releases are read 100 to a page; at most this many pages (newest first).
 const MAX_PAGES: u32 = 10;
 
-/// A project whose release tags select image tags.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Releases {
-    pub owner: String,
-    pub repo: String,
-    /// Applied in order to each release tag.
-    pub replace: Vec<(String, String)>,
-}
-
 impl Releases {
-    /// `owner/repo`, with the replacements (default `+` → `-`).
-    pub fn new(project: &str, replace: Option<&BTreeMap<String, String>>) -> Result<Self, String> {
-        let valid = |part: &str| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        let Some((owner, repo)) = project
-            .split_once('/')
-            .filter(|(o, r)| valid(o) && valid(r))
-        else {
-            return Err(format!(
-                "`{project}` is not a GitHub project; write `owner/repo`, e.g. `k3s-io/k3s`"
-            ));
-        };
-        let replace = match replace {
-            Some(map) => {
-                if let Some(from) = map.keys().find(|from| from.is_empty()) {
-                    return Err(format!("replace: `{from}` is empty; nothing to replace"));
-                }
-                map.iter().map(|(f, t)| (f.clone(), t.clone())).collect()
-            }
-            None => vec![("+".to_string(), "-".to_string())],
-        };
-        Ok(Releases {
-            owner: owner.to_string(),
-            repo: repo.to_string(),
-            replace,
-        })
-    }
-
-    /// A release tag as an image tag, or `None` if it cannot be one.
-    pub fn image_tag(&self, release_tag: &str) -> Option<String> {
-        let tag = self
-            .replace
-            .iter()
-            .fold(release_tag.to_string(), |tag, (from, to)| {
-                tag.replace(from, to)
-            });
-        valid_tag(&tag).then_some(tag)
-    }
-
     /// The project's published releases (drafts and pre-releases left
     /// out) as (release tag, image tag), newest release first.
     pub async fn image_tags(&self) -> Result<Vec<(String, String)>> {
@@ -150,31 +96,5 @@ fn describe(error: &octocrab::Error) -> String {
             format!("{} {}{hint}", source.status_code, source.message)
         }
         other => crate::report::error_chain_parts(other).join(": "),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn release_tags_become_image_tags() {
-        let k3s = Releases::new("k3s-io/k3s", None).unwrap();
-        assert_eq!(
-            k3s.image_tag("v1.30.4+k3s1").as_deref(),
-            Some("v1.30.4-k3s1")
-        );
-        assert_eq!(k3s.image_tag("v1.31.1").as_deref(), Some("v1.31.1"));
-        // Not a tag even after replacing.
-        assert_eq!(k3s.image_tag("release/1.0"), None);
-        let mut map = BTreeMap::new();
-        map.insert("+".to_string(), "_".to_string());
-        let custom = Releases::new("o/r", Some(&map)).unwrap();
-        assert_eq!(custom.image_tag("v1+k3s1").as_deref(), Some("v1_k3s1"));
-        for bad in ["k3s", "/k3s", "k3s-io/", "a/b/c", "a b/c"] {
-            assert!(Releases::new(bad, None).is_err(), "{bad}");
-        }
-        map.insert(String::new(), "x".to_string());
-        assert!(Releases::new("o/r", Some(&map)).is_err());
     }
 }

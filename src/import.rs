@@ -782,7 +782,7 @@ metadata: {name: regsync}
             ("^v1", "xv1", false),
         ];
         for (pattern, tag, expected) in cases {
-            let regex = crate::tags::anchored(&skopeo_regex(pattern)).unwrap();
+            let regex = crate::plan::tags::anchored(&skopeo_regex(pattern)).unwrap();
             assert_eq!(regex.is_match(tag), expected, "{pattern} vs {tag}");
         }
     }

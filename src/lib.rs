@@ -48,10 +48,10 @@ pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod run;
 pub mod shard;
 pub mod source;
 pub mod spool;
-pub mod tags;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -16,8 +16,9 @@ use crate::reference::{Reference, Repository, valid_tag};
 use crate::registry::options::RegistryOptions;
 
 mod registries;
+pub mod tags;
 use crate::source::Source;
-use crate::tags::{TagFilter, anchored, semver_range};
+use tags::{Releases, TagFilter, anchored, semver_range};
 
 /// One place to write an image: a named target's repository and the tag to set.
 #[derive(Clone, Debug)]
@@ -56,7 +57,7 @@ pub struct Job {
 }
 
 /// An image whose tags come from a selector: its jobs are known only once
-/// the source's tag list is read ([`crate::tags::expand`]).
+/// the source's tag list is read ([`crate::run::jobs`]).
 #[derive(Clone, Debug)]
 pub struct TagQuery {
     /// The image entry's name.
@@ -475,7 +476,7 @@ fn compile_selector(
         ));
     }
     let github = selector.github_releases.as_ref().and_then(|project| {
-        crate::github::Releases::new(&project.value, selector.replace.as_ref().map(|r| &r.value))
+        Releases::new(&project.value, selector.replace.as_ref().map(|r| &r.value))
             .map_err(|message| {
                 problems.push(problem_at(
                     project,
@@ -558,6 +559,66 @@ pub fn drop_repeated_destinations(jobs: &mut [Job]) -> usize {
         );
     }
     dropped
+}
+
+impl Plan {
+    /// The plan of `regmirror copy SRC DST…`: one image (a reference, or
+    /// `oci:DIR[:TAG]`) to each destination, under the tag it names, else
+    /// the source's, else `latest`. A destination with a digest is refused:
+    /// the digest is the source's.
+    pub fn for_copy(source: &str, destinations: &[String], referrers: bool) -> crate::Result<Plan> {
+        let (source, reference, pinned, default_tag) = match crate::layout::parse_source(source) {
+            Some((dir, tag)) => {
+                let layout = crate::layout::Layout::open(&dir)?;
+                let digest = layout.resolve(tag.as_deref())?.digest;
+                (
+                    Source::Layout(layout),
+                    digest.to_string(),
+                    Some(digest),
+                    tag,
+                )
+            }
+            None => {
+                let reference: Reference = source.parse()?;
+                (
+                    Source::Registry(reference.repository.clone()),
+                    reference.manifest_reference(),
+                    reference.digest.clone(),
+                    reference.tag.clone(),
+                )
+            }
+        };
+        let mut resolved = Vec::new();
+        for destination in destinations {
+            let reference: Reference = destination.parse()?;
+            if reference.digest.is_some() {
+                return Err(crate::Error::Reference {
+                    input: destination.clone(),
+                    reason: "a destination takes a tag; give a tag, not a digest (the digest is the source's)".into(),
+                });
+            }
+            let tag = reference
+                .tag
+                .or_else(|| default_tag.clone())
+                .unwrap_or_else(|| "latest".to_string());
+            resolved.push(Destination {
+                name: destination.clone(),
+                repository: reference.repository,
+                tag,
+            });
+        }
+        Ok(Plan {
+            jobs: vec![Job {
+                image: source.to_string(),
+                source: Arc::new(source),
+                reference,
+                pinned,
+                destinations: resolved,
+                referrers,
+            }],
+            ..Plan::default()
+        })
+    }
 }
 
 /// Parses and resolves a file's text.

@@ -91,7 +91,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure from a library error.
+    /// A failure of `kind` from an error.
     pub fn of(kind: FailureKind, error: &(dyn std::error::Error + 'static)) -> Failure {
         Failure {
             kind,
@@ -100,9 +100,41 @@ impl Failure {
         }
     }
 
+    /// A failure of `kind` described by one line.
+    pub fn text(kind: FailureKind, text: String) -> Failure {
+        Failure {
+            kind,
+            chain: vec![text],
+            retry_at: None,
+        }
+    }
+
     /// The chain on one line: `error: cause: cause`.
     pub fn message(&self) -> String {
         self.chain.join(": ")
+    }
+}
+
+/// The one rule for what an error means to a run, wherever it happened
+/// (listing tags, copying, verifying): a spent rate limit defers the work to
+/// the next run (exit code unchanged); authentication is exit 3; a digest
+/// that does not match is exit 4; anything else exit 1.
+impl From<&crate::Error> for Failure {
+    fn from(error: &crate::Error) -> Failure {
+        if let Some(until) = error.rate_limited_until() {
+            return Failure {
+                retry_at: until,
+                ..Failure::of(FailureKind::RateLimited, error)
+            };
+        }
+        let kind = if error.is_auth() {
+            FailureKind::Auth
+        } else if matches!(error.root(), crate::Error::Verification { .. }) {
+            FailureKind::Verification
+        } else {
+            FailureKind::Other
+        };
+        Failure::of(kind, error)
     }
 }
 
@@ -160,6 +192,47 @@ pub struct Summary {
     /// The exit code of the signal that stopped the run (130 for SIGINT,
     /// 143 for SIGTERM), if one did.
     pub interrupted: Option<i32>,
+}
+
+impl Outcome {
+    /// Nothing happened yet for `image:tag` at `target` (`destination`):
+    /// the base the other constructors fill in.
+    pub fn new(
+        image: &str,
+        tag: &str,
+        target: &str,
+        destination: String,
+        status: Status,
+    ) -> Outcome {
+        Outcome {
+            image: image.to_string(),
+            tag: tag.to_string(),
+            target: target.to_string(),
+            destination,
+            source_digest: None,
+            before: None,
+            after: None,
+            status,
+            failure: None,
+            transfer: Transfer::default(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// `failure` happened: `deferred` for a spent rate limit, else `failed`
+    /// (the rule of [`Failure::from`]).
+    pub fn failed(self, failure: Failure) -> Outcome {
+        let status = if failure.kind == FailureKind::RateLimited {
+            Status::Deferred
+        } else {
+            Status::Failed
+        };
+        Outcome {
+            status,
+            failure: Some(failure),
+            ..self
+        }
+    }
 }
 
 /// The error and each cause, outermost first; a cause whose text the

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::RegistryClient;
-use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer, render_table};
+use crate::report::{Failure, FailureKind, Outcome, Status, Summary, render_table};
 use crate::source::Image;
 
 /// What a target has for one image × tag.
@@ -33,8 +33,8 @@ pub enum State {
     Missing,
     /// The digest matches but parts are missing (`--deep`).
     Incomplete(Vec<String>),
-    /// We could not tell: the error and its causes.
-    Error { auth: bool, chain: Vec<String> },
+    /// We could not tell: the error, as every run classifies it.
+    Error(Failure),
     /// `--anonymous`: the registry wants credentials to pull it.
     Private(String),
 }
@@ -89,10 +89,7 @@ pub async fn verify(
 }
 
 fn error_state(error: &Error) -> State {
-    State::Error {
-        auth: error.is_auth(),
-        chain: crate::report::error_chain_parts(error),
-    }
+    State::Error(Failure::from(error))
 }
 
 async fn verify_job(
@@ -273,13 +270,7 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
     let outcomes = checks
         .iter()
         .map(|c| {
-            let failure = |kind, text: String| {
-                Some(Failure {
-                    kind,
-                    chain: vec![text],
-                    retry_at: None,
-                })
-            };
+            let failure = |kind, text: String| Some(Failure::text(kind, text));
             let failure = match &c.state {
                 State::Match => None,
                 State::Missing => failure(
@@ -306,32 +297,23 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                         c.destination
                     ),
                 ),
-                State::Error { auth, chain } => Some(Failure {
-                    kind: if *auth {
-                        FailureKind::Auth
-                    } else {
-                        FailureKind::Other
-                    },
-                    chain: chain.clone(),
-                    retry_at: None,
-                }),
+                State::Error(failure) => Some(failure.clone()),
             };
-            Outcome {
-                image: c.image.clone(),
-                tag: c.tag.clone(),
-                target: c.target.clone(),
-                destination: c.destination.clone(),
+            let outcome = Outcome {
                 source_digest: c.source.clone(),
                 before: c.found.clone(),
                 after: c.found.clone(),
-                status: if failure.is_some() {
-                    Status::Failed
-                } else {
-                    Status::Verified
-                },
-                failure,
-                transfer: Transfer::default(),
-                duration: std::time::Duration::ZERO,
+                ..Outcome::new(
+                    &c.image,
+                    &c.tag,
+                    &c.target,
+                    c.destination.clone(),
+                    Status::Verified,
+                )
+            };
+            match failure {
+                Some(failure) => outcome.failed(failure),
+                None => outcome,
             }
         })
         .collect();
@@ -358,7 +340,10 @@ pub fn table(checks: &[Check]) -> String {
                 State::Mismatch => "MISMATCH".to_string(),
                 State::Missing => "MISSING".to_string(),
                 State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
-                State::Error { .. } => "ERROR".to_string(),
+                State::Error(failure) if failure.kind == FailureKind::RateLimited => {
+                    "DEFERRED".to_string()
+                }
+                State::Error(_) => "ERROR".to_string(),
                 State::Private(_) => "PRIVATE".to_string(),
             };
             vec![
@@ -382,8 +367,8 @@ pub fn table(checks: &[Check]) -> String {
                     out.push_str(&format!("  {} lacks {part}\n", c.destination));
                 }
             }
-            State::Error { chain, .. } => {
-                out.push_str(&format!("  {}: {}\n", c.destination, chain.join(": ")))
+            State::Error(failure) => {
+                out.push_str(&format!("  {}: {}\n", c.destination, failure.message()))
             }
             State::Private(_) => out.push_str(&format!(
                 "  {} cannot be pulled without credentials: make the package public (GHCR: package settings → Change visibility, or the organization's default)\n",

@@ -24,7 +24,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, OCI_INDEX};
 use crate::plan::{Destination, Job};
-use crate::report::{Outcome, Status, Transfer};
+use crate::report::{Failure, Outcome, Status, Transfer};
 use crate::source::Source;
 
 /// cosign's tag suffixes: signatures, attestations, SBOMs.
@@ -281,34 +281,34 @@ fn outcome(
     digest: Option<Digest>,
     result: std::result::Result<&Transfer, &Error>,
 ) -> Outcome {
-    let (status, transfer, failure) = match result {
-        Ok(transfer) => (Status::Copied, *transfer, None),
-        Err(error) => (
-            Status::Failed,
-            Transfer::default(),
-            Some(super::failure_of(error)),
-        ),
-    };
-    if let Some(failure) = &failure {
-        tracing::error!(
-            "{}: referrers → {}:{tag}: {}",
-            job.image,
-            destination.repository,
-            failure.message()
-        );
-    }
-    Outcome {
-        image: job.image.clone(),
-        tag: tag.to_string(),
-        target: destination.name.clone(),
-        destination: format!("{}:{tag}", destination.repository),
-        source_digest: digest.clone(),
-        before: None,
-        after: digest,
-        status,
-        failure,
-        transfer,
-        duration: std::time::Duration::ZERO,
+    let base = Outcome::new(
+        &job.image,
+        tag,
+        &destination.name,
+        format!("{}:{tag}", destination.repository),
+        Status::Copied,
+    );
+    match result {
+        Ok(transfer) => Outcome {
+            source_digest: digest.clone(),
+            after: digest,
+            transfer: *transfer,
+            ..base
+        },
+        Err(error) => {
+            let failure = Failure::from(error);
+            tracing::error!(
+                "{}: referrers → {}:{tag}: {}",
+                job.image,
+                destination.repository,
+                failure.message()
+            );
+            Outcome {
+                source_digest: digest,
+                ..base
+            }
+            .failed(failure)
+        }
     }
 }
 

@@ -12,21 +12,12 @@
 //! range may be written npm-style (`>=16 <18`, `>= 2.6.1`, `^1.2 || ^2`),
 //! and pre-releases (`1.0.0-rc.1`) are left out unless the range names one.
 
-use futures::{StreamExt, stream};
+use std::collections::{BTreeMap, HashMap};
+
 use regex::Regex;
 use semver::{Version, VersionReq};
 
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-
-use crate::github::Releases;
-use crate::plan::{Job, TagQuery};
-use crate::reference::Repository;
-use crate::registry::RegistryClient;
-use crate::report::{Failure, FailureKind, Outcome, Status, Transfer};
-
-/// Tag lists read at once.
-const LISTS_IN_FLIGHT: usize = 4;
+use crate::reference::valid_tag;
 
 /// A compiled selector.
 #[derive(Clone, Debug)]
@@ -40,7 +31,7 @@ pub struct TagFilter {
     /// Keep only the newest N, in version order.
     pub latest: Option<usize>,
     /// Candidates come from a GitHub project's releases, not the tag list.
-    pub github: Option<crate::github::Releases>,
+    pub github: Option<Releases>,
     /// The selector as written, for messages and `plan`.
     pub text: String,
 }
@@ -165,110 +156,84 @@ impl TagFilter {
     }
 }
 
-/// Reads each query's source tag list and turns the selected tags into
-/// jobs, in query order. A repository several queries select from is listed
-/// once. A source whose tags cannot be listed fails that image on each of
-/// its targets (reported, not fatal to the others).
-pub async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec<Outcome>) {
-    let mut repositories: Vec<&Repository> = queries.iter().map(|q| &q.repository).collect();
-    repositories.sort_by_key(|r| r.to_string());
-    repositories.dedup();
-    let lists: HashMap<&Repository, crate::Result<Vec<String>>> = stream::iter(repositories)
-        .map(|repository| async move { (repository, client.list_tags(repository).await) })
-        .buffer_unordered(LISTS_IN_FLIGHT)
-        .collect()
-        .await;
-    let mut projects: Vec<&Releases> = queries
-        .iter()
-        .filter_map(|q| q.filter.github.as_ref())
-        .collect();
-    projects.sort_by_key(|p| (p.owner.clone(), p.repo.clone()));
-    projects.dedup();
-    let releases: HashMap<&Releases, crate::Result<Vec<(String, String)>>> = stream::iter(projects)
-        .map(|project| async move { (project, project.image_tags().await) })
-        .buffer_unordered(LISTS_IN_FLIGHT)
-        .collect()
-        .await;
-    let mut jobs = Vec::new();
-    let mut failures = Vec::new();
-    for query in queries {
-        let mut versions = HashMap::new();
-        let candidates: Result<Cow<[String]>, &crate::Error> =
-            match (&lists[&query.repository], &query.filter.github) {
-                (Err(error), _) => Err(error),
-                (Ok(available), None) => Ok(Cow::Borrowed(available)),
-                (Ok(available), Some(project)) => match &releases[project] {
-                    // Releases whose image the source does not have (yet)
-                    // are left out: a release is often out before its image.
-                    Ok(released) => {
-                        let have: HashSet<&String> = available.iter().collect();
-                        Ok(Cow::Owned(
-                            released
-                                .iter()
-                                .filter(|(_, tag)| have.contains(tag))
-                                .map(|(release, tag)| {
-                                    versions.insert(tag.clone(), release.clone());
-                                    tag.clone()
-                                })
-                                .collect(),
-                        ))
-                    }
-                    Err(error) => Err(error),
-                },
-            };
-        match candidates {
-            Ok(available) => {
-                let available: &[String] = &available;
-                let tags = query.filter.select_versioned(available, &versions);
-                tracing::info!(
-                    "{}: {} of {} tags selected by {}",
-                    query.image,
-                    tags.len(),
-                    available.len(),
-                    query.filter.text
-                );
-                if tags.is_empty() {
-                    tracing::warn!(
-                        "{}: {} selects none of the {} tags of {}",
-                        query.image,
-                        query.filter.text,
-                        available.len(),
-                        query.repository
-                    );
+/// A project whose release tags select image tags.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Releases {
+    pub owner: String,
+    pub repo: String,
+    /// Applied in order to each release tag.
+    pub replace: Vec<(String, String)>,
+}
+
+impl Releases {
+    /// `owner/repo`, with the replacements (default `+` → `-`).
+    pub fn new(project: &str, replace: Option<&BTreeMap<String, String>>) -> Result<Self, String> {
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let Some((owner, repo)) = project
+            .split_once('/')
+            .filter(|(o, r)| valid(o) && valid(r))
+        else {
+            return Err(format!(
+                "`{project}` is not a GitHub project; write `owner/repo`, e.g. `k3s-io/k3s`"
+            ));
+        };
+        let replace = match replace {
+            Some(map) => {
+                if let Some(from) = map.keys().find(|from| from.is_empty()) {
+                    return Err(format!("replace: `{from}` is empty; nothing to replace"));
                 }
-                jobs.extend(query.jobs(&tags));
+                map.iter().map(|(f, t)| (f.clone(), t.clone())).collect()
             }
-            Err(error) => {
-                let kind = if error.is_auth() {
-                    FailureKind::Auth
-                } else {
-                    FailureKind::Other
-                };
-                tracing::error!("{}: list tags: {error}", query.image);
-                for (target, repository) in &query.targets {
-                    failures.push(Outcome {
-                        image: query.image.clone(),
-                        tag: query.filter.text.clone(),
-                        target: target.clone(),
-                        destination: repository.to_string(),
-                        source_digest: None,
-                        before: None,
-                        after: None,
-                        status: Status::Failed,
-                        failure: Some(Failure::of(kind, error)),
-                        transfer: Transfer::default(),
-                        duration: std::time::Duration::ZERO,
-                    });
-                }
-            }
-        }
+            None => vec![("+".to_string(), "-".to_string())],
+        };
+        Ok(Releases {
+            owner: owner.to_string(),
+            repo: repo.to_string(),
+            replace,
+        })
     }
-    (jobs, failures)
+
+    /// A release tag as an image tag, or `None` if it cannot be one.
+    pub fn image_tag(&self, release_tag: &str) -> Option<String> {
+        let tag = self
+            .replace
+            .iter()
+            .fold(release_tag.to_string(), |tag, (from, to)| {
+                tag.replace(from, to)
+            });
+        valid_tag(&tag).then_some(tag)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_tags_become_image_tags() {
+        let k3s = Releases::new("k3s-io/k3s", None).unwrap();
+        assert_eq!(
+            k3s.image_tag("v1.30.4+k3s1").as_deref(),
+            Some("v1.30.4-k3s1")
+        );
+        assert_eq!(k3s.image_tag("v1.31.1").as_deref(), Some("v1.31.1"));
+        // Not a tag even after replacing.
+        assert_eq!(k3s.image_tag("release/1.0"), None);
+        let mut map = BTreeMap::new();
+        map.insert("+".to_string(), "_".to_string());
+        let custom = Releases::new("o/r", Some(&map)).unwrap();
+        assert_eq!(custom.image_tag("v1+k3s1").as_deref(), Some("v1_k3s1"));
+        for bad in ["k3s", "/k3s", "k3s-io/", "a/b/c", "a b/c"] {
+            assert!(Releases::new(bad, None).is_err(), "{bad}");
+        }
+        map.insert(String::new(), "x".to_string());
+        assert!(Releases::new("o/r", Some(&map)).is_err());
+    }
 
     fn filter(
         regex: Option<&str>,

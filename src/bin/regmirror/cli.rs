@@ -1,0 +1,182 @@
+//! The command line, as clap reads it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use regmirror::shard::Shard;
+
+#[derive(Parser)]
+#[command(
+    name = "regmirror",
+    version,
+    about = "Mirror container images byte for byte to the registries you control, and prove every target serves the same digest."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Plain log lines instead of a progress bar, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// The mirror configuration.
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "mirror.yaml",
+        env = "REGMIRROR_CONFIG"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SelectionArgs {
+    /// Only images whose name matches (a name or a glob like `k3s*`); repeatable.
+    #[arg(long, value_name = "NAME|GLOB")]
+    pub only: Vec<String>,
+    /// Only these targets; repeatable.
+    #[arg(long = "target", value_name = "NAME")]
+    pub targets: Vec<String>,
+    /// Only the images in shard I of N (by a hash of the image name; see `plan --matrix`).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct ReportArgs {
+    /// Write a JSON report of the run (shape: `regmirror schema --report`).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Append a markdown summary (default: `$GITHUB_STEP_SUMMARY` when set).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "GITHUB_STEP_SUMMARY",
+        hide_env_values = true
+    )]
+    pub summary: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Bring every selected image × tag × target up to date, then verify what was written.
+    Sync {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only compare digests (HEAD requests) and report what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also check every child manifest and blob on targets that have the tag, and repair what is missing.
+        #[arg(long)]
+        deep: bool,
+        /// Image × tag jobs in flight at once.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Compare the digest at the source and at every target; exit 4 on any difference.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Also check that every child manifest and blob is present on each target.
+        #[arg(long)]
+        deep: bool,
+        /// With `--deep`: GET every manifest and blob on each target and hash
+        /// it, instead of a HEAD (finds stored bytes that were corrupted;
+        /// costs a download of every image from every target).
+        #[arg(long, requires = "deep")]
+        content: bool,
+        /// Read the targets without credentials, as anyone pulling would, and
+        /// name those that are private (GHCR makes new packages private).
+        #[arg(long)]
+        anonymous: bool,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Copy one image (all platforms) to one or more destinations.
+    Copy {
+        /// `REGISTRY/REPOSITORY[:TAG|@DIGEST]` or `oci:DIR[:TAG]`.
+        source: String,
+        /// `REGISTRY/REPOSITORY[:TAG]`; the tag defaults to the source's.
+        #[arg(required = true)]
+        destinations: Vec<String>,
+        /// Leave out what refers to the image (signatures, SBOMs, attestations).
+        #[arg(long)]
+        no_referrers: bool,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Print a `mirror.yaml` equivalent to another tool's configuration; what cannot be carried over is listed on stderr.
+    Import {
+        /// The tool that reads FILE.
+        #[arg(long, value_enum)]
+        from: ImportFormat,
+        /// The other tool's configuration.
+        file: PathBuf,
+        /// skopeo only: the destination prefix (what `skopeo sync` takes on its command line).
+        #[arg(long, value_name = "REGISTRY/PREFIX")]
+        dest: Option<String>,
+    },
+    /// Print the JSON Schema of `mirror.yaml` (or, with `--report`, of the `--json` report).
+    Schema {
+        /// The `--json` report's schema instead.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Print the resolved work (images, tags, targets, pinned digests) without contacting any registry.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Print a GitHub Actions matrix of at most N shards, balanced by tag count, as JSON.
+        #[arg(long, value_name = "N")]
+        matrix: Option<usize>,
+    },
+    /// List the images that Kubernetes manifests, Helm values, compose files, workflows and Dockerfiles under PATH pull, by registry, and which `mirror.yaml` does not mirror.
+    Audit {
+        /// Files or directories to read.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The mirror configuration to compare with (skipped when the default is absent).
+        #[arg(short = 'c', long = "config", env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+        /// Also print the `images:` entries that would mirror what is not mirrored.
+        #[arg(long)]
+        suggest: bool,
+    },
+    /// Write containerd registry host files (`DIR/<upstream>/hosts.toml`) that pull from the mirrors first.
+    ContainerdHosts {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Where to write them (containerd's `config_path`, e.g. `/etc/containerd/certs.d`).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Validate the configuration and print the size of the resolved plan.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// regclient's regsync (`regsync.yml`).
+    Regsync,
+    /// `skopeo sync --src yaml`.
+    Skopeo,
+}

@@ -1,0 +1,237 @@
+//! One function per command: load what it needs, call the library, print.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{Context, anyhow};
+use regmirror::copy::Options;
+use regmirror::import;
+use regmirror::plan::{self, Plan, Selection};
+use regmirror::report::{github, json};
+use regmirror::{run as library, shard, verify};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, ConfigArgs, ImportFormat, ReportArgs, SelectionArgs};
+use crate::progress::Progress;
+use crate::{reports, signals};
+
+/// An error with the exit code it deserves.
+pub struct Failure {
+    /// 1 for a run's error, 2 for config or usage.
+    pub code: u8,
+    /// What went wrong, with its causes.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+/// A config or usage error: exit 2.
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
+}
+
+fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Plan, Failure> {
+    let name = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read `{name}`"))
+        .map_err(usage)?;
+    let plan = plan::load(&name, &text).map_err(|problems| usage(anyhow!(problems)))?;
+    match selection {
+        Some(args) => {
+            let plan = plan
+                .select(&Selection {
+                    only: args.only.clone(),
+                    targets: args.targets.clone(),
+                })
+                .map_err(|message| usage(anyhow!(message)))?;
+            Ok(match &args.shard {
+                Some(shard) => plan.shard(shard),
+                None => plan,
+            })
+        }
+        None => Ok(plan),
+    }
+}
+
+/// Runs the command `cli` names; its exit code.
+pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Import { from, file, dest } => import(from, &file, dest.as_deref()),
+        Command::Schema { report } => {
+            print!(
+                "{}",
+                if report {
+                    json::schema()
+                } else {
+                    regmirror::config::schema()
+                }
+            );
+            Ok(0)
+        }
+        Command::Plan {
+            config,
+            selection,
+            matrix,
+        } => {
+            let plan = load_plan(&config, Some(&selection))?;
+            match matrix {
+                Some(jobs) => {
+                    let matrix = shard::matrix(&plan, jobs);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&matrix).expect("plain data serializes")
+                    );
+                }
+                None => print!("{}", plan.table()),
+            }
+            Ok(0)
+        }
+        Command::Audit {
+            paths,
+            config,
+            suggest,
+        } => audit(&paths, config, suggest),
+        Command::ContainerdHosts { config, out } => containerd_hosts(&config, &out),
+        Command::Check { config } => {
+            let plan = load_plan(&config, None)?;
+            println!("{}: ok; {}", config.config.display(), plan.size());
+            Ok(0)
+        }
+        Command::Sync {
+            config,
+            selection,
+            dry_run,
+            deep,
+            jobs,
+            report,
+        } => {
+            let plan = load_plan(&config, Some(&selection))?;
+            let options = Options {
+                dry_run,
+                deep,
+                jobs,
+                ..Options::default()
+            };
+            sync("sync", plan, options, show_progress, &report).await
+        }
+        Command::Copy {
+            source,
+            destinations,
+            no_referrers,
+            report,
+        } => {
+            let plan = Plan::for_copy(&source, &destinations, !no_referrers)
+                .map_err(|e| usage(e.into()))?;
+            sync("copy", plan, Options::default(), false, &report).await
+        }
+        Command::Verify {
+            config,
+            selection,
+            deep,
+            content,
+            anonymous,
+            report,
+        } => {
+            let depth = match (deep, content) {
+                (_, true) => verify::Depth::Content,
+                (true, false) => verify::Depth::Parts,
+                (false, false) => verify::Depth::Tag,
+            };
+            let plan = load_plan(&config, Some(&selection))?;
+            let (checks, summary) = library::verify(plan, depth, anonymous).await?;
+            print!("{}", github::neutralize(&verify::table(&checks)));
+            reports::write("verify", &summary, &report);
+            Ok(summary.exit_code() as u8)
+        }
+    }
+}
+
+/// `sync` and `copy`: the run, stopped cleanly by a signal; the table on
+/// stderr, then the reports.
+async fn sync(
+    command: &str,
+    plan: Plan,
+    mut options: Options,
+    show_progress: bool,
+    report: &ReportArgs,
+) -> Result<u8, Failure> {
+    let cancel = CancellationToken::new();
+    options.cancel = cancel.clone();
+    let signal = Arc::new(AtomicI32::new(0));
+    let signals = signals::on_signal(cancel.clone(), signal.clone());
+    let progress = Progress::new(command, show_progress);
+    // The spool is gone when this returns, before the reports are written.
+    let mut summary = library::sync(plan, options, &progress).await?;
+    progress.finish();
+    if cancel.is_cancelled() {
+        // Stored before the token was cancelled.
+        summary.interrupted = Some(signal.load(Ordering::SeqCst));
+    }
+    signals.abort();
+    eprint!("{}", github::neutralize(&summary.table()));
+    reports::write(command, &summary, report);
+    Ok(summary.exit_code() as u8)
+}
+
+/// `import`: another tool's configuration as `mirror.yaml`, on stdout.
+fn import(from: ImportFormat, file: &std::path::Path, dest: Option<&str>) -> Result<u8, Failure> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read `{name}`"))
+        .map_err(usage)?;
+    let format = match from {
+        ImportFormat::Regsync => import::Format::Regsync,
+        ImportFormat::Skopeo => import::Format::Skopeo,
+    };
+    let imported =
+        import::import(format, &name, &text, dest).map_err(|message| usage(anyhow!(message)))?;
+    for warning in &imported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", imported.yaml);
+    Ok(0)
+}
+
+/// `audit`: the images that files pull, against the plan if there is one.
+fn audit(paths: &[PathBuf], config: Option<PathBuf>, suggest: bool) -> Result<u8, Failure> {
+    let audit = regmirror::audit::scan(paths).context("read the files to audit")?;
+    let config = config.or_else(|| {
+        let default = PathBuf::from("mirror.yaml");
+        default.is_file().then_some(default)
+    });
+    let plan = match config {
+        Some(config) => Some(load_plan(&ConfigArgs { config }, None)?),
+        None => None,
+    };
+    print!(
+        "{}",
+        regmirror::audit::report(&audit, plan.as_ref(), suggest)
+    );
+    Ok(0)
+}
+
+/// `containerd-hosts`: one `hosts.toml` per upstream under `out`.
+fn containerd_hosts(config: &ConfigArgs, out: &std::path::Path) -> Result<u8, Failure> {
+    let plan = load_plan(config, None)?;
+    let generated = regmirror::containerd::hosts_files(&plan);
+    for file in &generated.files {
+        let dir = out.join(&file.upstream);
+        let path = dir.join("hosts.toml");
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&path, &file.toml))
+            .with_context(|| format!("write `{}`", path.display()))?;
+        println!("{}", path.display());
+    }
+    for line in &generated.unmapped {
+        eprintln!("warning: {line}");
+    }
+    Ok(0)
+}

@@ -1,0 +1,70 @@
+//! The `regmirror` command: parse arguments, set up logging, run a command,
+//! and map its outcome to an exit code (DESIGN §2): 0 all good, 1 some
+//! image/target pairs failed, 2 config or usage error, 3 authentication
+//! failure, 4 verification found a digest mismatch, 130/143 stopped by
+//! SIGINT/SIGTERM.
+//!
+//! # Layout
+//!
+//! - `cli`: the arguments (clap).
+//! - `commands`: one function per command; each loads a plan, calls the
+//!   library's `run` facade (or a pure function), and prints.
+//! - `progress`: the terminal progress bar and the Actions log group.
+//! - `reports`: `--json`, `--summary` and annotations, after a run.
+//! - `signals`: SIGINT/SIGTERM cancel the run.
+//! - `output`: stderr that no registry text can turn into a workflow command.
+//!
+//! Only this side of the crate prints or reads the CI environment.
+
+mod cli;
+mod commands;
+mod output;
+mod progress;
+mod reports;
+mod signals;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use regmirror::report::github;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let terminal = std::io::stderr().is_terminal();
+    let show_progress = terminal && !cli.no_progress && std::env::var_os("CI").is_none();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        // A progress bar says what the info lines would.
+        (false, 0) if show_progress => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| output::NeutralStderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli, show_progress)) {
+        Ok(code) => ExitCode::from(code),
+        Err(commands::Failure { code, error }) => {
+            eprintln!("{}", github::neutralize(&format!("error: {error:#}")));
+            ExitCode::from(code)
+        }
+    }
+}

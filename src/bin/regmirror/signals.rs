@@ -1,0 +1,47 @@
+//! SIGINT and SIGTERM (a cancelled CI job): the first cancels the run, so
+//! it stops cleanly and reports; a second ends the process at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM and keeps the exit code
+/// that signal calls for (130, 143) in `code`; a second signal ends the
+/// process at once.
+pub fn on_signal(cancel: CancellationToken, code: Arc<AtomicI32>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        code.store(next_signal().await, Ordering::SeqCst);
+        tracing::warn!(
+            "stopping: no new work starts; work in flight gets {}s to finish, then the reports are written (signal again to stop at once)",
+            regmirror::copy::GRACE.as_secs()
+        );
+        cancel.cancel();
+        let again = next_signal().await;
+        eprintln!("error: stopped at once by a second signal");
+        std::process::exit(again);
+    })
+}
+
+/// Waits for SIGINT (130) or SIGTERM (143).
+async fn next_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        130
+    }
+}
