@@ -733,50 +733,6 @@ impl Plan {
             .chain(self.queries.iter().map(|q| q.image.as_str()))
     }
 
-    /// One row per image × tag: the source reference (with the pinned
-    /// digest when the file gives one) and every `target=repository:tag`.
-    pub fn table(&self) -> String {
-        let rows: Vec<Vec<String>> = self
-            .jobs
-            .iter()
-            .map(|job| {
-                let source = match &job.pinned {
-                    Some(digest) => format!("{}@{digest}", job.source),
-                    None => format!("{}:{}", job.source, job.reference),
-                };
-                let destinations: Vec<String> = job
-                    .destinations
-                    .iter()
-                    .map(|d| format!("{}={}", d.name, d.reference()))
-                    .collect();
-                let tag = job.destinations.first().map(|d| d.tag.clone());
-                vec![
-                    job.image.clone(),
-                    tag.unwrap_or_else(|| job.reference.clone()),
-                    source,
-                    destinations.join(" "),
-                ]
-            })
-            .collect();
-        let mut rows = rows;
-        for query in &self.queries {
-            let destinations: Vec<String> = query
-                .targets
-                .iter()
-                .map(|(name, repository)| format!("{name}={repository}"))
-                .collect();
-            rows.push(vec![
-                query.image.clone(),
-                query.filter.text.clone(),
-                query.repository.to_string(),
-                destinations.join(" "),
-            ]);
-        }
-        let mut out = crate::report::render_table(&["IMAGE", "TAG", "SOURCE", "TARGETS"], &rows);
-        out.push_str(&format!("\n{}\n", self.size()));
-        out
-    }
-
     /// `N images, N image×tag jobs, N image×tag×target pairs` and, when
     /// there are selectors, how many images get their tags at run time.
     pub fn size(&self) -> String {

@@ -4,11 +4,6 @@
 //! plain table here for stderr, [`json`] for `--json`, [`markdown`] for the
 //! GitHub step summary, and [`github`] for workflow-command annotations.
 
-pub mod github;
-pub mod json;
-pub mod markdown;
-
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
@@ -255,43 +250,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     error_chain_parts(error).join(": ")
 }
 
-/// Human sizes: `512 B`, `4.0 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Left-aligned columns separated by two spaces.
-pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    for cells in std::iter::once(&header).chain(rows) {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
-    }
-    out
-}
-
 impl Summary {
     /// Outcomes with this status.
     pub fn count(&self, status: Status) -> usize {
@@ -360,75 +318,13 @@ impl Summary {
         }
         parts.join(", ")
     }
-
-    /// The table for stderr: one row per outcome, totals, then every failure.
-    pub fn table(&self) -> String {
-        let header = [
-            "IMAGE", "TAG", "TARGET", "STATUS", "UPLOADED", "MOUNTED", "SKIPPED", "BYTES", "TIME",
-        ];
-        let rows: Vec<Vec<String>> = self
-            .outcomes
-            .iter()
-            .map(|o| {
-                vec![
-                    o.image.clone(),
-                    o.tag.clone(),
-                    o.target.clone(),
-                    o.status.as_str().to_string(),
-                    o.transfer.blobs_uploaded.to_string(),
-                    o.transfer.blobs_mounted.to_string(),
-                    o.transfer.blobs_skipped.to_string(),
-                    bytes(o.transfer.bytes_uploaded),
-                    format!("{:.1}s", o.duration.as_secs_f64()),
-                ]
-            })
-            .collect();
-        let mut out = render_table(&header, &rows);
-        let totals = self.totals();
-        let _ = writeln!(
-            out,
-            "\n{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
-            self.counts(),
-            self.duration.as_secs_f64(),
-            totals.blobs_uploaded,
-            bytes(totals.bytes_uploaded),
-            totals.blobs_mounted,
-            totals.blobs_skipped,
-            totals.manifests_pushed,
-        );
-        // Deferred results are not failures: listed apart, as in the step summary.
-        for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
-            let listed: Vec<&Outcome> = self
-                .outcomes
-                .iter()
-                .filter(|o| o.failure.is_some() && (o.status == Status::Deferred) == deferred)
-                .collect();
-            if listed.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "\n{heading}:");
-            for o in listed {
-                let failure = o.failure.as_ref().expect("filtered on failure");
-                let _ = writeln!(
-                    out,
-                    "  {}:{} → {} ({}): {}",
-                    o.image,
-                    o.tag,
-                    o.destination,
-                    o.target,
-                    failure.message()
-                );
-            }
-        }
-        out
-    }
 }
 
 /// An outcome for the report tests: `image:tag` to target `ghcr`
 /// (`ghcr.io/a/IMAGE:TAG`), with `status` and, when given, a failure of
 /// `kind` whose chain is `chain`.
-#[cfg(test)]
-pub(crate) fn sample(
+#[doc(hidden)]
+pub fn sample(
     image: &str,
     tag: &str,
     status: Status,
@@ -497,48 +393,5 @@ mod tests {
             .exit_code(),
             4
         );
-    }
-
-    #[test]
-    fn table_lists_failures_with_cause() {
-        let summary = Summary {
-            outcomes: vec![outcome(Status::Failed, Some(FailureKind::Other))],
-            ..Summary::default()
-        };
-        let table = summary.table();
-        assert!(table.contains("FAILED"), "{table}");
-        assert!(
-            table.contains("k3s:v1 → ghcr.io/a/k3s:v1 (ghcr): boom"),
-            "{table}"
-        );
-        assert_eq!(bytes(4 * 1024 * 1024), "4.0 MiB");
-    }
-
-    #[test]
-    fn table_lists_deferred_apart_from_failures() {
-        let summary = Summary {
-            outcomes: vec![
-                sample(
-                    "k3s",
-                    "v1",
-                    Status::Failed,
-                    Some((FailureKind::Other, &["boom"])),
-                ),
-                sample(
-                    "pg",
-                    "16",
-                    Status::Deferred,
-                    Some((FailureKind::RateLimited, &["rate limited"])),
-                ),
-            ],
-            ..Summary::default()
-        };
-        let table = summary.table();
-        let (failures, deferred) = table
-            .split_once("deferred by rate limits:")
-            .expect("a deferred section");
-        assert!(failures.contains("failures:\n  k3s:v1"), "{table}");
-        assert!(!failures.contains("pg:16 →"), "{table}");
-        assert!(deferred.contains("pg:16 → ghcr.io/a/pg:16"), "{table}");
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::RegistryClient;
-use crate::report::{Failure, FailureKind, Outcome, Status, Summary, render_table};
+use crate::report::{Failure, FailureKind, Outcome, Status, Summary};
 use crate::source::Image;
 
 /// What a target has for one image × tag.
@@ -323,65 +323,4 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         started: None,
         interrupted: None,
     }
-}
-
-/// The side-by-side table, then the details of every problem.
-pub fn table(checks: &[Check]) -> String {
-    let short = |d: &Option<Digest>| {
-        d.as_ref()
-            .map(|d| d.short().to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let rows: Vec<Vec<String>> = checks
-        .iter()
-        .map(|c| {
-            let state = match &c.state {
-                State::Match => "ok".to_string(),
-                State::Mismatch => "MISMATCH".to_string(),
-                State::Missing => "MISSING".to_string(),
-                State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
-                State::Error(failure) if failure.kind == FailureKind::RateLimited => {
-                    "DEFERRED".to_string()
-                }
-                State::Error(_) => "ERROR".to_string(),
-                State::Private(_) => "PRIVATE".to_string(),
-            };
-            vec![
-                c.image.clone(),
-                c.tag.clone(),
-                c.target.clone(),
-                short(&c.source),
-                short(&c.found),
-                state,
-            ]
-        })
-        .collect();
-    let mut out = render_table(
-        &["IMAGE", "TAG", "TARGET", "SOURCE", "TARGET DIGEST", "STATE"],
-        &rows,
-    );
-    for c in checks {
-        match &c.state {
-            State::Incomplete(parts) => {
-                for part in parts {
-                    out.push_str(&format!("  {} lacks {part}\n", c.destination));
-                }
-            }
-            State::Error(failure) => {
-                out.push_str(&format!("  {}: {}\n", c.destination, failure.message()))
-            }
-            State::Private(_) => out.push_str(&format!(
-                "  {} cannot be pulled without credentials: make the package public (GHCR: package settings → Change visibility, or the organization's default)\n",
-                c.destination
-            )),
-            State::Mismatch => out.push_str(&format!(
-                "  {} has {} but the source has {}\n",
-                c.destination,
-                c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
-                c.source.as_ref().map(Digest::as_str).unwrap_or("-")
-            )),
-            _ => {}
-        }
-    }
-    out
 }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::render::{self, github, json};
 use anyhow::{Context, anyhow};
 use regmirror::copy::Options;
 use regmirror::import;
 use regmirror::plan::{self, Plan, Selection};
-use regmirror::report::{github, json};
 use regmirror::{run as library, shard, verify};
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                         serde_json::to_string(&matrix).expect("plain data serializes")
                     );
                 }
-                None => print!("{}", plan.table()),
+                None => print!("{}", render::plan_table(&plan)),
             }
             Ok(0)
         }
@@ -147,7 +147,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             };
             let plan = load_plan(&config, Some(&selection))?;
             let (checks, summary) = library::verify(plan, depth, anonymous).await?;
-            print!("{}", github::neutralize(&verify::table(&checks)));
+            print!("{}", github::neutralize(&render::verify_table(&checks)));
             reports::write("verify", &summary, &report);
             Ok(summary.exit_code() as u8)
         }
@@ -176,7 +176,7 @@ async fn sync(
         summary.interrupted = Some(signal.load(Ordering::SeqCst));
     }
     signals.abort();
-    eprint!("{}", github::neutralize(&summary.table()));
+    eprint!("{}", github::neutralize(&render::summary_table(&summary)));
     reports::write(command, &summary, report);
     Ok(summary.exit_code() as u8)
 }

@@ -13,6 +13,8 @@
 //! - `reports`: `--json`, `--summary` and annotations, after a run.
 //! - `signals`: SIGINT/SIGTERM cancel the run.
 //! - `output`: stderr that no registry text can turn into a workflow command.
+//! - `render`: tables, the `--json` report, step-summary markdown, workflow
+//!   commands: how the library's data looks.
 //!
 //! Only this side of the crate prints or reads the CI environment.
 
@@ -20,6 +22,7 @@ mod cli;
 mod commands;
 mod output;
 mod progress;
+mod render;
 mod reports;
 mod signals;
 
@@ -27,7 +30,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use regmirror::report::github;
+use render::github;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use regmirror::report::github;
+use crate::render::github;
 
 /// The writer `tracing` logs through.
 pub struct NeutralStderr;

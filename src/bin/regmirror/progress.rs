@@ -3,7 +3,9 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use regmirror::copy::Reporter;
-use regmirror::report::{Outcome, Status, github};
+use regmirror::report::{Outcome, Status};
+
+use crate::render::github;
 
 /// A run's reporter: a bar of jobs (or none when output is not a
 /// terminal), and the Actions group.

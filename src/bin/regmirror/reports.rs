@@ -1,7 +1,9 @@
 //! What a run leaves behind: the `--json` report, the `--summary`
 //! markdown (the GitHub step summary), and, in Actions, annotations.
 
-use regmirror::report::{Summary, github, json, markdown};
+use regmirror::report::Summary;
+
+use crate::render::{github, json, markdown};
 
 use crate::cli::ReportArgs;
 

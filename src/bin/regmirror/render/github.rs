@@ -7,7 +7,7 @@
 //! also `:` and `,` in properties), so a message cannot end the command
 //! early or inject another one.
 
-use super::{FailureKind, Outcome, Summary};
+use regmirror::report::{FailureKind, Outcome, Summary};
 
 /// True when running as a GitHub Actions step.
 pub fn in_actions() -> bool {
@@ -88,7 +88,7 @@ pub fn annotations(summary: &Summary) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Status, sample};
+    use regmirror::report::{Status, sample};
 
     #[test]
     fn messages_cannot_break_out_of_the_command() {

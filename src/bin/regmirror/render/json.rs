@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Outcome, Status, Summary};
+use regmirror::report::{Outcome, Status, Summary};
 
 /// The whole report.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -143,7 +143,7 @@ pub struct ErrorReport {
 }
 
 fn row(o: &Outcome) -> Row {
-    let digest = |d: &Option<crate::digest::Digest>| d.as_ref().map(|d| d.to_string());
+    let digest = |d: &Option<regmirror::digest::Digest>| d.as_ref().map(|d| d.to_string());
     Row {
         image: o.image.clone(),
         tag: o.tag.clone(),

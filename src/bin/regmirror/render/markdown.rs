@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{Outcome, Status, Summary, bytes};
+use regmirror::report::{Outcome, Status, Summary};
+
+use super::bytes;
 
 /// Rows per table before the rest are counted instead of listed.
 pub const MAX_ROWS: usize = 500;
@@ -171,7 +173,7 @@ fn problems(out: &mut String, summary: &Summary, status: Status, title: &str, wh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{FailureKind, sample};
+    use regmirror::report::{FailureKind, sample};
 
     fn outcome(image: &str, tag: &str, status: Status) -> Outcome {
         let chain = &["push `x`", "status 500 | oops"][..];

@@ -1,0 +1,278 @@
+//! How results look: the library returns data ([`Summary`], checks, plans);
+//! this module makes text of it. Tables for the terminal here; `json` (the
+//! `--json` report and its schema), `markdown` (the step summary) and
+//! `github` (workflow commands, and output no registry text can turn into
+//! one) beside it.
+
+pub mod github;
+pub mod json;
+pub mod markdown;
+
+use std::fmt::Write as _;
+
+use regmirror::digest::Digest;
+use regmirror::plan::Plan;
+use regmirror::report::{FailureKind, Outcome, Status, Summary};
+use regmirror::verify::{Check, State};
+
+/// Human sizes: `512 B`, `4.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for cells in std::iter::once(&header).chain(rows) {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
+    }
+    out
+}
+
+/// The table for stderr: one row per outcome, totals, then every failure.
+pub fn summary_table(summary: &Summary) -> String {
+    let header = [
+        "IMAGE", "TAG", "TARGET", "STATUS", "UPLOADED", "MOUNTED", "SKIPPED", "BYTES", "TIME",
+    ];
+    let rows: Vec<Vec<String>> = summary
+        .outcomes
+        .iter()
+        .map(|o| {
+            vec![
+                o.image.clone(),
+                o.tag.clone(),
+                o.target.clone(),
+                o.status.as_str().to_string(),
+                o.transfer.blobs_uploaded.to_string(),
+                o.transfer.blobs_mounted.to_string(),
+                o.transfer.blobs_skipped.to_string(),
+                bytes(o.transfer.bytes_uploaded),
+                format!("{:.1}s", o.duration.as_secs_f64()),
+            ]
+        })
+        .collect();
+    let mut out = render_table(&header, &rows);
+    let totals = summary.totals();
+    let _ = writeln!(
+        out,
+        "\n{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
+        summary.counts(),
+        summary.duration.as_secs_f64(),
+        totals.blobs_uploaded,
+        bytes(totals.bytes_uploaded),
+        totals.blobs_mounted,
+        totals.blobs_skipped,
+        totals.manifests_pushed,
+    );
+    // Deferred results are not failures: listed apart, as in the step summary.
+    for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
+        let listed: Vec<&Outcome> = summary
+            .outcomes
+            .iter()
+            .filter(|o| o.failure.is_some() && (o.status == Status::Deferred) == deferred)
+            .collect();
+        if listed.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{heading}:");
+        for o in listed {
+            let failure = o.failure.as_ref().expect("filtered on failure");
+            let _ = writeln!(
+                out,
+                "  {}:{} → {} ({}): {}",
+                o.image,
+                o.tag,
+                o.destination,
+                o.target,
+                failure.message()
+            );
+        }
+    }
+    out
+}
+
+/// One row per image × tag: the source reference (with the pinned
+/// digest when the file gives one) and every `target=repository:tag`.
+pub fn plan_table(plan: &Plan) -> String {
+    let rows: Vec<Vec<String>> = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            let source = match &job.pinned {
+                Some(digest) => format!("{}@{digest}", job.source),
+                None => format!("{}:{}", job.source, job.reference),
+            };
+            let destinations: Vec<String> = job
+                .destinations
+                .iter()
+                .map(|d| format!("{}={}", d.name, d.reference()))
+                .collect();
+            let tag = job.destinations.first().map(|d| d.tag.clone());
+            vec![
+                job.image.clone(),
+                tag.unwrap_or_else(|| job.reference.clone()),
+                source,
+                destinations.join(" "),
+            ]
+        })
+        .collect();
+    let mut rows = rows;
+    for query in &plan.queries {
+        let destinations: Vec<String> = query
+            .targets
+            .iter()
+            .map(|(name, repository)| format!("{name}={repository}"))
+            .collect();
+        rows.push(vec![
+            query.image.clone(),
+            query.filter.text.clone(),
+            query.repository.to_string(),
+            destinations.join(" "),
+        ]);
+    }
+    let mut out = render_table(&["IMAGE", "TAG", "SOURCE", "TARGETS"], &rows);
+    out.push_str(&format!("\n{}\n", plan.size()));
+    out
+}
+
+/// The side-by-side table, then the details of every problem.
+pub fn verify_table(checks: &[Check]) -> String {
+    let short = |d: &Option<Digest>| {
+        d.as_ref()
+            .map(|d| d.short().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            let state = match &c.state {
+                State::Match => "ok".to_string(),
+                State::Mismatch => "MISMATCH".to_string(),
+                State::Missing => "MISSING".to_string(),
+                State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
+                State::Error(failure) if failure.kind == FailureKind::RateLimited => {
+                    "DEFERRED".to_string()
+                }
+                State::Error(_) => "ERROR".to_string(),
+                State::Private(_) => "PRIVATE".to_string(),
+            };
+            vec![
+                c.image.clone(),
+                c.tag.clone(),
+                c.target.clone(),
+                short(&c.source),
+                short(&c.found),
+                state,
+            ]
+        })
+        .collect();
+    let mut out = render_table(
+        &["IMAGE", "TAG", "TARGET", "SOURCE", "TARGET DIGEST", "STATE"],
+        &rows,
+    );
+    for c in checks {
+        match &c.state {
+            State::Incomplete(parts) => {
+                for part in parts {
+                    out.push_str(&format!("  {} lacks {part}\n", c.destination));
+                }
+            }
+            State::Error(failure) => {
+                out.push_str(&format!("  {}: {}\n", c.destination, failure.message()))
+            }
+            State::Private(_) => out.push_str(&format!(
+                "  {} cannot be pulled without credentials: make the package public (GHCR: package settings → Change visibility, or the organization's default)\n",
+                c.destination
+            )),
+            State::Mismatch => out.push_str(&format!(
+                "  {} has {} but the source has {}\n",
+                c.destination,
+                c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
+                c.source.as_ref().map(Digest::as_str).unwrap_or("-")
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regmirror::report::{FailureKind, sample};
+
+    fn outcome(status: Status, failure: Option<FailureKind>) -> Outcome {
+        sample(
+            "k3s",
+            "v1",
+            status,
+            failure.map(|kind| (kind, &["boom"][..])),
+        )
+    }
+
+    #[test]
+    fn table_lists_failures_with_cause() {
+        let summary = Summary {
+            outcomes: vec![outcome(Status::Failed, Some(FailureKind::Other))],
+            ..Summary::default()
+        };
+        let table = summary_table(&summary);
+        assert!(table.contains("FAILED"), "{table}");
+        assert!(
+            table.contains("k3s:v1 → ghcr.io/a/k3s:v1 (ghcr): boom"),
+            "{table}"
+        );
+        assert_eq!(bytes(4 * 1024 * 1024), "4.0 MiB");
+    }
+
+    #[test]
+    fn table_lists_deferred_apart_from_failures() {
+        let summary = Summary {
+            outcomes: vec![
+                sample(
+                    "k3s",
+                    "v1",
+                    Status::Failed,
+                    Some((FailureKind::Other, &["boom"])),
+                ),
+                sample(
+                    "pg",
+                    "16",
+                    Status::Deferred,
+                    Some((FailureKind::RateLimited, &["rate limited"])),
+                ),
+            ],
+            ..Summary::default()
+        };
+        let table = summary_table(&summary);
+        let (failures, deferred) = table
+            .split_once("deferred by rate limits:")
+            .expect("a deferred section");
+        assert!(failures.contains("failures:\n  k3s:v1"), "{table}");
+        assert!(!failures.contains("pg:16 →"), "{table}");
+        assert!(deferred.contains("pg:16 → ghcr.io/a/pg:16"), "{table}");
+    }
+}
