@@ -133,6 +133,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A value that cannot be what it must be: a tag pattern, a version
+    /// range, a project name, a selection of images or targets.
+    #[error("{what} {reason}")]
+    Invalid { what: String, reason: String },
+
     /// The same failure seen by several waiters (one upstream fetch, many targets).
     #[error(transparent)]
     Shared(Arc<Error>),

@@ -408,11 +408,15 @@ pub fn import(
     file: &str,
     text: &str,
     destination: Option<&str>,
-) -> Result<Imported, String> {
+) -> crate::Result<Imported> {
     let mut warnings = Warnings::default();
     let mut registries = BTreeMap::new();
     let mut pairs = Vec::new();
-    for document in documents(text).map_err(|e| format!("{file}: {e}"))? {
+    let documents = documents(text).map_err(|reason| crate::Error::Invalid {
+        what: format!("{file}:"),
+        reason,
+    })?;
+    for document in documents {
         pairs.extend(match format {
             Format::Regsync => regsync_pairs(&document, &mut warnings, &mut registries),
             Format::Skopeo => {

@@ -450,8 +450,12 @@ fn compile_selector(
     let mut regex = |value: &Option<Spanned<String>>, key: &str| {
         let value = value.as_ref()?;
         anchored(&value.value)
-            .map_err(|message| {
-                problems.push(problem_at(value, format!("{place}.{key}"), message));
+            .map_err(|error| {
+                problems.push(problem_at(
+                    value,
+                    format!("{place}.{key}"),
+                    error.to_string(),
+                ));
             })
             .ok()
     };
@@ -460,8 +464,12 @@ fn compile_selector(
         regex(&selector.exclude, "exclude"),
     );
     let semver = match &selector.semver {
-        Some(range) => semver_range(&range.value).unwrap_or_else(|message| {
-            problems.push(problem_at(range, format!("{place}.semver"), message));
+        Some(range) => semver_range(&range.value).unwrap_or_else(|error| {
+            problems.push(problem_at(
+                range,
+                format!("{place}.semver"),
+                error.to_string(),
+            ));
             Vec::new()
         }),
         None => Vec::new(),
@@ -477,11 +485,11 @@ fn compile_selector(
     }
     let github = selector.github_releases.as_ref().and_then(|project| {
         Releases::new(&project.value, selector.replace.as_ref().map(|r| &r.value))
-            .map_err(|message| {
+            .map_err(|error| {
                 problems.push(problem_at(
                     project,
                     format!("{place}.github_releases"),
-                    message,
+                    error.to_string(),
                 ));
             })
             .ok()
@@ -686,23 +694,32 @@ impl Plan {
     /// Keeps the jobs and destinations the selection names. A glob that
     /// matches no image, or an unknown target, is an error (a typo should not
     /// silently mirror nothing).
-    pub fn select(mut self, selection: &Selection) -> Result<Plan, String> {
+    pub fn select(mut self, selection: &Selection) -> crate::Result<Plan> {
+        let invalid = |what: String, reason: String| crate::Error::Invalid { what, reason };
         for target in &selection.targets {
             if !self.target_names.contains(target) {
-                return Err(format!(
-                    "`--target {target}`: no such target (defined: {})",
-                    self.target_names.join(", ")
+                return Err(invalid(
+                    format!("target `{target}`"),
+                    format!("does not exist (defined: {})", self.target_names.join(", ")),
                 ));
             }
         }
         let mut matchers = Vec::new();
         for pattern in &selection.only {
-            let glob = Glob::new(pattern).map_err(|e| format!("`--only {pattern}`: {e}"))?;
+            let glob = Glob::new(pattern).map_err(|e| {
+                invalid(
+                    format!("image pattern `{pattern}`"),
+                    format!("is not a glob: {e}"),
+                )
+            })?;
             matchers.push((pattern, glob.compile_matcher()));
         }
         for (pattern, matcher) in &matchers {
             if !self.images().any(|image| matcher.is_match(image)) {
-                return Err(format!("`--only {pattern}` matches no image"));
+                return Err(invalid(
+                    format!("image pattern `{pattern}`"),
+                    "matches no image".into(),
+                ));
             }
         }
         let wanted =

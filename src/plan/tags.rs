@@ -36,22 +36,26 @@ pub struct TagFilter {
     pub text: String,
 }
 
-/// `^(?:pattern)$`, compiled; the error is the regex crate's, one line.
-pub fn anchored(pattern: &str) -> Result<Regex, String> {
+fn invalid(what: String, reason: String) -> crate::Error {
+    crate::Error::Invalid { what, reason }
+}
+
+/// `^(?:pattern)$`, compiled; the reason is the regex crate's, one line.
+pub fn anchored(pattern: &str) -> crate::Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
         let text = e.to_string();
-        text.lines()
-            .last()
-            .unwrap_or("invalid regular expression")
-            .trim()
-            .to_string()
+        let reason = text.lines().last().unwrap_or("").trim();
+        invalid(
+            format!("pattern `{pattern}`"),
+            format!("is not a regular expression: {reason}"),
+        )
     })
 }
 
 /// An npm/Masterminds-style range as `semver` requirements, one per `||`
 /// alternative: spaces between comparators become commas, spaces after an
 /// operator and `v` prefixes go.
-pub fn semver_range(range: &str) -> Result<Vec<VersionReq>, String> {
+pub fn semver_range(range: &str) -> crate::Result<Vec<VersionReq>> {
     let mut alternatives = Vec::new();
     for alternative in range.split("||") {
         let words: Vec<&str> = alternative.split_whitespace().collect();
@@ -62,11 +66,12 @@ pub fn semver_range(range: &str) -> Result<Vec<VersionReq>, String> {
                 format!(">={}, <={}", bare(low), bare(high))
             }
             _ => comparators(alternative)
-                .ok_or_else(|| format!("`{range}` is not a version range"))?,
+                .ok_or_else(|| invalid(format!("`{range}`"), "is not a version range".into()))?,
         };
         alternatives.push(
-            VersionReq::parse(&requirement)
-                .map_err(|e| format!("`{range}` is not a version range: {e}"))?,
+            VersionReq::parse(&requirement).map_err(|e| {
+                invalid(format!("`{range}`"), format!("is not a version range: {e}"))
+            })?,
         );
     }
     Ok(alternatives)
@@ -167,7 +172,7 @@ pub struct Releases {
 
 impl Releases {
     /// `owner/repo`, with the replacements (default `+` → `-`).
-    pub fn new(project: &str, replace: Option<&BTreeMap<String, String>>) -> Result<Self, String> {
+    pub fn new(project: &str, replace: Option<&BTreeMap<String, String>>) -> crate::Result<Self> {
         let valid = |part: &str| {
             !part.is_empty()
                 && part
@@ -178,14 +183,18 @@ impl Releases {
             .split_once('/')
             .filter(|(o, r)| valid(o) && valid(r))
         else {
-            return Err(format!(
-                "`{project}` is not a GitHub project; write `owner/repo`, e.g. `k3s-io/k3s`"
+            return Err(invalid(
+                format!("`{project}`"),
+                "is not a GitHub project; write `owner/repo`, e.g. `k3s-io/k3s`".into(),
             ));
         };
         let replace = match replace {
             Some(map) => {
                 if let Some(from) = map.keys().find(|from| from.is_empty()) {
-                    return Err(format!("replace: `{from}` is empty; nothing to replace"));
+                    return Err(invalid(
+                        format!("replace: `{from}`"),
+                        "is empty; nothing to replace".into(),
+                    ));
                 }
                 map.iter().map(|(f, t)| (f.clone(), t.clone())).collect()
             }

@@ -51,7 +51,7 @@ fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Pla
                     only: args.only.clone(),
                     targets: args.targets.clone(),
                 })
-                .map_err(|message| usage(anyhow!(message)))?;
+                .map_err(|error| usage(anyhow::Error::new(error).context("--only/--target")))?;
             Ok(match &args.shard {
                 Some(shard) => plan.shard(shard),
                 None => plan,
@@ -191,8 +191,7 @@ fn import(from: ImportFormat, file: &std::path::Path, dest: Option<&str>) -> Res
         ImportFormat::Regsync => import::Format::Regsync,
         ImportFormat::Skopeo => import::Format::Skopeo,
     };
-    let imported =
-        import::import(format, &name, &text, dest).map_err(|message| usage(anyhow!(message)))?;
+    let imported = import::import(format, &name, &text, dest).map_err(|e| usage(e.into()))?;
     for warning in &imported.warnings {
         eprintln!("warning: {warning}");
     }
