@@ -35,6 +35,7 @@ pub struct Found {
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct Audit {
+    /// Every image reference found, with its place.
     pub found: Vec<Found>,
     /// Templated or unparsable references: (`file:line`, text).
     pub unresolved: Vec<(String, String)>,

@@ -28,6 +28,7 @@ pub struct HostsFile {
 /// What [`hosts_files`] made, and the images it could not map.
 #[derive(Debug, Default)]
 pub struct Generated {
+    /// One file per upstream registry.
     pub files: Vec<HostsFile>,
     /// `image → target: why`.
     pub unmapped: Vec<String>,

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::digest::Digest;
 
-/// Everything that can go wrong in the library.
+/// Everything that can go wrong in the library. A variant's fields are
+/// the values its message names.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A reference string that is not `REGISTRY/REPOSITORY[:TAG][@DIGEST]`.

@@ -4,35 +4,42 @@
 //!
 //! # Layout
 //!
-//! - [`reference`], [`digest`], [`manifest`]: the OCI nouns, pure data. A
-//!   manifest keeps its exact bytes; digests are checked as bytes stream.
+//! Pure data and rules (no I/O, no HTTP client):
+//!
+//! - [`reference`](mod@reference), [`digest`], [`manifest`]: the OCI nouns. A manifest keeps
+//!   its exact bytes; digests are checked as bytes stream.
 //! - [`config`]: `mirror.yaml` as written, with line and column of each value.
 //! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
-//!   every problem with its place; `--only`/`--target` selection.
-//! - [`tags`]: tag selectors (`regex`, `exclude`, `semver`, `latest`)
-//!   applied to a source's tag list at run time; [`github`]: a GitHub
-//!   project's release tags as candidates (octocrab).
-//! - [`shard`]: `--shard I/N` and `plan --matrix N`, splitting a plan across
-//!   CI runners by a hash of each image's name.
-//! - [`registry`]: the HTTP client every request passes through: auth
-//!   (Docker credential chain, bearer tokens), per-registry limits (a
-//!   governor quota, the registry's own `ratelimit-remaining`), retries,
-//!   the referrers API, and ECR Public repositories (`registry::ecr`).
-//! - [`source`], [`layout`]: where images are read from (a registry, or an
-//!   OCI layout directory).
-//! - [`spool`]: blobs fetched once per run, on disk, for every target.
+//!   every problem with its place; `--only`/`--target` selection;
+//!   `Plan::for_copy`; [`plan::tags`]: tag selectors (`regex`, `exclude`,
+//!   `semver`, `latest`, GitHub releases) applied to a tag list.
+//! - [`shard`]: `--shard I/N` and `plan --matrix N`, by a hash of each name.
+//! - [`report`]: outcomes, failures and the summary as data; one rule
+//!   (`Failure::from`) for what an error means to a run and its exit code.
+//!
+//! The run, and what it talks to:
+//!
+//! - [`run`]: the facade both commands use: tag expansion, copy, verify,
+//!   failures merged into one [`report::Summary`].
 //! - [`copy`]: the engine: HEAD first, read once, write N, children before
 //!   parents, tags last; then what refers to each image (`copy::referrers`).
-//! - [`verify`]: digest equality across source and targets, optionally deep.
-//! - [`import`]: a `mirror.yaml` from a regsync or skopeo-sync file.
-//! - [`audit`]: image references in manifests, charts, compose files,
-//!   workflows and Dockerfiles, against the plan.
-//! - [`containerd`]: `hosts.toml` files that pull from the mirrors first.
-//! - [`report`]: outcomes, the summary, exit codes; rendered as a table, as
-//!   the `--json` document, as step-summary markdown, as Actions annotations.
+//! - [`verify`]: digest equality across source and targets, optionally deep,
+//!   optionally by content.
+//! - [`registry`]: the HTTP client every request passes through (options,
+//!   auth, deadlines, limits, retries, the manifest and blob verbs, ECR
+//!   Public repositories).
+//! - [`source`], [`layout`]: where images are read from (a registry, or an
+//!   OCI layout directory); [`spool`]: blobs on disk while jobs need them.
+//! - [`github`]: a GitHub project's release tags (octocrab).
 //!
-//! The library never prints; it returns a [`report::Summary`] and emits
-//! `tracing` events. `main.rs` decides how output looks.
+//! Other commands: [`import`] (a `mirror.yaml` from regsync or skopeo sync),
+//! [`audit`] (image references in manifests, charts, compose files,
+//! workflows, Dockerfiles), [`containerd`] (`hosts.toml` files).
+//!
+//! The library never prints: it returns data and emits `tracing` events.
+//! The binary (`src/bin/regmirror/`) parses arguments, renders tables, the
+//! `--json` report, step-summary markdown and workflow commands, and maps a
+//! run to its exit code.
 
 pub mod audit;
 pub mod config;

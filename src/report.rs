@@ -1,8 +1,10 @@
-//! What a run did, per image × tag × target, and how to show it.
+//! What a run did, per image × tag × target, as data.
 //!
-//! The library returns a [`Summary`]; the binary decides where it goes: the
-//! plain table here for stderr, [`json`] for `--json`, [`markdown`] for the
-//! GitHub step summary, and [`github`] for workflow-command annotations.
+//! The library returns a [`Summary`]; the binary renders it (a table on
+//! stderr, the `--json` report, step-summary markdown, workflow-command
+//! annotations). [`Failure::from`] is the one rule for what an error means
+//! to a run: deferred by a rate limit, authentication (exit 3), digest
+//! mismatch (exit 4), or anything else (exit 1).
 
 use std::time::{Duration, SystemTime};
 

@@ -34,7 +34,7 @@ const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 const MAX_DEPTH: usize = 8;
 
 /// The OCI 1.1 referrers tag schema: `sha256:abc…` → `sha256-abc…`.
-pub fn fallback_tag(digest: &Digest) -> String {
+pub(crate) fn fallback_tag(digest: &Digest) -> String {
     format!("{}-{}", digest.algorithm(), digest.hex())
 }
 

@@ -14,7 +14,7 @@ use crate::registry::options::RegistryOptions;
 /// of manifest GETs (its anti-abuse limit answers bursts with 429), and
 /// deferring pulls while 10 are left, so that a scheduled run never spends
 /// the last pulls of the runners' shared address.
-pub fn docker_hub_defaults() -> RegistryOptions {
+pub(crate) fn docker_hub_defaults() -> RegistryOptions {
     RegistryOptions {
         rate_limit: Some(RateLimit {
             requests: NonZeroU32::new(100).expect("not zero"),
@@ -38,7 +38,7 @@ const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Options for every registry the file names, keyed by registry as the
 /// references spell it (`docker.io`), plus Docker Hub's defaults.
-pub fn resolve(
+pub(crate) fn resolve(
     file_name: &str,
     entries: &std::collections::BTreeMap<String, RegistryEntry>,
     problems: &mut Vec<Problem>,

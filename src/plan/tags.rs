@@ -164,7 +164,9 @@ impl TagFilter {
 /// A project whose release tags select image tags.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Releases {
+    /// The GitHub owner (user or organization).
     pub owner: String,
+    /// The repository name.
     pub repo: String,
     /// Applied in order to each release tag.
     pub replace: Vec<(String, String)>,

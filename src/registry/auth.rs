@@ -28,7 +28,12 @@ use crate::reference::DOCKER_HUB;
 #[derive(Clone)]
 pub enum Credential {
     /// Username and password (or personal access token).
-    Basic { username: String, password: String },
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password or token.
+        password: String,
+    },
     /// An OAuth2 refresh token, as `docker login` stores for some registries.
     IdentityToken(String),
 }
@@ -119,7 +124,9 @@ pub enum Challenge {
     Basic,
     /// A bearer token from `realm`, for `service`.
     Bearer {
+        /// Where tokens are issued.
         realm: String,
+        /// The `service` the token is for, if named.
         service: Option<String>,
     },
 }

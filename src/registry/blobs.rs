@@ -26,7 +26,10 @@ pub enum Mount {
     /// The registry linked the blob; nothing to upload.
     Mounted,
     /// The registry declined (spec: 202) and opened an upload session instead.
-    Declined { upload_url: String },
+    Declined {
+        /// The upload session the registry opened instead.
+        upload_url: String,
+    },
 }
 
 impl RegistryClient {

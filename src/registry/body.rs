@@ -116,7 +116,7 @@ pub(super) fn retry_after(response: &Response) -> Option<Duration> {
 /// Text from a registry made safe to print: one line (control characters
 /// shown escaped), so it can never start a line of its own, and so never a
 /// GitHub Actions workflow command (`::…`).
-pub fn neutral(text: &str) -> String {
+pub(crate) fn neutral(text: &str) -> String {
     text.chars()
         .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
             if c.is_control() {

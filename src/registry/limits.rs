@@ -30,6 +30,7 @@ fn quota(limit: RateLimit) -> Quota {
 /// What a registry said it has left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
+    /// Requests left in the window.
     pub remaining: u64,
     /// When the window ends at the latest.
     pub reset: SystemTime,
@@ -68,6 +69,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Our quota (if any) and the budget floor (`min_remaining`).
     pub fn new(rate_limit: Option<RateLimit>, min_remaining: Option<u64>) -> Limits {
         Limits {
             quota: rate_limit.map(|r| DefaultDirectRateLimiter::direct(quota(r))),

@@ -26,7 +26,9 @@ pub enum Attempt<T> {
     /// This failed in a way that may pass if asked again; `retry_after` is
     /// the server's `Retry-After`, if any.
     Transient {
+        /// The failed result, returned if no attempt is left.
         result: T,
+        /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
 }
