@@ -2,12 +2,10 @@
 //! `examples/<name>/mirror.yaml`, run on loopback registries standing in for
 //! the real hosts (and local stand-ins for GitHub's and AWS's APIs).
 
-mod support;
-
-use support::check::{TagState, deep_check};
-use support::images::{self, Spec};
-use support::standin::{Recorded, Reply, StandIn};
-use support::{Auth, Registry, example_config, regmirror};
+use crate::support::check::{TagState, deep_check};
+use crate::support::images::{self, Spec};
+use crate::support::standin::{Recorded, Reply, StandIn};
+use crate::support::{Auth, Registry, example_config, regmirror};
 
 fn json_reply(status: u16, value: &serde_json::Value, headers: Vec<(String, String)>) -> Reply {
     let mut headers = headers;
@@ -180,7 +178,7 @@ async fn kubeflex_k3s_tags_from_github_releases() {
 }
 
 fn fixture_layout(name: &str) -> std::path::PathBuf {
-    support::shared_fixtures()
+    crate::support::shared_fixtures()
         .expect("../shared/fixtures/real is missing: CI runs with ../shared beside the checkout")
         .join("oci-layouts")
         .join(name)
@@ -407,7 +405,7 @@ fn ecr_public(existing: &'static [&'static str], denied: &'static [&'static str]
 /// copied with their images, and a second run creates nothing.
 #[tokio::test]
 async fn public_ecr_migration_creates_repositories_first() {
-    use support::proxy::{Action, Proxy, Rule};
+    use crate::support::proxy::{Action, Proxy, Rule};
     let upstream = Registry::start(Auth::None);
     let ecr = Registry::start(Auth::None);
     // ECR answers manifest PUTs without `Location`.
@@ -571,13 +569,13 @@ async fn public_ecr_migration_creates_repositories_first() {
 #[tokio::test]
 async fn devops_in_a_box_release_dual_push_and_anonymous_pulls() {
     let docker_hub = Registry::start(Auth::None);
-    let issuer = support::token::Issuer::start("release-bot", "ghcr-pass-T5m");
+    let issuer = crate::support::token::Issuer::start("release-bot", "ghcr-pass-T5m");
     let ghcr = Registry::start(Auth::Token(issuer));
     let dir = tempfile::tempdir().unwrap();
     let image = images::generate(&Spec::new("devops-in-a-box", "v1.4.0", false));
     let layout = dir.path().join("out");
     images::write_layout(&layout, "v1.4.0", &image);
-    let env = support::auth_env(&ghcr);
+    let env = crate::support::auth_env(&ghcr);
     let copy = regmirror(
         dir.path(),
         &[
@@ -767,7 +765,9 @@ async fn giantswarm_containerd_hosts_map_every_image_to_the_mirror() {
     }
 
     // The same keys as real hosts.toml files (containerd's docs, k3s's output).
-    let real = support::shared_fixtures().unwrap().join("containerd-hosts");
+    let real = crate::support::shared_fixtures()
+        .unwrap()
+        .join("containerd-hosts");
     let mut known = std::collections::BTreeSet::new();
     let mut stack = vec![real];
     while let Some(dir) = stack.pop() {
@@ -841,7 +841,7 @@ async fn giantswarm_containerd_hosts_map_every_image_to_the_mirror() {
 /// workflow; skopeo, curl and 4 templated retagger images in retagger's.)
 #[test]
 fn audit_counts_real_workflows_by_registry() {
-    let fixtures = support::shared_fixtures().expect("../shared/fixtures/real");
+    let fixtures = crate::support::shared_fixtures().expect("../shared/fixtures/real");
     let dir = tempfile::tempdir().unwrap();
     let run = regmirror(
         dir.path(),

@@ -3,16 +3,14 @@
 //! deep check of every target (each tag complete and byte-exact, or absent
 //! and reported as not done; never a tag on an incomplete image).
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::support::check::{TagState, deep_check};
+use crate::support::images::{self, Generated, Spec};
+use crate::support::proxy::{Action, Proxy, Rule};
+use crate::support::{Auth, Registry, regmirror, regmirror_command};
 use serde_json::Value;
-use support::check::{TagState, deep_check};
-use support::images::{self, Generated, Spec};
-use support::proxy::{Action, Proxy, Rule};
-use support::{Auth, Registry, regmirror, regmirror_command};
 
 /// A small single-platform image `team/<name>:v1` (two manifest GETs).
 fn small(name: &str, seed: u64) -> Generated {
@@ -70,7 +68,7 @@ impl Setup {
         std::fs::write(self.dir.path().join("mirror.yaml"), text).unwrap();
     }
 
-    fn sync(&self, args: &[&str]) -> (support::Run, Value) {
+    fn sync(&self, args: &[&str]) -> (crate::support::Run, Value) {
         let mut all = vec!["sync", "--json", "report.json"];
         all.extend_from_slice(args);
         let run = regmirror(self.dir.path(), &all, &[]);
@@ -704,7 +702,7 @@ async fn tls_is_verified_and_a_configured_ca_is_trusted() {
 }
 
 fn shared_manifest(path: &str) -> Vec<u8> {
-    let dir = support::shared_fixtures().expect("../shared/fixtures/real is missing");
+    let dir = crate::support::shared_fixtures().expect("../shared/fixtures/real is missing");
     let path = dir.join("manifests/containers-image").join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
@@ -1111,7 +1109,7 @@ async fn hostile_tags_never_leave_the_target_prefix() {
 /// regmirror nothing, and that host never sees an `Authorization` header.
 #[tokio::test]
 async fn credentials_never_reach_another_host() {
-    let foreign = support::standin::StandIn::start(|request, base| {
+    let foreign = crate::support::standin::StandIn::start(|request, base| {
         let json = vec![("Content-Type".to_string(), "application/json".to_string())];
         match request.path() {
             p if p.ends_with("/tags/list") => (200, json, br#"{"tags":[]}"#.to_vec()),
@@ -1229,6 +1227,11 @@ async fn credentials_never_reach_another_host() {
         assert_eq!(request.header("authorization"), None, "{request:?}");
     }
     assert!(!paths.contains(&"/token"), "{paths:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.method == "PUT" && r.path() == "/upload/1"),
+        "the upload went there as a PUT"
+    );
     assert!(
         run.stderr.contains("credentials are not sent there"),
         "{}",
@@ -1792,7 +1795,7 @@ async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
     // The registry logs a request after answering it: give the last line a moment.
     let mut blob_gets = 0;
     for _ in 0..100 {
-        blob_gets = target.count_since(mark, "GET", support::Request::is_blob);
+        blob_gets = target.count_since(mark, "GET", crate::support::Request::is_blob);
         if blob_gets >= unique.len() {
             break;
         }

@@ -3,7 +3,6 @@
 //! distribution's token auth, a fault-injecting proxy, a generator of
 //! multi-arch test images pushed with plain HTTP (not regmirror's client),
 //! and a runner for the real `regmirror` binary.
-#![allow(dead_code)]
 
 pub mod check;
 pub mod images;

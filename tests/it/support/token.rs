@@ -20,8 +20,6 @@ pub struct Issuer {
     pub password: String,
     /// Every token issued, to check none leaks into output.
     pub issued: Arc<Mutex<Vec<String>>>,
-    /// Every `scope` parameter asked for.
-    pub scopes: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
     _server: StandIn,
 }
@@ -59,12 +57,11 @@ impl Issuer {
             jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
 
         let issued = Arc::new(Mutex::new(Vec::new()));
-        let scopes = Arc::new(Mutex::new(Vec::new()));
         let expected = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
-        let (issued_in, scopes_in) = (issued.clone(), scopes.clone());
+        let issued_in = issued.clone();
         let count = std::sync::atomic::AtomicUsize::new(0);
         let json = |status: u16, body: String| {
             (
@@ -81,7 +78,6 @@ impl Issuer {
                 .filter(|(k, _)| k == "scope")
                 .map(|(_, v)| v.into_owned())
                 .collect();
-            scopes_in.lock().unwrap().extend(requested.iter().cloned());
             if request.header("authorization") != Some(expected.as_str()) {
                 return json(401, r#"{"details":"bad credentials"}"#.to_string());
             }
@@ -127,7 +123,6 @@ impl Issuer {
             user: user.into(),
             password: password.into(),
             issued,
-            scopes,
             _dir: dir,
             _server: server,
         }

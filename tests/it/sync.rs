@@ -2,14 +2,12 @@
 //! `docker-registry` processes on loopback (plain, htpasswd, token auth),
 //! with images generated here and checked by skopeo, an independent reader.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use crate::support::images::{self, Generated, Spec, skopeo_raw};
+use crate::support::{Auth, Registry, Request, auth_env, regmirror, token};
 use base64::Engine as _;
-use support::images::{self, Generated, Spec, skopeo_raw};
-use support::{Auth, Registry, Request, auth_env, regmirror, token};
 
 /// An upstream and three targets: plain, htpasswd, and token auth.
 struct Lab {
@@ -81,7 +79,7 @@ impl Lab {
         config
     }
 
-    fn run(&self, args: &[&str]) -> support::Run {
+    fn run(&self, args: &[&str]) -> crate::support::Run {
         let run = regmirror(self.dir.path(), args, &self.env());
         let output = run.all();
         for secret in self.secrets() {
@@ -430,7 +428,7 @@ async fn copy_from_an_oci_layout_to_two_targets() {
 /// shared fixtures are beside this checkout.
 #[tokio::test]
 async fn copy_real_oci_layouts_from_shared_fixtures() {
-    let Some(fixtures) = support::shared_fixtures() else {
+    let Some(fixtures) = crate::support::shared_fixtures() else {
         panic!("../shared/fixtures/real is missing: CI runs with ../shared beside the checkout");
     };
     let target = Registry::start(Auth::None);
@@ -760,7 +758,7 @@ fn shipped_schemas_match_the_code_and_the_configs() {
             "{}",
             config.display()
         );
-        support::check_jsonschema(schema.to_str().unwrap(), &config).unwrap();
+        crate::support::check_jsonschema(schema.to_str().unwrap(), &config).unwrap();
     }
 }
 
@@ -842,7 +840,7 @@ async fn tampered_blob_and_dead_target_fail_alone() {
     // The reports say the same, in their documented shapes.
     let report = dir.path().join("report.json");
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json");
-    support::check_jsonschema(&schema.display().to_string(), &report).unwrap();
+    crate::support::check_jsonschema(&schema.display().to_string(), &report).unwrap();
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(report["command"], "sync");
@@ -908,13 +906,13 @@ async fn upload_broken_mid_blob_is_retried_from_the_spool() {
     let upstream = Registry::start(Auth::None);
     let target = Registry::start(Auth::None);
     let other = Registry::start(Auth::None);
-    let proxy = support::proxy::Proxy::start(
+    let proxy = crate::support::proxy::Proxy::start(
         &target.host,
-        vec![support::proxy::Rule::new(
+        vec![crate::support::proxy::Rule::new(
             "PUT",
             "/blobs/uploads/",
             3,
-            support::proxy::Action::CutRequestAfter(20_000),
+            crate::support::proxy::Action::CutRequestAfter(20_000),
         )],
     );
     let dir = tempfile::tempdir().unwrap();
@@ -969,7 +967,7 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
     let wrong = "wrong-pass-Z1y";
     let mut env = lab.env();
     env.retain(|(k, _)| !k.starts_with("REGMIRROR_AUTH_"));
-    env.push((support::auth_var(basic), format!("alice:{wrong}")));
+    env.push((crate::support::auth_var(basic), format!("alice:{wrong}")));
     let run = regmirror(
         lab.dir.path(),
         &[
@@ -1089,7 +1087,7 @@ fn matrix_shards_cover_the_plan_once() {
         config += &format!("  - {{name: img{i}, source: docker.io/x/img{i}, tags: [v1, v2]}}\n");
     }
     std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
-    let rows = |run: &support::Run| -> Vec<String> {
+    let rows = |run: &crate::support::Run| -> Vec<String> {
         assert_eq!(run.code, 0, "{}", run.all());
         run.stdout
             .lines()
@@ -1123,7 +1121,7 @@ fn matrix_shards_cover_the_plan_once() {
 /// regsync file lists.
 #[test]
 fn import_converts_every_real_regsync_and_skopeo_config() {
-    let fixtures = support::shared_fixtures()
+    let fixtures = crate::support::shared_fixtures()
         .expect("../shared/fixtures/real is beside the repository")
         .join("mirror-configs");
     let dir = tempfile::tempdir().unwrap();
@@ -1220,7 +1218,7 @@ fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
     files.push((root.join("action.yml"), "builtin:vendor.github-actions"));
     let reference = regex::Regex::new(r"inputs\.([A-Za-z0-9_-]+)").unwrap();
     for (file, schema) in &files {
-        support::check_jsonschema(schema, file)
+        crate::support::check_jsonschema(schema, file)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let text = std::fs::read_to_string(file).unwrap();
         let document: serde_json::Value = serde_saphyr::from_str(&text).unwrap();

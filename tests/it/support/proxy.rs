@@ -69,12 +69,11 @@ impl Rule {
     }
 }
 
-/// One request the proxy saw, and the rule (index) applied to it, if any.
+/// One request the proxy saw.
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: String,
     pub path: String,
-    pub rule: Option<usize>,
     pub at: std::time::Instant,
 }
 
@@ -180,7 +179,6 @@ fn serve(
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),
-        rule: picked.as_ref().map(|(i, _, _)| *i),
         at: std::time::Instant::now(),
     });
     let action = picked.map(|(_, action, n)| (action, n));
