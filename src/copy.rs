@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -30,18 +30,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{Descriptor, Manifest};
+use crate::manifest::Descriptor;
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
-use crate::registry::{Mount, RegistryClient};
+use crate::registry::RegistryClient;
 use crate::report::{Failure, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
 mod referrers;
+mod write;
 
-/// Times a manifest PUT answered `MANIFEST_BLOB_UNKNOWN` is tried again.
-const BLOB_UNKNOWN_RETRIES: u32 = 3;
+use write::{FirstWriter, WriteKey, Written};
 
 /// How a run behaves.
 #[derive(Clone, Debug)]
@@ -91,20 +91,6 @@ pub struct Silent;
 impl Reporter for Silent {
     fn job_finished(&self, _: &[Outcome]) {}
 }
-
-/// What one write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Written {
-    Present,
-    Mounted,
-    Uploaded,
-}
-
-/// The repository path that began writing a blob first, and its write cell.
-type FirstWriter = (String, Arc<OnceCell<Written>>);
-
-/// Identifies one object in one repository: (is manifest, api host, path, digest).
-type WriteKey = (bool, String, String, Digest);
 
 /// Runs jobs against registries; holds what the run has learned.
 pub struct Engine {
@@ -491,218 +477,5 @@ impl Engine {
             .try_collect()
             .await?;
         Ok(lacking.into_iter().flatten().collect())
-    }
-
-    fn cell(&self, key: WriteKey) -> Arc<OnceCell<Written>> {
-        self.writes
-            .lock()
-            .expect("writes lock poisoned")
-            .entry(key)
-            .or_default()
-            .clone()
-    }
-
-    fn forget_write(&self, key: &WriteKey) {
-        self.writes
-            .lock()
-            .expect("writes lock poisoned")
-            .remove(key);
-    }
-
-    fn key(manifest: bool, repository: &Repository, digest: &Digest) -> WriteKey {
-        (
-            manifest,
-            repository.api_host().to_string(),
-            repository.path.clone(),
-            digest.clone(),
-        )
-    }
-
-    fn holds(&self, repository: &Repository, digest: &Digest) -> bool {
-        let holders = self.holders.lock().expect("holders lock poisoned");
-        holders
-            .get(&(repository.api_host().to_string(), digest.clone()))
-            .is_some_and(|paths| paths.contains(&repository.path))
-    }
-
-    fn record(&self, repository: &Repository, digest: &Digest) {
-        let mut holders = self.holders.lock().expect("holders lock poisoned");
-        holders
-            .entry((repository.api_host().to_string(), digest.clone()))
-            .or_default()
-            .insert(repository.path.clone());
-    }
-
-    fn unrecord(&self, repository: &Repository, digest: &Digest) {
-        let mut holders = self.holders.lock().expect("holders lock poisoned");
-        if let Some(paths) = holders.get_mut(&(repository.api_host().to_string(), digest.clone())) {
-            paths.remove(&repository.path);
-        }
-    }
-
-    /// Another repository of the same registry known to hold `digest`.
-    fn mount_source(&self, repository: &Repository, digest: &Digest) -> Option<String> {
-        let holders = self.holders.lock().expect("holders lock poisoned");
-        holders
-            .get(&(repository.api_host().to_string(), digest.clone()))?
-            .iter()
-            .find(|path| **path != repository.path)
-            .cloned()
-    }
-
-    /// The spooled file for `blob`, fetched from the job's source at most once.
-    async fn spooled(&self, job: &Job, blob: &Descriptor) -> Result<PathBuf> {
-        self.spool
-            .get(&blob.digest, |path| async move {
-                job.source.fetch_blob(&self.client, blob, &path).await
-            })
-            .await
-    }
-
-    /// Puts `blob` into `repository` once per run: mount if a sibling
-    /// repository has it, else upload from the spool. Returns what was done
-    /// and whether this caller did it.
-    async fn ensure_blob(
-        &self,
-        job: &Job,
-        repository: &Repository,
-        blob: &Descriptor,
-    ) -> Result<(Written, bool)> {
-        let cell = self.cell(Self::key(false, repository, &blob.digest));
-        let mine = AtomicBool::new(false);
-        let written = cell
-            .get_or_try_init(|| async {
-                mine.store(true, Ordering::Relaxed);
-                self.after_first_writer(repository, &blob.digest, &cell).await;
-                let mut session = None;
-                if let Some(from) = self.mount_source(repository, &blob.digest) {
-                    match self.client.mount_blob(repository, &blob.digest, &from).await {
-                        Ok(Mount::Mounted) => {
-                            self.record(repository, &blob.digest);
-                            return Ok(Written::Mounted);
-                        }
-                        Ok(Mount::Declined { upload_url }) => session = Some(upload_url),
-                        Err(error) if error.is_auth() => return Err(error),
-                        Err(error) => tracing::debug!(%repository, digest = %blob.digest, "mount failed, uploading: {error}"),
-                    }
-                }
-                let path = self.spooled(job, blob).await?;
-                self.client.upload_blob(repository, blob, &path, session).await?;
-                self.record(repository, &blob.digest);
-                Ok::<_, Error>(Written::Uploaded)
-            })
-            .await?;
-        Ok((*written, mine.load(Ordering::Relaxed)))
-    }
-
-    /// Waits for the repository of the same registry that began writing
-    /// `digest` first, if that is another one: once it is done, the blob is
-    /// mounted from there instead of uploaded again. If it failed, this
-    /// writer goes on by itself.
-    async fn after_first_writer(
-        &self,
-        repository: &Repository,
-        digest: &Digest,
-        cell: &Arc<OnceCell<Written>>,
-    ) {
-        let (path, first) = self
-            .first_writers
-            .lock()
-            .expect("first writers lock poisoned")
-            .entry((repository.api_host().to_string(), digest.clone()))
-            .or_insert_with(|| (repository.path.clone(), cell.clone()))
-            .clone();
-        if path != repository.path {
-            // Waits while the first writer is busy; an empty cell (it
-            // failed) is left empty.
-            let _ = first
-                .get_or_try_init(|| async { Err::<Written, ()>(()) })
-                .await;
-        }
-    }
-
-    /// Puts a child manifest by digest unless the repository has it. True if
-    /// pushed. `check_first: false` (the tag was absent, so its children
-    /// most likely are too) skips the HEAD: putting a manifest the registry
-    /// already has is harmless and costs one request, as the HEAD would.
-    async fn ensure_manifest(
-        &self,
-        job: &Job,
-        image: &Image,
-        repository: &Repository,
-        manifest: &Manifest,
-        check_first: bool,
-    ) -> Result<bool> {
-        let cell = self.cell(Self::key(true, repository, &manifest.digest));
-        let mine = AtomicBool::new(false);
-        let written = cell
-            .get_or_try_init(|| async {
-                if check_first
-                    && self
-                        .client
-                        .head_manifest(repository, manifest.digest.as_str())
-                        .await?
-                        .as_ref()
-                        == Some(&manifest.digest)
-                {
-                    return Ok(Written::Present);
-                }
-                mine.store(true, Ordering::Relaxed);
-                self.put_manifest(job, image, repository, manifest.digest.as_str(), manifest)
-                    .await?;
-                Ok::<_, Error>(Written::Uploaded)
-            })
-            .await?;
-        Ok(*written == Written::Uploaded && mine.load(Ordering::Relaxed))
-    }
-
-    /// PUTs a manifest. If the registry says something it names is unknown
-    /// (`MANIFEST_BLOB_UNKNOWN`: distribution can lose a blob link while
-    /// another writer rewrites it, and a run beside ours writes the same
-    /// blobs), checks every blob and child manifest it names again, puts
-    /// back what is missing, and tries again, a few times.
-    async fn put_manifest(
-        &self,
-        job: &Job,
-        image: &Image,
-        repository: &Repository,
-        reference: &str,
-        manifest: &Manifest,
-    ) -> Result<()> {
-        let mut tries = 0;
-        loop {
-            let error = match self
-                .client
-                .put_manifest(repository, reference, manifest)
-                .await
-            {
-                Err(error) if error.is_blob_unknown() && tries < BLOB_UNKNOWN_RETRIES => error,
-                other => return other,
-            };
-            tries += 1;
-            tracing::warn!(%repository, %reference, "registry reports something unknown; checking again: {error}");
-            for blob in &manifest.blobs {
-                if !self.client.blob_exists(repository, &blob.digest).await? {
-                    self.unrecord(repository, &blob.digest);
-                    self.forget_write(&Self::key(false, repository, &blob.digest));
-                    // Leased by this job: still in the spool, or fetched again.
-                    self.ensure_blob(job, repository, blob).await?;
-                }
-            }
-            for child in &manifest.children {
-                let present = self
-                    .client
-                    .head_manifest(repository, child.digest.as_str())
-                    .await?
-                    .is_some();
-                let known = image.children.iter().find(|m| m.digest == child.digest);
-                if let (false, Some(known)) = (present, known) {
-                    self.forget_write(&Self::key(true, repository, &known.digest));
-                    Box::pin(self.ensure_manifest(job, image, repository, known, false)).await?;
-                }
-            }
-            // Give the other writer a moment to finish its link files.
-            tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(tries))).await;
-        }
     }
 }

@@ -5,19 +5,16 @@
 //! care which it has. [`Image`] is the whole manifest tree of one image.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-
-use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::manifest::{Descriptor, Manifest};
+
+mod read;
 use crate::reference::Repository;
-use crate::registry::RegistryClient;
 
 /// Index nesting we follow before calling the image hostile.
-const MAX_DEPTH: usize = 4;
+pub const MAX_DEPTH: usize = 4;
 
 /// Most distinct manifests one image may have (a 1,024-entry index of
 /// 1,024-entry indexes is not an image anyone pushes).
@@ -66,113 +63,10 @@ impl std::fmt::Display for Source {
     }
 }
 
-impl Source {
-    /// The digest `reference` (tag or digest) names, or `None` if absent.
-    pub async fn resolve(
-        &self,
-        client: &RegistryClient,
-        reference: &str,
-    ) -> Result<Option<Digest>> {
-        match self {
-            Source::Registry(repository) => client.head_manifest(repository, reference).await,
-            Source::Layout(layout) => match reference.parse::<Digest>() {
-                Ok(digest) => Ok(Some(digest)),
-                Err(_) => layout.resolve(Some(reference)).map(|d| Some(d.digest)),
-            },
-        }
-    }
-
-    /// Reads one manifest by digest; `media_type` is the parent's claim.
-    pub async fn manifest(
-        &self,
-        client: &RegistryClient,
-        digest: &Digest,
-        media_type: Option<&str>,
-    ) -> Result<Manifest> {
-        match self {
-            Source::Registry(repository) => {
-                client
-                    .get_manifest(repository, digest.as_str(), Some(digest))
-                    .await
-            }
-            Source::Layout(layout) => layout.manifest(digest, media_type).await,
-        }
-    }
-
-    /// Writes the verified blob to `to`.
-    pub async fn fetch_blob(
-        &self,
-        client: &RegistryClient,
-        blob: &Descriptor,
-        to: &Path,
-    ) -> Result<()> {
-        match self {
-            Source::Registry(repository) => client.download_blob(repository, blob, to).await,
-            Source::Layout(layout) => layout.copy_blob(blob, to).await,
-        }
-    }
-
-    /// Reads the whole manifest tree under `digest`: every platform,
-    /// attestation entries (`unknown/unknown`) included. Each digest is
-    /// fetched once, however often indexes repeat it, and the tree may hold
-    /// at most [`MAX_IMAGE_MANIFESTS`] manifests of [`MAX_IMAGE_MANIFEST_BYTES`]
-    /// in all: memory is bounded by what is unique, not by what is listed.
-    pub async fn read_image(&self, client: &RegistryClient, digest: &Digest) -> Result<Image> {
-        let root = self.manifest(client, digest, None).await?;
-        let hostile = |reason: String| Error::Manifest {
-            what: digest.to_string(),
-            reason,
-        };
-        let mut total = root.bytes.len() as u64;
-        let mut fetched: HashMap<Digest, Manifest> = HashMap::new();
-        let mut level: Vec<Descriptor> = unique(&root.children, &fetched, digest);
-        let mut depth = 0;
-        while !level.is_empty() {
-            depth += 1;
-            if depth > MAX_DEPTH {
-                return Err(hostile(format!("indexes nested deeper than {MAX_DEPTH}")));
-            }
-            if fetched.len() + level.len() > MAX_IMAGE_MANIFESTS {
-                return Err(hostile(format!(
-                    "more than {MAX_IMAGE_MANIFESTS} distinct manifests in one image"
-                )));
-            }
-            let manifests: Vec<Manifest> = stream::iter(level.iter())
-                .map(|d| self.manifest(client, &d.digest, Some(d.media_type.as_str())))
-                .buffered(8)
-                .try_collect()
-                .await?;
-            let mut next = Vec::new();
-            for (descriptor, manifest) in level.iter().zip(manifests) {
-                let actual = manifest.bytes.len() as u64;
-                if actual != descriptor.size {
-                    return Err(Error::SizeMismatch {
-                        digest: descriptor.digest.clone(),
-                        expected: descriptor.size,
-                        actual,
-                    });
-                }
-                total += actual;
-                if total > MAX_IMAGE_MANIFEST_BYTES {
-                    return Err(hostile(format!(
-                        "its manifests pass {} MiB in all",
-                        MAX_IMAGE_MANIFEST_BYTES >> 20
-                    )));
-                }
-                next.extend(manifest.children.iter().cloned());
-                fetched.insert(descriptor.digest.clone(), manifest);
-            }
-            level = unique(&next, &fetched, digest);
-        }
-        let children = push_order(&root, &mut fetched);
-        Ok(Image { root, children })
-    }
-}
-
 /// The descriptors of `list` not yet fetched, each digest once. A
 /// manifest cannot list itself (its digest would have to be in its own
 /// bytes), so `root` is left out too.
-fn unique(
+pub(crate) fn unique(
     list: &[Descriptor],
     fetched: &HashMap<Digest, Manifest>,
     root: &Digest,
@@ -187,7 +81,10 @@ fn unique(
 
 /// The manifests under `root`, each once, every child before each parent
 /// that lists it (depth first, children first), whatever levels share them.
-fn push_order(root: &Manifest, fetched: &mut HashMap<Digest, Manifest>) -> Vec<Manifest> {
+pub(crate) fn push_order(
+    root: &Manifest,
+    fetched: &mut HashMap<Digest, Manifest>,
+) -> Vec<Manifest> {
     let mut order = Vec::with_capacity(fetched.len());
     let mut placed = HashSet::new();
     // (manifest, whether its children are already placed)
