@@ -17,6 +17,12 @@ use serde_json::Value;
 
 use crate::reference::Reference;
 
+mod regsync;
+mod skopeo;
+
+use regsync::regsync_pairs;
+use skopeo::skopeo_pairs;
+
 /// The tools we read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -131,199 +137,6 @@ fn reference(text: &str, warnings: &mut Warnings) -> Option<Reference> {
         text = format!("{host}{}", &text[end..]);
     }
     text.parse().ok()
-}
-
-fn regsync_pairs(
-    document: &Value,
-    warnings: &mut Warnings,
-    registries: &mut BTreeMap<String, bool>,
-) -> Vec<Pair> {
-    if document.get("creds").is_some() {
-        warnings.add("`creds` are not carried over: regmirror reads credentials from `docker login` (the Docker credential chain), `REGMIRROR_AUTH_<HOST>` or `GITHUB_TOKEN`");
-        for cred in document["creds"].as_array().into_iter().flatten() {
-            let Some(registry) = cred.get("registry").and_then(text) else {
-                continue;
-            };
-            match cred.get("tls").and_then(text).as_deref() {
-                Some("disabled") => {
-                    registries.insert(registry, true);
-                }
-                Some("insecure") => warnings.add(format!(
-                    "`{registry}`: `tls: insecure` (unverified TLS) has no equivalent; give the registry's CA instead"
-                )),
-                _ => {}
-            }
-        }
-    }
-    if let Some(defaults) = document.get("defaults").and_then(Value::as_object) {
-        for key in defaults.keys() {
-            warnings.add(format!("`defaults.{key}` is not carried over"));
-        }
-    }
-    let mut pairs = Vec::new();
-    for (i, entry) in document["sync"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let place = format!("sync[{i}]");
-        for key in entry.as_object().into_iter().flat_map(|o| o.keys()) {
-            if !["source", "target", "type", "tags"].contains(&key.as_str()) {
-                warnings.add(format!("`sync[].{key}` is not carried over"));
-            }
-        }
-        let (Some(source), Some(target)) = (
-            entry.get("source").and_then(text),
-            entry.get("target").and_then(text),
-        ) else {
-            warnings.add(format!("{place}: no `source` or `target`; skipped"));
-            continue;
-        };
-        let (Some(source_ref), Some(target_ref)) =
-            (reference(&source, warnings), reference(&target, warnings))
-        else {
-            warnings.add(format!(
-                "{place}: `{source}` → `{target}` uses a Go template regmirror cannot evaluate; skipped"
-            ));
-            continue;
-        };
-        let kind = entry
-            .get("type")
-            .and_then(text)
-            .unwrap_or_else(|| "repository".into());
-        let selection = if kind == "image" {
-            let tag = source_ref.tag.clone().unwrap_or_else(|| "latest".into());
-            if source_ref.digest.is_some() {
-                warnings.add(format!(
-                    "{place}: `{source}` is pinned by digest without a tag to set; skipped"
-                ));
-                continue;
-            }
-            if target_ref.tag.as_ref().is_some_and(|t| *t != tag) {
-                warnings.add(format!(
-                    "{place}: `{source}` → `{target}` renames the tag, which mirror.yaml does not do; skipped"
-                ));
-                continue;
-            }
-            Selection::List(BTreeSet::from([tag]))
-        } else {
-            let tags = entry.get("tags");
-            let allow = strings(tags.and_then(|t| t.get("allow")));
-            let deny = strings(tags.and_then(|t| t.get("deny")));
-            if let Some(extra) = tags.and_then(Value::as_object) {
-                for key in extra
-                    .keys()
-                    .filter(|k| !["allow", "deny"].contains(&k.as_str()))
-                {
-                    warnings.add(format!("`sync[].tags.{key}` is not carried over"));
-                }
-            }
-            // regsync anchors its patterns, as mirror.yaml does.
-            Selection::Selector(
-                Some(any_of(&allow).unwrap_or_else(|| ".*".into())),
-                any_of(&deny),
-                None,
-            )
-        };
-        pairs.push(Pair {
-            source: source_ref.repository.to_string(),
-            selection,
-            target: target_ref.repository.to_string(),
-        });
-    }
-    pairs
-}
-
-/// skopeo's regex is unanchored (Go's `MatchString`); mirror.yaml's is
-/// anchored: keep `^…$` as written, pad the open ends with `.*`.
-fn skopeo_regex(pattern: &str) -> String {
-    let (start, rest) = match pattern.strip_prefix('^') {
-        Some(rest) => ("", rest),
-        None => (".*", pattern),
-    };
-    let (body, end) = match rest.strip_suffix('$') {
-        Some(body) if !body.ends_with('\\') => (body, ""),
-        _ => (rest, ".*"),
-    };
-    format!("{start}(?:{body}){end}")
-}
-
-fn skopeo_pairs(
-    document: &Value,
-    destination: &str,
-    warnings: &mut Warnings,
-    registries: &mut BTreeMap<String, bool>,
-) -> Vec<Pair> {
-    let mut pairs = Vec::new();
-    for (registry, entry) in document.as_object().into_iter().flatten() {
-        for key in entry.as_object().into_iter().flat_map(|o| o.keys()) {
-            match key.as_str() {
-                "images" | "images-by-tag-regex" | "images-by-semver" => {}
-                "credentials" => warnings.add("`credentials` are not carried over: regmirror reads credentials from `docker login` (the Docker credential chain) or `REGMIRROR_AUTH_<HOST>`"),
-                "tls-verify" if entry[key] == Value::Bool(false) => {
-                    registries.insert(registry.clone(), true);
-                }
-                "tls-verify" => {}
-                other => warnings.add(format!("`{other}` is not carried over")),
-            }
-        }
-        let mut add = |path: &str, selection: Selection, warnings: &mut Warnings| {
-            let source = format!("{registry}/{path}");
-            match source.parse::<Reference>() {
-                Ok(reference) => pairs.push(Pair {
-                    target: format!("{destination}/{}", reference.repository.path),
-                    source: reference.repository.to_string(),
-                    selection,
-                }),
-                Err(error) => warnings.add(format!("`{source}`: {error}; skipped")),
-            }
-        };
-        for (path, tags) in entry
-            .get("images")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let tags = strings(Some(tags));
-            let (digests, tags): (Vec<String>, Vec<String>) =
-                tags.into_iter().partition(|t| t.contains(':'));
-            for digest in digests {
-                warnings.add(format!(
-                    "`{registry}/{path}@{digest}`: a digest without a tag to set on the targets; skipped"
-                ));
-            }
-            let selection = if tags.is_empty() {
-                Selection::Selector(Some(".*".into()), None, None)
-            } else {
-                Selection::List(tags.into_iter().collect())
-            };
-            add(path, selection, warnings);
-        }
-        for (path, pattern) in entry
-            .get("images-by-tag-regex")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let pattern = text(pattern).unwrap_or_default();
-            add(
-                path,
-                Selection::Selector(Some(skopeo_regex(&pattern)), None, None),
-                warnings,
-            );
-        }
-        for (path, range) in entry
-            .get("images-by-semver")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let range = text(range).unwrap_or_default();
-            add(path, Selection::Selector(None, None, Some(range)), warnings);
-        }
-    }
-    pairs
 }
 
 /// The documents of a file; a Kubernetes ConfigMap (regclient's example)
@@ -775,19 +588,5 @@ metadata: {name: regsync}
             "{:#?}",
             imported.warnings
         );
-    }
-
-    #[test]
-    fn skopeo_regex_is_anchored_like_skopeo_matches() {
-        let cases = [
-            ("^1\\.13\\.[12]-alpine-perl$", "1.13.1-alpine-perl", true),
-            ("alpine", "3-alpine-x", true),
-            ("^v1", "v1.2", true),
-            ("^v1", "xv1", false),
-        ];
-        for (pattern, tag, expected) in cases {
-            let regex = crate::plan::tags::anchored(&skopeo_regex(pattern)).unwrap();
-            assert_eq!(regex.is_match(tag), expected, "{pattern} vs {tag}");
-        }
     }
 }
