@@ -3,14 +3,17 @@
 //! tests (by PID).
 //!
 //! - `sync`: end to end: copy, verify, selectors, import, reports, schemas.
-//! - `faults`: a scripted proxy and hostile servers in front of real
-//!   registries: rate limits, resets, tampering, crashes, deadlines,
-//!   untrusted names, credentials, output, signals.
+//! - `faults`: a scripted proxy in front of real registries: rate limits,
+//!   resets, 5xx, tampering, crashes, TLS, malformed manifests.
+//! - `hostile`: hostile registries and bad networks: untrusted names,
+//!   credentials, output, fan-out, deadlines, spool, overlapping runs,
+//!   signals, stored corruption.
 //! - `seeds`: the five seed scenarios in `examples/`.
 //! - `support`: registries, the token issuer, the fault proxy, the stand-in
 //!   server, image generation, the independent deep check.
 
 mod faults;
+mod hostile;
 mod seeds;
 mod support;
 mod sync;

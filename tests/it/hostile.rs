@@ -1,0 +1,805 @@
+//! Hostile registries and bad networks (DESIGN §5b): what a registry sends
+//! is untrusted. Small scripted servers and the fault proxy in front of real
+//! registries, one test per class, each asserting the bad thing cannot
+//! happen: writes outside the prefix, credentials to another host,
+//! workflow commands from registry text, fan-out manifests, dead and
+//! trickling peers, an unbounded spool, overlapping runs, signals, stored
+//! corruption that HEADs cannot see.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::faults::{Setup, outcome, small};
+use crate::support::check::{TagState, deep_check};
+use crate::support::images::{self, Spec};
+use crate::support::proxy::{Action, Proxy, Rule};
+use crate::support::{Auth, Registry, regmirror, regmirror_command};
+
+/// `mirror.yaml` with one target `t0` (`HOST/m`) and `images` as YAML entries.
+fn hostile_config(dir: &Path, target: &str, images: &str) {
+    let text = format!(
+        "version: 1\ntargets:\n  t0: {target}/m\ndefaults:\n  targets: [t0]\nimages:\n{images}"
+    );
+    std::fs::write(dir.join("mirror.yaml"), text).unwrap();
+}
+
+fn json_reply(body: String, headers: &[(&str, String)]) -> Action {
+    let mut all = vec![("Content-Type".to_string(), "application/json".to_string())];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.clone())));
+    Action::Respond {
+        status: 200,
+        headers: all,
+        body: body.into_bytes(),
+    }
+}
+
+/// A source's tag list is untrusted: tags outside the spec's grammar (`..`,
+/// `%2e%2e`, `a%2fb`, `?`, `#`, a path) are skipped with a warning naming
+/// them, and no request leaves the target prefix: a victim repository on
+/// the target keeps its digest.
+#[tokio::test]
+async fn hostile_tags_never_leave_the_target_prefix() {
+    let setup = Setup::new(1, 1).await;
+    let target = &setup.targets[0];
+    let victim = small("victim", 7);
+    images::push(&target.url(), "victim", "v1", &victim).await;
+    let hostile = [
+        "..",
+        "../../../../victim/manifests/v1",
+        "%2e%2e",
+        "%2E%2E%2F%2E%2E",
+        "a%2fb",
+        "x?y=1",
+        "x#y",
+        "v1/../../../../victim",
+    ];
+    let mut tags = vec!["v1"];
+    tags.extend(hostile);
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/tags/list",
+            usize::MAX,
+            json_reply(serde_json::json!({ "tags": tags }).to_string(), &[]),
+        )],
+    );
+    hostile_config(
+        setup.dir.path(),
+        &target.host,
+        &format!(
+            "  - name: app0\n    source: {}/team/app0\n    tags: {{ regex: '.*' }}\n",
+            proxy.host
+        ),
+    );
+    let mark = target.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    assert_eq!(report["results"].as_array().unwrap().len(), 1, "{report:#}");
+    for tag in hostile {
+        assert!(
+            run.stderr.contains(&format!("skipping tag {tag:?}")),
+            "{tag} not named:\n{}",
+            run.stderr
+        );
+    }
+    let outside: Vec<String> = target
+        .requests()
+        .iter()
+        .skip(mark)
+        .filter(|r| r.path != "/v2/" && !r.path.starts_with("/v2/m/team/app0/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests outside the prefix: {outside:#?}"
+    );
+    assert_eq!(
+        deep_check(&target.host, "victim", "v1").await,
+        TagState::Complete(victim.root.0.clone())
+    );
+}
+
+/// Credentials stay with their registry: a tag list `Link`, a blob
+/// redirect and an upload `Location` that point at another host are
+/// followed without them; the other host's 401 and its realm teach
+/// regmirror nothing, and that host never sees an `Authorization` header.
+#[tokio::test]
+async fn credentials_never_reach_another_host() {
+    let foreign = crate::support::standin::StandIn::start(|request, base| {
+        let json = vec![("Content-Type".to_string(), "application/json".to_string())];
+        match request.path() {
+            p if p.ends_with("/tags/list") => (200, json, br#"{"tags":[]}"#.to_vec()),
+            "/token" => (200, json, br#"{"token":"stolen"}"#.to_vec()),
+            _ => (
+                401,
+                vec![(
+                    "WWW-Authenticate".to_string(),
+                    format!(r#"Bearer realm="{base}/token",service="evil""#),
+                )],
+                b"{}".to_vec(),
+            ),
+        }
+    });
+    let setup = Setup::new(2, 1).await;
+    // Both ends ask for Basic credentials, so regmirror holds a password for each.
+    let basic = || {
+        Rule::new(
+            "GET",
+            "/v2/",
+            1,
+            Action::Respond {
+                status: 401,
+                headers: vec![("WWW-Authenticate".into(), r#"Basic realm="r""#.into())],
+                body: Vec::new(),
+            },
+        )
+    };
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            basic(),
+            // app0's tag list goes on at the foreign host.
+            Rule::new(
+                "GET",
+                "/team/app0/tags/list",
+                usize::MAX,
+                json_reply(
+                    r#"{"tags":["v1"]}"#.into(),
+                    &[(
+                        "Link",
+                        format!(
+                            r#"<{}/v2/team/app0/tags/list?last=v1>; rel="next""#,
+                            foreign.url
+                        ),
+                    )],
+                ),
+            ),
+            // app0's blobs are "on a CDN": the foreign host.
+            Rule::new(
+                "GET",
+                "/team/app0/blobs/sha256:",
+                usize::MAX,
+                Action::Respond {
+                    status: 307,
+                    headers: vec![("Location".into(), format!("{}/cdn/blob", foreign.url))],
+                    body: Vec::new(),
+                },
+            ),
+        ],
+    );
+    let target = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            basic(),
+            // app1's uploads are sent to the foreign host.
+            Rule::new(
+                "POST",
+                "/m/team/app1/blobs/uploads/",
+                usize::MAX,
+                Action::Respond {
+                    status: 202,
+                    headers: vec![("Location".into(), format!("{}/upload/1", foreign.url))],
+                    body: Vec::new(),
+                },
+            ),
+        ],
+    );
+    hostile_config(
+        setup.dir.path(),
+        &target.host,
+        &format!(
+            "  - name: app0\n    source: {s}/team/app0\n    tags: {{ regex: '.*' }}\n  - name: app1\n    source: {s}/team/app1\n    tags: [v1]\n",
+            s = source.host
+        ),
+    );
+    let secret = |host: &str| {
+        let name: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        (
+            format!("REGMIRROR_AUTH_{name}"),
+            format!("alice:secret-for-{host}"),
+        )
+    };
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--json", "report.json"],
+        &[secret(&source.host), secret(&target.host)],
+    );
+    assert_ne!(run.code, 0, "{}", run.all());
+    let seen = foreign.requests();
+    let paths: Vec<&str> = seen.iter().map(|r| r.path()).collect();
+    // Every way to the foreign host was taken …
+    for path in ["/v2/team/app0/tags/list", "/cdn/blob", "/upload/1"] {
+        assert!(
+            paths.contains(&path),
+            "{path} not reached: {paths:?}\n{}",
+            run.all()
+        );
+    }
+    // … and it never saw a credential, nor a token request.
+    for request in &seen {
+        assert_eq!(request.header("authorization"), None, "{request:?}");
+    }
+    assert!(!paths.contains(&"/token"), "{paths:?}");
+    assert!(
+        seen.iter()
+            .any(|r| r.method == "PUT" && r.path() == "/upload/1"),
+        "the upload went there as a PUT"
+    );
+    assert!(
+        run.stderr.contains("credentials are not sent there"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.all().contains("secret-for"), "{}", run.all());
+}
+
+/// Text from a registry (an error body) never reaches stderr or stdout as a
+/// line that starts with `::` (a GitHub Actions workflow command), and is
+/// inert in the step summary (no link, image or HTML).
+#[tokio::test]
+async fn registry_text_cannot_command_the_runner_or_the_summary() {
+    let setup = Setup::new(1, 1).await;
+    let body = "oops\n::error::pwned\n  ::add-mask::secret\n![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [click](http://evil.example)";
+    let target = Proxy::start(
+        &setup.targets[0].host,
+        vec![Rule::new(
+            "PUT",
+            "/manifests/",
+            usize::MAX,
+            Action::Respond {
+                status: 400,
+                headers: vec![("Content-Type".into(), "text/plain".into())],
+                body: body.as_bytes().to_vec(),
+            },
+        )],
+    );
+    setup.config(&setup.upstream.host, &[&target.host], "");
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--summary", "summary.md"],
+        &[("GITHUB_ACTIONS".into(), "true".into())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("pwned"), "{}", run.stderr);
+    let ours = [
+        "::error title=regmirror",
+        "::warning title=regmirror",
+        "::group::",
+        "::endgroup::",
+    ];
+    for line in run.all().lines() {
+        let line = line.trim_start();
+        if line.starts_with("::") {
+            assert!(
+                ours.iter().any(|o| line.starts_with(o)),
+                "a workflow command from registry text: {line}"
+            );
+        }
+    }
+    let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
+    let row = summary
+        .lines()
+        .find(|l| l.contains("pwned"))
+        .expect(&summary);
+    let message = row.trim_end_matches(" |").rsplit(" | ").next().unwrap();
+    assert!(
+        message.starts_with('`') && message.ends_with('`') && message.matches('`').count() == 2,
+        "the registry's text is not one code span: {row}"
+    );
+}
+
+/// An index that repeats a child a thousand times, listed a thousand times
+/// by another index (a million entries in 300 KB), costs one GET per
+/// distinct manifest, and the image copies complete.
+#[tokio::test]
+async fn a_manifest_tree_fetches_each_digest_once() {
+    let setup = Setup::new(1, 1).await;
+    let (child, child_type, child_bytes) = setup.images[0].1.root.clone();
+    let entries = |digest: &str, media_type: &str, size: usize| {
+        let entry = serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": images::OCI_INDEX,
+            "manifests": vec![entry; 1000],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let inner = entries(&child, &child_type, child_bytes.len());
+    let inner_digest = images::sha256(&inner);
+    let outer = entries(&inner_digest, images::OCI_INDEX, inner.len());
+    let http = reqwest::Client::new();
+    let upstream = setup.upstream.url();
+    images::put_manifest(
+        &http,
+        &upstream,
+        "team/app0",
+        &inner_digest,
+        images::OCI_INDEX,
+        &inner,
+    )
+    .await;
+    images::put_manifest(
+        &http,
+        &upstream,
+        "team/app0",
+        "fan",
+        images::OCI_INDEX,
+        &outer,
+    )
+    .await;
+    hostile_config(
+        setup.dir.path(),
+        &setup.targets[0].host,
+        &format!(
+            "  - name: app0\n    source: {}/team/app0\n    tags: [fan]\n",
+            setup.upstream.host
+        ),
+    );
+    let mark = setup.upstream.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    let gets: Vec<String> = setup
+        .upstream
+        .requests()
+        .iter()
+        .skip(mark)
+        .filter(|r| r.method == "GET" && r.is_manifest())
+        .map(|r| r.path.clone())
+        .collect();
+    // The root is read by the digest its tag's HEAD named.
+    let outer_digest = images::sha256(&outer);
+    for reference in [outer_digest.as_str(), inner_digest.as_str(), child.as_str()] {
+        let n = gets
+            .iter()
+            .filter(|p| p.ends_with(&format!("/manifests/{reference}")))
+            .count();
+        assert_eq!(n, 1, "{reference} fetched {n} times: {gets:#?}");
+    }
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "fan").await,
+        TagState::Complete(outer_digest)
+    );
+}
+
+/// A TCP server that accepts connections and never answers; returns its
+/// address and how many connections it took.
+fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (host, accepted)
+}
+
+/// A target that accepts connections and never answers stalls its first
+/// requests, is marked down after three in a row, and its remaining work
+/// fails at once with that cause; the healthy target gets every image and
+/// the run ends within seconds, not after minutes of time-outs.
+#[tokio::test]
+async fn a_dead_target_is_marked_down_and_the_healthy_one_goes_on() {
+    let setup = Setup::new(6, 1).await;
+    let (dead, accepted) = black_hole();
+    setup.config(
+        &setup.upstream.host,
+        &[&dead, &setup.targets[0].host],
+        &format!("registries:\n  {dead}:\n    timeout: 1s\n"),
+    );
+    let started = Instant::now();
+    let (run, report) = setup.sync(&[]);
+    let took = started.elapsed();
+    assert_eq!(run.code, 1, "{}", run.all());
+    for (name, _) in &setup.images {
+        assert_eq!(outcome(&report, name, "t1"), "copied", "{report:#}");
+        assert_eq!(outcome(&report, name, "t0"), "failed", "{report:#}");
+    }
+    let messages: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"] == "t0")
+        .map(|r| r["error"]["message"].as_str().unwrap())
+        .collect();
+    let down = messages
+        .iter()
+        .filter(|m| m.contains("is marked down for this run"))
+        .count();
+    assert!(down >= 5, "{messages:#?}");
+    assert!(
+        run.stderr.contains("stalled: less than 1 KiB moved in 1s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("marked down for this run after 3"),
+        "{}",
+        run.stderr
+    );
+    // Three stalls and the attempt after them, not a connection per request.
+    let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 8,
+        "{connections} connections to the dead target"
+    );
+    // Generous for a loaded CI machine; without the deadline this run takes
+    // minutes (each request waits out its time-out, four times).
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// A blob that trickles (a byte every 300 ms, so never idle by the second)
+/// is a stall: retried a bounded number of times, then the image fails
+/// naming it, while the run ends within seconds.
+#[tokio::test]
+async fn a_trickling_body_is_a_stall() {
+    let setup = Setup::new(1, 1).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickle = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+                while stream.write_all(b"x").is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            });
+        }
+    });
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::Respond {
+                status: 307,
+                headers: vec![("Location".into(), format!("http://{trickle}/blob"))],
+                body: Vec::new(),
+            },
+        )],
+    );
+    setup.config(
+        &source.host,
+        &setup.target_hosts(),
+        &format!("registries:\n  {}:\n    timeout: 1s\n", source.host),
+    );
+    let started = Instant::now();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "failed");
+    let message = report["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stalled") || message.contains("marked down"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "v1").await,
+        TagState::Absent
+    );
+}
+
+/// A report file that cannot be written is named on stderr and leaves the
+/// run's exit code as the copies made it.
+#[tokio::test]
+async fn an_unwritable_report_does_not_change_the_exit_code() {
+    let setup = Setup::new(1, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let run = regmirror(
+        setup.dir.path(),
+        &[
+            "sync",
+            "--json",
+            "no-such-dir/report.json",
+            "--summary",
+            "no-such-dir/summary.md",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("write the JSON report `no-such-dir/report.json`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("write the summary `no-such-dir/summary.md`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        deep_check(&setup.targets[0].host, "m/team/app0", "v1").await,
+        TagState::Complete(setup.images[0].1.root.0.clone())
+    );
+}
+
+/// Disk use is bounded by what is in flight: with one job at a time, the
+/// spool never holds more than one image's blobs, and nothing is left.
+#[tokio::test]
+async fn the_spool_holds_only_what_is_in_flight() {
+    let setup = Setup::new(10, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let largest: u64 = setup
+        .images
+        .iter()
+        .map(|(_, image)| image.blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>())
+        .max()
+        .unwrap();
+    let total: u64 = setup
+        .images
+        .iter()
+        .flat_map(|(_, image)| image.blobs.iter().map(|(_, b)| b.len() as u64))
+        .sum();
+    let mut child = regmirror_command(
+        setup.dir.path(),
+        &["sync", "--jobs", "1"],
+        &[("REGMIRROR_SPOOL".into(), spool.display().to_string())],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let bytes_in = |dir: &Path| -> u64 {
+        walk(dir)
+            .iter()
+            .filter(|p| !p.ends_with(".lock"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(bytes_in(&spool));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(status.success());
+    assert!(peak > 0, "never saw the spool in use");
+    assert!(
+        peak <= largest,
+        "the spool held {peak} bytes; one image is at most {largest} (all: {total})"
+    );
+    assert!(
+        walk(&spool).is_empty(),
+        "left in the spool: {:?}",
+        walk(&spool)
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Two runs against the same targets at once (a nightly run and a manual
+/// backfill) both succeed, round after round: a manifest PUT that the
+/// registry answers `MANIFEST_BLOB_UNKNOWN` (distribution rewrites a blob's
+/// link file by truncating it while the other run writes the same blob)
+/// re-checks what it names and tries again.
+#[tokio::test]
+async fn overlapping_runs_both_succeed() {
+    let upstream = Registry::start(Auth::None);
+    let mut generated = Vec::new();
+    for (i, name) in ["web", "api", "worker"].iter().enumerate() {
+        let image = images::generate(&Spec {
+            base: 1, // one base layer shared by all three
+            layer_size: 16 * 1024,
+            ..Spec::new(&format!("team/{name}"), "v1", i == 1)
+        });
+        images::push(&upstream.url(), &format!("team/{name}"), "v1", &image).await;
+        generated.push((name.to_string(), image));
+    }
+    let mut failures = Vec::new();
+    for round in 0..8 {
+        let target = Registry::start(Auth::None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "version: 1\ntargets:\n  t: {}/m\ndefaults:\n  targets: [t]\n  referrers: false\nimages:\n",
+            target.host
+        );
+        for (name, _) in &generated {
+            text.push_str(&format!(
+                "  - name: {name}\n    source: {}/team/{name}\n    tags: [v1]\n",
+                upstream.host
+            ));
+        }
+        std::fs::write(dir.path().join("mirror.yaml"), text).unwrap();
+        let spawn = || {
+            regmirror_command(dir.path(), &["sync"], &[])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        for run in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+            if !run.status.success() {
+                failures.push(format!(
+                    "round {round}: {}",
+                    String::from_utf8_lossy(&run.stderr)
+                ));
+            }
+        }
+        for (name, image) in &generated {
+            assert_eq!(
+                deep_check(&target.host, &format!("m/team/{name}"), "v1").await,
+                TagState::Complete(image.root.0.clone()),
+                "round {round}: {name}"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed runs:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// SIGTERM (a cancelled CI job) stops the run within seconds: no new work
+/// starts, the reports are written with the unfinished pairs `cancelled`,
+/// the spool is removed, the exit code is 143, and every tag on the target
+/// names a complete image or is absent.
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
+    let setup = Setup::new(12, 1).await;
+    let slow = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(400)),
+        )],
+    );
+    setup.config(&slow.host, &setup.target_hosts(), "");
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let child = regmirror_command(
+        setup.dir.path(),
+        &[
+            "sync",
+            "--jobs",
+            "2",
+            "--json",
+            "report.json",
+            "--summary",
+            "summary.md",
+        ],
+        &[("REGMIRROR_SPOOL".into(), spool.display().to_string())],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    let stopped = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stopped < Duration::from_secs(10),
+        "took {stopped:?} to stop"
+    );
+    assert!(stderr.contains("stopping: no new work starts"), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["exit_code"], 143);
+    let cancelled = report["totals"]["cancelled"].as_u64().unwrap();
+    assert!(cancelled > 0, "{report:#}");
+    assert_eq!(
+        report["results"].as_array().unwrap().len(),
+        12,
+        "every pair is reported"
+    );
+    let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("{cancelled} cancelled")),
+        "{summary}"
+    );
+    for (name, image) in &setup.images {
+        let state = deep_check(&setup.targets[0].host, &format!("m/team/{name}"), "v1").await;
+        match outcome(&report, name, "t0").as_str() {
+            "copied" | "present" => {
+                assert_eq!(state, TagState::Complete(image.root.0.clone()), "{name}")
+            }
+            "cancelled" => assert!(
+                state == TagState::Absent || state == TagState::Complete(image.root.0.clone()),
+                "{name}: {state:?}"
+            ),
+            other => panic!("{name}: {other}"),
+        }
+    }
+    assert!(
+        walk(&spool).is_empty(),
+        "left in the spool: {:?}",
+        walk(&spool)
+    );
+}
+
+/// A target whose stored layer was corrupted (same size, flipped bytes) is
+/// called healthy by `verify --deep` (HEADs), and found by
+/// `verify --deep --content`, which reads each blob once and names it.
+#[tokio::test]
+async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
+    let setup = Setup::new(1, 1).await;
+    setup.config(&setup.upstream.host, &setup.target_hosts(), "");
+    let (run, _) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let target = &setup.targets[0];
+    let image = &setup.images[0].1;
+    let (victim, _) = image.blobs.iter().max_by_key(|(_, b)| b.len()).unwrap();
+    let path = target.blob_data(victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let heads = regmirror(setup.dir.path(), &["verify", "--deep"], &[]);
+    assert_eq!(heads.code, 0, "HEADs cannot see it:\n{}", heads.all());
+
+    let mark = target.mark();
+    let content = regmirror(setup.dir.path(), &["verify", "--deep", "--content"], &[]);
+    assert_eq!(content.code, 4, "{}", content.all());
+    assert!(
+        content
+            .all()
+            .contains(&format!("blob {victim} holds other bytes")),
+        "{}",
+        content.all()
+    );
+    let unique: std::collections::HashSet<&String> = image.blobs.iter().map(|(d, _)| d).collect();
+    // The registry logs a request after answering it: give the last line a moment.
+    let mut blob_gets = 0;
+    for _ in 0..100 {
+        blob_gets = target.count_since(mark, "GET", crate::support::Request::is_blob);
+        if blob_gets >= unique.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(blob_gets, unique.len(), "each blob read once");
+}
