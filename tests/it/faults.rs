@@ -542,25 +542,11 @@ fn write_random_file(path: &Path, seed: u64, len: u64) -> String {
 
 /// Pushes the file at `path` as blob `digest`, streamed from disk.
 async fn push_file(registry: &Registry, repo: &str, digest: &str, path: &Path) {
-    let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/v2/{repo}/blobs/uploads/", registry.url()))
-        .send()
-        .await
-        .unwrap();
-    let location = response.headers()["location"].to_str().unwrap().to_string();
-    let separator = if location.contains('?') { '&' } else { '?' };
     let file = tokio::fs::File::open(path).await.unwrap();
     let size = file.metadata().await.unwrap().len();
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-    let response = http
-        .put(format!("{location}{separator}digest={digest}"))
-        .header("content-length", size)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "upload of the big layer");
+    let http = reqwest::Client::new();
+    images::push_blob(&http, &registry.url(), repo, digest, body, size).await;
 }
 
 /// A 1 GiB layer to three targets: fetched from the upstream once, every

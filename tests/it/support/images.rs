@@ -174,35 +174,57 @@ pub async fn push(registry_url: &str, repo: &str, tag: &str, image: &Generated) 
     let http = reqwest::Client::new();
     let mut pushed = std::collections::HashSet::new();
     for (digest, bytes) in &image.blobs {
-        if !pushed.insert(digest.clone()) {
-            continue;
+        if pushed.insert(digest.clone()) {
+            let size = bytes.len() as u64;
+            push_blob(
+                &http,
+                registry_url,
+                repo,
+                digest,
+                bytes.clone().into(),
+                size,
+            )
+            .await;
         }
-        let response = http
-            .post(format!("{registry_url}/v2/{repo}/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "start upload");
-        let location = response.headers()["location"].to_str().unwrap().to_string();
-        let location = if location.starts_with("http") {
-            location
-        } else {
-            format!("{registry_url}{location}")
-        };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let response = http
-            .put(format!("{location}{separator}digest={digest}"))
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "upload {digest}");
     }
     for (digest, media_type, bytes) in &image.children {
         put_manifest(&http, registry_url, repo, digest, media_type, bytes).await;
     }
     let (_, media_type, bytes) = &image.root;
     put_manifest(&http, registry_url, repo, tag, media_type, bytes).await;
+}
+
+/// Uploads one blob (`body`, `size` bytes) as `digest`: a POST for the
+/// session, one monolithic PUT, over plain HTTP (not regmirror's client).
+pub async fn push_blob(
+    http: &reqwest::Client,
+    registry_url: &str,
+    repo: &str,
+    digest: &str,
+    body: reqwest::Body,
+    size: u64,
+) {
+    let response = http
+        .post(format!("{registry_url}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "start upload");
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{registry_url}{location}")
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let response = http
+        .put(format!("{location}{separator}digest={digest}"))
+        .header("content-length", size)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "upload {digest}");
 }
 
 pub async fn put_manifest(
