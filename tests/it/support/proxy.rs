@@ -147,34 +147,19 @@ fn serve(
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
-    let mut head = Vec::new();
-    let mut content_length = 0usize;
-    let mut request_line = String::new();
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    let Some(request) = super::standin::read_head(&mut reader) else {
+        return;
+    };
+    let (method, path) = (request.method.clone(), request.target.clone());
+    let content_length = request.content_length();
+    // Forwarded as sent, but one request per upstream connection.
+    let mut head = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+    for line in &request.lines {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            head.extend_from_slice(line.as_bytes());
         }
-        if request_line.is_empty() {
-            request_line = line.clone();
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if lower.starts_with("connection:") {
-            continue;
-        }
-        if let Some(value) = lower.strip_prefix("content-length:") {
-            content_length = value.trim().parse().unwrap_or(0);
-        }
-        head.extend_from_slice(line.as_bytes());
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
     let picked = pick(rules, &method, &path, content_length);
     seen.lock().unwrap().push(Seen {
         method: method.clone(),

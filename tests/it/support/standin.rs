@@ -82,7 +82,31 @@ impl StandIn {
     }
 }
 
-fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
+/// A request's head as read off the wire: its request line's method and
+/// target, its header lines as sent, and the headers by lower-case name.
+pub struct Head {
+    pub method: String,
+    pub target: String,
+    /// Each header line as sent, with its line end.
+    pub lines: Vec<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The `Content-Length`, or 0.
+    pub fn content_length(&self) -> usize {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Reads one request head (the one HTTP/1.1 request reader of the tests:
+/// the stand-in server and the fault proxy both use it); `None` at the end
+/// of the connection.
+pub fn read_head(reader: &mut impl BufRead) -> Option<Head> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -90,31 +114,36 @@ fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
-    let mut headers = Vec::new();
+    let (mut lines, mut headers) = (Vec::new(), Vec::new());
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).ok()? == 0 {
             return None;
         }
-        let line = line.trim_end();
-        if line.is_empty() {
+        if line.trim_end().is_empty() {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
+        if let Some((name, value)) = line.trim_end().split_once(':') {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
+        lines.push(line);
     }
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Recorded {
+    Some(Head {
         method,
         target,
+        lines,
         headers,
+    })
+}
+
+fn read_request(reader: &mut impl BufRead) -> Option<Recorded> {
+    let head = read_head(reader)?;
+    let mut body = vec![0; head.content_length()];
+    reader.read_exact(&mut body).ok()?;
+    Some(Recorded {
+        method: head.method,
+        target: head.target,
+        headers: head.headers,
         body,
         at: std::time::Instant::now(),
     })
