@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::check::{TagState, deep_check};
+use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec};
 use crate::support::proxy::{Action, Proxy, Rule};
 use crate::support::{Auth, Registry, regmirror, regmirror_command};
@@ -51,21 +52,14 @@ impl Setup {
     /// `mirror.yaml` reading from `source` (the upstream or a proxy in front
     /// of it) into `targets` (hosts, named t0, t1, …), plus `registries` YAML.
     pub(crate) fn config(&self, source: &str, targets: &[&str], registries: &str) {
-        let mut text = String::from("version: 1\ntargets:\n");
+        let mut yaml = MirrorYaml::new().registries(registries);
         for (i, host) in targets.iter().enumerate() {
-            text.push_str(&format!("  t{i}: {host}/m\n"));
+            yaml = yaml.target(&format!("t{i}"), &format!("{host}/m"));
         }
-        let names: Vec<String> = (0..targets.len()).map(|i| format!("t{i}")).collect();
-        text.push_str(&format!(
-            "defaults:\n  targets: [{}]\n{registries}images:\n",
-            names.join(", ")
-        ));
         for (name, _) in &self.images {
-            text.push_str(&format!(
-                "  - name: {name}\n    source: {source}/team/{name}\n    tags: [v1]\n"
-            ));
+            yaml = yaml.image(name, &format!("{source}/team/{name}"), "[v1]");
         }
-        std::fs::write(self.dir.path().join("mirror.yaml"), text).unwrap();
+        yaml.write(self.dir.path());
     }
 
     pub(crate) fn sync(&self, args: &[&str]) -> (crate::support::Run, Value) {
@@ -222,7 +216,7 @@ async fn pulls_stop_at_min_remaining_and_the_next_run_catches_up() {
             Rule::new("GET", "/manifests/", usize::MAX, budget(|_| 90)),
         ],
     );
-    let registries = format!("registries:\n  {}:\n    min_remaining: 2\n", proxy.host);
+    let registries = format!("  {}:\n    min_remaining: 2\n", proxy.host);
     setup.config(&proxy.host, &setup.target_hosts(), &registries);
     // One job at a time, so the order is known: two images take the
     // budget from 5 to 2, and the four after them are deferred.
@@ -269,7 +263,7 @@ async fn the_quota_paces_manifest_gets() {
     let setup = Setup::new(3, 1).await;
     let proxy = Proxy::start(&setup.upstream.host, vec![]);
     let registries = format!(
-        "registries:\n  {}:\n    rate_limit: {{ requests: 4, per: 1s, burst: 1 }}\n",
+        "  {}:\n    rate_limit: {{ requests: 4, per: 1s, burst: 1 }}\n",
         proxy.host
     );
     setup.config(&proxy.host, &setup.target_hosts(), &registries);
@@ -973,7 +967,7 @@ async fn a_head_without_a_digest_falls_back_to_the_bytes_without_a_deadlock() {
             Action::StripHeader("docker-content-digest"),
         )],
     );
-    let registries = format!("registries:\n  {}:\n    concurrency: 1\n", proxy.host);
+    let registries = format!("  {}:\n    concurrency: 1\n", proxy.host);
     setup.config(&proxy.host, &setup.target_hosts(), &registries);
     let mut child = regmirror_command(setup.dir.path(), &["sync", "--json", "report.json"], &[])
         .stdout(std::process::Stdio::null())

@@ -13,16 +13,14 @@ use serde_json::Value;
 
 use crate::faults::{Setup, outcome, small};
 use crate::support::check::{TagState, deep_check};
+use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Spec};
 use crate::support::proxy::{Action, Proxy, Rule};
 use crate::support::{Auth, Registry, regmirror, regmirror_command};
 
-/// `mirror.yaml` with one target `t0` (`HOST/m`) and `images` as YAML entries.
-fn hostile_config(dir: &Path, target: &str, images: &str) {
-    let text = format!(
-        "version: 1\ntargets:\n  t0: {target}/m\ndefaults:\n  targets: [t0]\nimages:\n{images}"
-    );
-    std::fs::write(dir.join("mirror.yaml"), text).unwrap();
+/// `mirror.yaml` with one target `t0` (`HOST/m`).
+fn one_target(target: &str) -> MirrorYaml {
+    MirrorYaml::new().target("t0", &format!("{target}/m"))
 }
 
 fn json_reply(body: String, headers: &[(&str, String)]) -> Action {
@@ -66,14 +64,13 @@ async fn hostile_tags_never_leave_the_target_prefix() {
             json_reply(serde_json::json!({ "tags": tags }).to_string(), &[]),
         )],
     );
-    hostile_config(
-        setup.dir.path(),
-        &target.host,
-        &format!(
-            "  - name: app0\n    source: {}/team/app0\n    tags: {{ regex: '.*' }}\n",
-            proxy.host
-        ),
-    );
+    one_target(&target.host)
+        .image(
+            "app0",
+            &format!("{}/team/app0", proxy.host),
+            "{ regex: '.*' }",
+        )
+        .write(setup.dir.path());
     let mark = target.mark();
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -188,14 +185,14 @@ async fn credentials_never_reach_another_host() {
             ),
         ],
     );
-    hostile_config(
-        setup.dir.path(),
-        &target.host,
-        &format!(
-            "  - name: app0\n    source: {s}/team/app0\n    tags: {{ regex: '.*' }}\n  - name: app1\n    source: {s}/team/app1\n    tags: [v1]\n",
-            s = source.host
-        ),
-    );
+    one_target(&target.host)
+        .image(
+            "app0",
+            &format!("{}/team/app0", source.host),
+            "{ regex: '.*' }",
+        )
+        .image("app1", &format!("{}/team/app1", source.host), "[v1]")
+        .write(setup.dir.path());
     let secret = |host: &str| {
         let name: String = host
             .chars()
@@ -335,14 +332,13 @@ async fn a_manifest_tree_fetches_each_digest_once() {
         &outer,
     )
     .await;
-    hostile_config(
-        setup.dir.path(),
-        &setup.targets[0].host,
-        &format!(
-            "  - name: app0\n    source: {}/team/app0\n    tags: [fan]\n",
-            setup.upstream.host
-        ),
-    );
+    one_target(&setup.targets[0].host)
+        .image(
+            "app0",
+            &format!("{}/team/app0", setup.upstream.host),
+            "[fan]",
+        )
+        .write(setup.dir.path());
     let mark = setup.upstream.mark();
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -398,7 +394,7 @@ async fn a_dead_target_is_marked_down_and_the_healthy_one_goes_on() {
     setup.config(
         &setup.upstream.host,
         &[&dead, &setup.targets[0].host],
-        &format!("registries:\n  {dead}:\n    timeout: 1s\n"),
+        &format!("  {dead}:\n    timeout: 1s\n"),
     );
     let started = Instant::now();
     let (run, report) = setup.sync(&[]);
@@ -479,7 +475,7 @@ async fn a_trickling_body_is_a_stall() {
     setup.config(
         &source.host,
         &setup.target_hosts(),
-        &format!("registries:\n  {}:\n    timeout: 1s\n", source.host),
+        &format!("  {}:\n    timeout: 1s\n", source.host),
     );
     let started = Instant::now();
     let (run, report) = setup.sync(&[]);
@@ -630,17 +626,13 @@ async fn overlapping_runs_both_succeed() {
     for round in 0..8 {
         let target = Registry::start(Auth::None);
         let dir = tempfile::tempdir().unwrap();
-        let mut text = format!(
-            "version: 1\ntargets:\n  t: {}/m\ndefaults:\n  targets: [t]\n  referrers: false\nimages:\n",
-            target.host
-        );
+        let mut yaml = MirrorYaml::new()
+            .target("t", &format!("{}/m", target.host))
+            .referrers(false);
         for (name, _) in &generated {
-            text.push_str(&format!(
-                "  - name: {name}\n    source: {}/team/{name}\n    tags: [v1]\n",
-                upstream.host
-            ));
+            yaml = yaml.image(name, &format!("{}/team/{name}", upstream.host), "[v1]");
         }
-        std::fs::write(dir.path().join("mirror.yaml"), text).unwrap();
+        yaml.write(dir.path());
         let spawn = || {
             regmirror_command(dir.path(), &["sync"], &[])
                 .stdout(std::process::Stdio::piped())

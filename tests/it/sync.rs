@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
 use crate::support::{Auth, Registry, Request, auth_env, regmirror, token};
 use base64::Engine as _;
@@ -491,10 +492,12 @@ async fn only_with_a_glob_selects_images() {
         images::push(&upstream.url(), repo, "v1", &images::generate(&spec)).await;
     }
     let (up, t) = (&upstream.host, &target.host);
-    let config = format!(
-        "version: 1\ntargets:\n  t: {t}/m\ndefaults:\n  targets: [t]\nimages:\n  - name: k3s\n    source: {up}/k3s-io/k3s\n    tags: [v1]\n  - name: k3s-upgrade\n    source: {up}/k3s-io/k3s-upgrade\n    tags: [v1]\n  - name: busybox\n    source: {up}/library/busybox\n    tags: [v1]\n"
-    );
-    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    MirrorYaml::new()
+        .target("t", &format!("{t}/m"))
+        .image("k3s", &format!("{up}/k3s-io/k3s"), "[v1]")
+        .image("k3s-upgrade", &format!("{up}/k3s-io/k3s-upgrade"), "[v1]")
+        .image("busybox", &format!("{up}/library/busybox"), "[v1]")
+        .write(dir.path());
     let run = regmirror(dir.path(), &["sync", "--only", "k3s*"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(skopeo_raw(t, "m/k3s-io/k3s", "v1", None).is_some());
@@ -791,10 +794,17 @@ async fn tampered_blob_and_dead_target_fail_alone() {
         .unwrap()
         .to_string();
     let (up, t) = (&upstream.host, &target.host);
-    let config = format!(
-        "version: 1\ntargets:\n  live: {t}/m\n  dead: {dead}/m\ndefaults:\n  targets: [live, dead]\nimages:\n  - name: good\n    source: {up}/team/good\n    tags: [v1]\n  - name: bad\n    source: {up}/team/bad\n    tags: [v1]\n    targets: [live]\n"
-    );
-    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    MirrorYaml::new()
+        .target("live", &format!("{t}/m"))
+        .target("dead", &format!("{dead}/m"))
+        .image("good", &format!("{up}/team/good"), "[v1]")
+        .image_with(
+            "bad",
+            &format!("{up}/team/bad"),
+            "[v1]",
+            "    targets: [live]\n",
+        )
+        .write(dir.path());
     let mark = target.mark();
     let summary_file = dir.path().join("step-summary.md");
     std::fs::write(&summary_file, "earlier step\n").unwrap();
@@ -918,11 +928,11 @@ async fn upload_broken_mid_blob_is_retried_from_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let image = images::generate(&Spec::new("team/app", "v1", false));
     images::push(&upstream.url(), "team/app", "v1", &image).await;
-    let config = format!(
-        "version: 1\ntargets:\n  flaky: {}/m\n  steady: {}/m\ndefaults:\n  targets: [flaky, steady]\nimages:\n  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
-        proxy.host, other.host, upstream.host
-    );
-    std::fs::write(dir.path().join("mirror.yaml"), config).unwrap();
+    MirrorYaml::new()
+        .target("flaky", &format!("{}/m", proxy.host))
+        .target("steady", &format!("{}/m", other.host))
+        .image("app", &format!("{}/team/app", upstream.host), "[v1]")
+        .write(dir.path());
     let run = regmirror(dir.path(), &["sync"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(proxy.applied(0), 3, "the fault never fired");

@@ -5,6 +5,7 @@
 //! and a runner for the real `regmirror` binary.
 
 pub mod check;
+pub mod config;
 pub mod images;
 pub mod proxy;
 pub mod standin;
