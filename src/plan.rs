@@ -181,3 +181,27 @@ impl Plan {
         self.jobs.iter().map(|j| j.destinations.len()).sum()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// A valid file the plan's tests share.
+    pub(crate) const GOOD: &str = "\
+version: 1
+targets:
+  ghcr: ghcr.io/acme/mirror
+  hub: docker.io/acmemirror
+defaults:
+  targets: [ghcr]
+images:
+  - name: k3s
+    source: docker.io/rancher/k3s
+    tags: [v1.30.4-k3s1, v1.31.1-k3s1]
+  - source: docker.io/library/busybox
+    tags: ['1.37']
+    targets: [ghcr, hub]
+    path: busybox
+  - name: fulcio
+    source: gcr.io/projectsigstore/fulcio@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+    tags: [v1.4.0]
+";
+}

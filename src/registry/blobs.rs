@@ -228,25 +228,11 @@ impl RegistryClient {
             Some(url) => url,
             None => {
                 let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
+                let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
+                let accepted = |status| status == StatusCode::ACCEPTED;
                 let answer = self
-                    .send(
-                        repository,
-                        Access::Push(&repository.path),
-                        Method::POST,
-                        &url,
-                        &|r, _| r.header(CONTENT_LENGTH, 0),
-                        true,
-                    )
+                    .push(repository, Method::POST, &url, &build, true, accepted)
                     .await?;
-                if answer.response.status() != StatusCode::ACCEPTED {
-                    let status = answer.response.status();
-                    return Err(Self::status_error(
-                        "POST",
-                        &url,
-                        status,
-                        answer.error_text().await,
-                    ));
-                }
                 Self::location(&answer.response, &url)?
             }
         };
@@ -290,25 +276,9 @@ impl RegistryClient {
                 .header(CONTENT_LENGTH, size)
                 .body(body)
         };
-        let answer = self
-            .send(
-                repository,
-                Access::Push(&repository.path),
-                Method::PUT,
-                &url,
-                &build,
-                false,
-            )
+        let created = |status| status == StatusCode::CREATED;
+        self.push(repository, Method::PUT, &url, &build, false, created)
             .await?;
-        if answer.response.status() != StatusCode::CREATED {
-            let status = answer.response.status();
-            return Err(Self::status_error(
-                "PUT",
-                &upload_url,
-                status,
-                answer.error_text().await,
-            ));
-        }
         Ok(())
     }
 }

@@ -6,10 +6,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder};
 use std::sync::Arc;
 
+use super::RegistryClient;
 use super::body::{MAX_JSON_SIZE, header, neutral};
 use super::deadline::Watch;
 use super::http::{MAX_TAG_PAGES, next_link, resolve_link};
-use super::{Access, RegistryClient};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
@@ -185,24 +185,10 @@ impl RegistryClient {
                 .body(bytes.clone())
         };
         let answer = self
-            .send(
-                repository,
-                Access::Push(&repository.path),
-                Method::PUT,
-                &url,
-                &build,
-                true,
-            )
+            .push(repository, Method::PUT, &url, &build, true, |s| {
+                s.is_success()
+            })
             .await?;
-        if !answer.response.status().is_success() {
-            let status = answer.response.status();
-            return Err(Self::status_error(
-                "PUT",
-                &url,
-                status,
-                answer.error_text().await,
-            ));
-        }
         if let Some(Ok(stored)) =
             header(&answer.response, "docker-content-digest").map(str::parse::<Digest>)
             && stored != manifest.digest

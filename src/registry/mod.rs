@@ -447,6 +447,30 @@ impl RegistryClient {
         }
     }
 
+    /// A push-scoped request (a manifest PUT, an upload's POST and PUT) whose
+    /// answer must have a status `expected` accepts; any other is an error
+    /// naming the request, with the registry's error body.
+    async fn push(
+        &self,
+        repository: &Repository,
+        method: Method,
+        url: &str,
+        build: Build<'_>,
+        idempotent: bool,
+        expected: fn(StatusCode) -> bool,
+    ) -> Result<Answer> {
+        let access = Access::Push(&repository.path);
+        let answer = self
+            .send(repository, access, method.clone(), url, build, idempotent)
+            .await?;
+        let status = answer.response.status();
+        if expected(status) {
+            return Ok(answer);
+        }
+        let body = answer.error_text().await;
+        Err(Self::status_error(method.as_str(), url, status, body))
+    }
+
     /// A pull-scoped GET or HEAD, its answer sorted: `Some` for 200, `None`
     /// for 404, an error naming the request (and, for a GET, the registry's
     /// error body) for any other status.
