@@ -10,11 +10,39 @@
 //! Images whose `path:` breaks that mapping cannot be served through a
 //! mirror (containerd has no per-image rewrite); they are listed, and
 //! containerd keeps pulling them from the upstream.
+//!
+//! Mirrors that need credentials ([`Auth`]): each mirror host gets a
+//! `[host."…".header]` `Authorization` entry (containerd ≥ 1.5 sends it on
+//! every request to that host), from the same credential chain `sync` uses,
+//! or a placeholder that a Kubernetes secret or cloud-init fills on the
+//! node; and, for clusters that configure auth in the CRI plugin, the
+//! `registry.configs."<host>".auth` snippet. A file that holds a secret says
+//! so at its top; [`HostsFile::shown`] is the text with the secret redacted.
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
+
 use crate::plan::Plan;
 use crate::reference::Repository;
+use crate::registry::auth::{self, Credential};
+
+/// Whether, and how, the files carry credentials for the mirrors.
+#[derive(Clone, Debug, Default)]
+pub enum Auth {
+    /// No credentials: the mirrors are pulled anonymously.
+    #[default]
+    None,
+    /// Each mirror's credentials from the environment or the Docker
+    /// credential chain, written into the files (which become secrets).
+    Credentials,
+    /// This text where the base64 `user:password` goes
+    /// (`${MIRROR_AUTH}`), for a secret or cloud-init to fill on the node.
+    Placeholder(String),
+}
+
+/// What a secret looks like in what regmirror prints.
+const REDACTED: &str = "<redacted>";
 
 /// One upstream's file: its directory name and contents.
 #[derive(Debug)]
@@ -23,6 +51,10 @@ pub struct HostsFile {
     pub upstream: String,
     /// `hosts.toml`.
     pub toml: String,
+    /// `hosts.toml` as it may be shown: any secret redacted.
+    pub shown: String,
+    /// True when `toml` holds a credential (write it readable by its owner only).
+    pub secret: bool,
 }
 
 /// What [`hosts_files`] made, and the images it could not map.
@@ -32,6 +64,32 @@ pub struct Generated {
     pub files: Vec<HostsFile>,
     /// `image → target: why`.
     pub unmapped: Vec<String>,
+    /// The CRI plugin's `registry.configs` auth for each mirror host with
+    /// credentials (real, and redacted), when there is any.
+    pub cri: Option<(String, String)>,
+    /// Mirror registries for which no credentials were found.
+    pub without_credentials: Vec<String>,
+}
+
+/// The credential to write for a mirror registry (with the placeholder text
+/// in its place, for [`Auth::Placeholder`]), or `None` when there is none.
+fn credentials(auth: &Auth, registry: &str) -> Option<(Credential, String)> {
+    match auth {
+        Auth::None => None,
+        Auth::Placeholder(text) => Some((
+            Credential::Basic {
+                username: String::new(),
+                password: String::new(),
+            },
+            text.clone(),
+        )),
+        Auth::Credentials => match auth::lookup(registry)? {
+            credential @ Credential::Basic { .. } => Some((credential, String::new())),
+            // An identity token works only through a token exchange, which a
+            // static header cannot do.
+            Credential::IdentityToken(_) => None,
+        },
+    }
 }
 
 /// Every (source repository, target name, target repository) in the plan.
@@ -54,10 +112,12 @@ fn placements(plan: &Plan) -> Vec<(Repository, String, Repository)> {
     placed
 }
 
-/// The `hosts.toml` for each upstream the plan reads from.
-pub fn hosts_files(plan: &Plan) -> Generated {
-    // upstream → (its API host, the mirror base URLs in order)
-    let mut mirrors: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+/// The `hosts.toml` for each upstream the plan reads from; with `auth`,
+/// each mirror host's credentials (blocking: credential helpers are
+/// programs).
+pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
+    // upstream → (its API host, the mirror base URLs and registries, in order)
+    let mut mirrors: BTreeMap<String, (String, Vec<(String, String)>)> = BTreeMap::new();
     let mut unmapped = Vec::new();
     for (source, target, repository) in placements(plan) {
         let prefix = repository
@@ -87,30 +147,117 @@ pub fn hosts_files(plan: &Plan) -> Generated {
         let (_, urls) = mirrors
             .entry(source.registry.clone())
             .or_insert_with(|| (source.api_host().to_string(), Vec::new()));
-        if !urls.contains(&url) {
-            urls.push(url);
+        if !urls.iter().any(|(u, _)| *u == url) {
+            urls.push((url, repository.registry.clone()));
         }
     }
+    // One lookup per mirror registry: (Authorization real, shown; CRI host).
+    let mut found: BTreeMap<String, Option<(String, String, String)>> = BTreeMap::new();
+    let mut cri = (String::new(), String::new());
+    let mut without_credentials = Vec::new();
+    for (_, urls) in mirrors.values() {
+        for (url, registry) in urls {
+            if found.contains_key(registry) {
+                continue;
+            }
+            let header = credentials(auth, registry).map(|(credential, placeholder)| {
+                let host = url
+                    .split("://")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or(registry)
+                    .to_string();
+                match credential {
+                    Credential::Basic { username, password } if placeholder.is_empty() => {
+                        let encoded = base64::engine::general_purpose::STANDARD
+                            .encode(format!("{username}:{password}"));
+                        let table = format!(
+                            "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n"
+                        );
+                        cri.0.push_str(&format!(
+                            "{table}  username = \"{}\"\n  password = \"{}\"\n",
+                            toml_escape(&username),
+                            toml_escape(&password)
+                        ));
+                        cri.1.push_str(&format!(
+                            "{table}  username = \"{}\"\n  password = \"{REDACTED}\"\n",
+                            toml_escape(&username)
+                        ));
+                        (format!("Basic {encoded}"), format!("Basic {REDACTED}"), host)
+                    }
+                    _ => {
+                        let value = format!("Basic {placeholder}");
+                        (value.clone(), value, host)
+                    }
+                }
+            });
+            if header.is_none() && !matches!(auth, Auth::None) {
+                without_credentials.push(registry.clone());
+            }
+            found.insert(registry.clone(), header);
+        }
+    }
+    let secret_written = matches!(auth, Auth::Credentials);
     let files = mirrors
         .into_iter()
         .map(|(upstream, (api_host, urls))| {
             // Docker Hub's API is registry-1.docker.io, as the client knows.
             let server = format!("https://{api_host}");
-            let mut toml = format!(
-                "# Generated by `regmirror containerd-hosts`: pull {upstream} images from\n# the mirrors first, then from {upstream} itself.\nserver = \"{server}\"\n"
+            let with_header = urls
+                .iter()
+                .any(|(_, registry)| found.get(registry).is_some_and(Option::is_some));
+            let secret = secret_written && with_header;
+            let mut head = format!(
+                "# Generated by `regmirror containerd-hosts`: pull {upstream} images from\n# the mirrors first, then from {upstream} itself.\n"
             );
-            for url in urls {
-                toml.push_str(&format!(
+            if secret {
+                head.push_str("# This file holds registry credentials: keep it readable by root only (0600).\n");
+            } else if with_header {
+                head.push_str("# Fill the placeholder in each `Authorization` with base64(`user:password`)\n# of that mirror (a Kubernetes secret or cloud-init) before containerd reads it.\n");
+            }
+            let (mut toml, mut shown) = (head.clone(), head);
+            for text in [&mut toml, &mut shown] {
+                text.push_str(&format!("server = \"{server}\"\n"));
+            }
+            for (url, registry) in &urls {
+                let host = format!(
                     "\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
-                ));
-                if url.starts_with("http://") {
-                    toml.push_str("  # plain HTTP: a loopback or `insecure` registry\n");
+                );
+                let plain = if url.starts_with("http://") {
+                    "  # plain HTTP: a loopback or `insecure` registry\n"
+                } else {
+                    ""
+                };
+                toml.push_str(&format!("{host}{plain}"));
+                shown.push_str(&format!("{host}{plain}"));
+                if let Some(Some((real, redacted, _))) = found.get(registry) {
+                    toml.push_str(&format!("  [host.\"{url}\".header]\n    Authorization = \"{}\"\n", toml_escape(real)));
+                    shown.push_str(&format!("  [host.\"{url}\".header]\n    Authorization = \"{}\"\n", toml_escape(redacted)));
                 }
             }
-            HostsFile { upstream, toml }
+            HostsFile {
+                upstream,
+                toml,
+                shown,
+                secret,
+            }
         })
         .collect();
-    Generated { files, unmapped }
+    let cri = (!cri.0.is_empty()).then(|| {
+        let head = "# containerd's CRI plugin (config.toml, version 2): auth for the mirrors.\n# This holds registry credentials: keep it readable by root only (0600).\n";
+        (format!("{head}{}", cri.0), format!("{head}{}", cri.1))
+    });
+    Generated {
+        files,
+        unmapped,
+        cri,
+        without_credentials,
+    }
+}
+
+/// A TOML basic string's contents: `\\` and `"` escaped.
+fn toml_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 #[cfg(test)]
@@ -124,7 +271,7 @@ mod tests {
             "version: 1\ntargets: {m: mirror.example/acme}\ndefaults: {targets: [m]}\nimages:\n  - {source: docker.io/library/busybox, tags: ['1.37']}\n  - {source: quay.io/coreos/etcd, tags: [v3.5.0]}\n",
         )
         .unwrap();
-        let generated = hosts_files(&plan);
+        let generated = hosts_files(&plan, &Auth::None);
         let files: Vec<(&str, &str)> = generated
             .files
             .iter()
@@ -144,5 +291,34 @@ mod tests {
         );
         assert!(files[1].1.contains("server = \"https://quay.io\"\n"));
         assert!(generated.unmapped.is_empty());
+    }
+
+    #[test]
+    fn a_placeholder_goes_where_the_secret_would_and_the_file_says_so() {
+        let plan = crate::plan::load(
+            "mirror.yaml",
+            "version: 1\ntargets: {m: mirror.example/acme}\ndefaults: {targets: [m]}\nimages:\n  - {source: docker.io/library/busybox, tags: ['1.37']}\n",
+        )
+        .unwrap();
+        let generated = hosts_files(&plan, &Auth::Placeholder("${MIRROR_AUTH}".into()));
+        let file = &generated.files[0];
+        assert!(!file.secret);
+        assert_eq!(file.toml, file.shown);
+        assert!(
+            file.toml.contains(
+                "  [host.\"https://mirror.example/v2/acme\".header]\n    Authorization = \"Basic ${MIRROR_AUTH}\"\n"
+            ),
+            "{}",
+            file.toml
+        );
+        assert!(file.toml.contains("Fill the placeholder"), "{}", file.toml);
+        assert!(generated.cri.is_none());
+        // Without auth: no header at all.
+        let plain = hosts_files(&plan, &Auth::None);
+        assert!(
+            !plain.files[0].toml.contains("header"),
+            "{}",
+            plain.files[0].toml
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - `support`: registries, the token issuer, the fault proxy, the stand-in
 //!   server, image generation, the independent deep check.
 
+mod containerd;
 mod faults;
 mod hostile;
 mod seeds;

@@ -165,6 +165,21 @@ pub enum Command {
         /// Where to write them (containerd's `config_path`, e.g. `/etc/containerd/certs.d`).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Give each mirror host an `Authorization` header with its
+        /// credentials (the chain `sync` uses); such files are written 0600.
+        #[arg(long, conflicts_with = "auth_placeholder")]
+        auth: bool,
+        /// Like `--auth`, but write this text where base64(`user:password`)
+        /// goes (e.g. `${MIRROR_AUTH}`), for a secret or cloud-init to fill.
+        #[arg(long, value_name = "TEXT")]
+        auth_placeholder: Option<String>,
+        /// With `--auth`: also write the CRI plugin's
+        /// `registry.configs."<host>".auth` for the mirrors to FILE (0600).
+        #[arg(long, value_name = "FILE", requires = "auth")]
+        cri_config: Option<PathBuf>,
+        /// Print the files (secrets redacted) instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the configuration and print the size of the resolved plan.
     Check {

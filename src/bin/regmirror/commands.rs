@@ -1,11 +1,12 @@
 //! One function per command: load what it needs, call the library, print.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::render::{self, github, json};
 use anyhow::{Context, anyhow};
+use regmirror::containerd;
 use regmirror::copy::Options;
 use regmirror::import;
 use regmirror::plan::{self, Plan, Selection};
@@ -99,7 +100,21 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             config,
             suggest,
         } => audit(&paths, config, suggest),
-        Command::ContainerdHosts { config, out } => containerd_hosts(&config, &out),
+        Command::ContainerdHosts {
+            config,
+            out,
+            auth,
+            auth_placeholder,
+            cri_config,
+            dry_run,
+        } => {
+            let auth = match (auth, auth_placeholder) {
+                (_, Some(text)) => containerd::Auth::Placeholder(text),
+                (true, None) => containerd::Auth::Credentials,
+                (false, None) => containerd::Auth::None,
+            };
+            containerd_hosts(&config, &out, &auth, cri_config.as_deref(), dry_run)
+        }
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
             println!("{}: ok; {}", config.config.display(), plan.size());
@@ -217,20 +232,69 @@ fn audit(paths: &[PathBuf], config: Option<PathBuf>, suggest: bool) -> Result<u8
     Ok(0)
 }
 
-/// `containerd-hosts`: one `hosts.toml` per upstream under `out`.
-fn containerd_hosts(config: &ConfigArgs, out: &std::path::Path) -> Result<u8, Failure> {
+/// `containerd-hosts`: one `hosts.toml` per upstream under `out`, with the
+/// mirrors' credentials when asked (such files 0600); `dry_run` prints them
+/// with secrets redacted instead.
+fn containerd_hosts(
+    config: &ConfigArgs,
+    out: &Path,
+    auth: &containerd::Auth,
+    cri_config: Option<&Path>,
+    dry_run: bool,
+) -> Result<u8, Failure> {
     let plan = load_plan(config, None)?;
-    let generated = regmirror::containerd::hosts_files(&plan);
+    let generated = containerd::hosts_files(&plan, auth);
     for file in &generated.files {
-        let dir = out.join(&file.upstream);
-        let path = dir.join("hosts.toml");
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&path, &file.toml))
-            .with_context(|| format!("write `{}`", path.display()))?;
-        println!("{}", path.display());
+        let path = out.join(&file.upstream).join("hosts.toml");
+        if dry_run {
+            println!("# {}\n{}", path.display(), file.shown);
+        } else {
+            write_file(&path, &file.toml, file.secret)?;
+            println!("{}", path.display());
+        }
+    }
+    match (cri_config, &generated.cri) {
+        (Some(path), Some((_, shown))) if dry_run => println!("# {}\n{shown}", path.display()),
+        (Some(path), Some((real, _))) => {
+            write_file(path, real, true)?;
+            println!("{}", path.display());
+        }
+        (Some(_), None) => eprintln!("warning: no mirror has credentials; no CRI config written"),
+        (None, _) => {}
+    }
+    for registry in &generated.without_credentials {
+        eprintln!(
+            "warning: no credentials found for `{registry}` (set `{}` or `docker login {registry}`); its hosts get no `Authorization`",
+            regmirror::registry::auth::env_var_name(registry)
+        );
     }
     for line in &generated.unmapped {
         eprintln!("warning: {line}");
     }
     Ok(0)
+}
+
+/// Writes `text` to `path` (making its directory), readable by its owner
+/// only when it is `secret`: created so, never widened afterwards.
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            options.mode(0o600);
+            // An existing file keeps its mode on open: narrow it first.
+            if path.exists() {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        options.open(path)?.write_all(text.as_bytes())
+    };
+    write().with_context(|| format!("write `{}`", path.display()))?;
+    Ok(())
 }

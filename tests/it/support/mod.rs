@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod config;
+pub mod containerd;
 pub mod images;
 pub mod proxy;
 pub mod standin;
