@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
-use crate::registry::RegistryClient;
+use crate::registry::{Intent, RegistryClient};
 use crate::report::{Failure, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
@@ -260,11 +260,10 @@ impl Engine {
             },
         };
         let source = Some(&source_digest);
-        let befores = join_all(
-            job.destinations
-                .iter()
-                .map(|d| self.client.head_manifest(&d.repository, &d.tag)),
-        )
+        let befores = join_all(job.destinations.iter().map(|d| {
+            self.client
+                .head_manifest(&d.repository, &d.tag, Intent::Write)
+        }))
         .await;
 
         let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
@@ -442,7 +441,7 @@ impl Engine {
         transfer.manifests_pushed += 1;
         let found = self
             .client
-            .head_manifest(repository, &destination.tag)
+            .head_manifest(repository, &destination.tag, Intent::Write)
             .await?;
         if found.as_ref() != Some(&image.root.digest) {
             return Err(Error::Verification {
@@ -466,7 +465,10 @@ impl Engine {
         let lacking: Vec<Option<Descriptor>> = stream::iter(blobs)
             .map(|blob| async move {
                 if self.holds(repository, &blob.digest)
-                    || self.client.blob_exists(repository, &blob.digest).await?
+                    || self
+                        .client
+                        .blob_exists(repository, &blob.digest, Intent::Write)
+                        .await?
                 {
                     self.record(repository, &blob.digest);
                     return Ok(None);

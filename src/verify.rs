@@ -18,7 +18,7 @@ use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
-use crate::registry::RegistryClient;
+use crate::registry::{Intent, RegistryClient};
 use crate::report::{Failure, FailureKind, Outcome, Status, Summary};
 use crate::source::Image;
 
@@ -135,7 +135,7 @@ async fn verify_job(
     let founds = join_all(
         job.destinations
             .iter()
-            .map(|d| targets.head_manifest(&d.repository, &d.tag)),
+            .map(|d| targets.head_manifest(&d.repository, &d.tag, Intent::Read)),
     )
     .await;
     let any_match = founds
@@ -192,11 +192,13 @@ async fn missing_parts(
         .map(|(is_manifest, digest)| async move {
             let present = if is_manifest {
                 client
-                    .head_manifest(repository, digest.as_str())
+                    .head_manifest(repository, digest.as_str(), Intent::Read)
                     .await?
                     .is_some()
             } else {
-                client.blob_exists(repository, &digest).await?
+                client
+                    .blob_exists(repository, &digest, Intent::Read)
+                    .await?
             };
             Ok((!present)
                 .then(|| format!("{} {digest}", if is_manifest { "manifest" } else { "blob" })))

@@ -24,6 +24,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, OCI_INDEX};
 use crate::plan::{Destination, Job};
+use crate::registry::Intent;
 use crate::report::{Failure, Outcome, Status, Transfer};
 use crate::source::Source;
 
@@ -182,7 +183,11 @@ impl Engine {
                     layout.resolve(Some(&tag))?.digest
                 }
                 Source::Registry(repository) => {
-                    match self.client.head_manifest(repository, &tag).await? {
+                    match self
+                        .client
+                        .head_manifest(repository, &tag, Intent::Read)
+                        .await?
+                    {
                         Some(digest) => digest,
                         None => continue,
                     }
@@ -222,7 +227,11 @@ impl Engine {
         let tag = fallback_tag(subject);
         // HEAD first (unmetered), so a target without an index is never
         // GET-checked; only an index that exists is read, to merge with it.
-        let mut listed: Vec<Value> = match self.client.head_manifest(repository, &tag).await? {
+        let mut listed: Vec<Value> = match self
+            .client
+            .head_manifest(repository, &tag, Intent::Write)
+            .await?
+        {
             Some(_) => {
                 let current = self.client.get_manifest(repository, &tag, None).await?;
                 let body: Value = serde_json::from_slice(&current.bytes).unwrap_or_default();

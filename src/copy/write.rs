@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::plan::Job;
 use crate::reference::Repository;
-use crate::registry::Mount;
+use crate::registry::{Intent, Mount};
 use crate::source::Image;
 
 /// Times a manifest PUT answered `MANIFEST_BLOB_UNKNOWN` is tried again.
@@ -187,7 +187,7 @@ impl Engine {
                 if check_first
                     && self
                         .client
-                        .head_manifest(repository, manifest.digest.as_str())
+                        .head_manifest(repository, manifest.digest.as_str(), Intent::Write)
                         .await?
                         .as_ref()
                         == Some(&manifest.digest)
@@ -229,7 +229,11 @@ impl Engine {
             tries += 1;
             tracing::warn!(%repository, %reference, "registry reports something unknown; checking again: {error}");
             for blob in &manifest.blobs {
-                if !self.client.blob_exists(repository, &blob.digest).await? {
+                if !self
+                    .client
+                    .blob_exists(repository, &blob.digest, Intent::Write)
+                    .await?
+                {
                     self.unrecord(repository, &blob.digest);
                     self.forget_write(&Self::key(false, repository, &blob.digest));
                     // Leased by this job: still in the spool, or fetched again.
@@ -239,7 +243,7 @@ impl Engine {
             for child in &manifest.children {
                 let present = self
                     .client
-                    .head_manifest(repository, child.digest.as_str())
+                    .head_manifest(repository, child.digest.as_str(), Intent::Write)
                     .await?
                     .is_some();
                 let known = image.children.iter().find(|m| m.digest == child.digest);

@@ -14,7 +14,7 @@ use super::body::{Answer, header, neutral};
 use super::deadline::Watch;
 use super::http::resolve_link;
 use super::retry::{self, Attempt};
-use super::{Access, RegistryClient};
+use super::{Access, Intent, RegistryClient};
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
@@ -34,10 +34,15 @@ pub enum Mount {
 
 impl RegistryClient {
     /// True when the repository has the blob (a HEAD).
-    pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
+    pub async fn blob_exists(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        intent: Intent,
+    ) -> Result<bool> {
         let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
         Ok(self
-            .pull(repository, Method::HEAD, &url, &|r, _| r)
+            .look(repository, intent, Method::HEAD, &url, &|r, _| r)
             .await?
             .is_some())
     }

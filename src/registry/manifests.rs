@@ -6,10 +6,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder};
 use std::sync::Arc;
 
-use super::RegistryClient;
 use super::body::{MAX_JSON_SIZE, header, neutral};
 use super::deadline::Watch;
 use super::http::{MAX_TAG_PAGES, next_link, resolve_link};
+use super::{Intent, RegistryClient};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
@@ -22,10 +22,12 @@ impl RegistryClient {
         &self,
         repository: &Repository,
         reference: &str,
+        intent: Intent,
     ) -> Result<Option<Digest>> {
         let url = self.url(repository, &["manifests", reference], &[])?;
         let accept = |r: RequestBuilder, _: &Arc<Watch>| r.header(ACCEPT, manifest::ACCEPT);
-        let Some(answer) = self.pull(repository, Method::HEAD, &url, &accept).await? else {
+        let looked = self.look(repository, intent, Method::HEAD, &url, &accept);
+        let Some(answer) = looked.await? else {
             return Ok(None);
         };
         let stated = header(&answer.response, "docker-content-digest")

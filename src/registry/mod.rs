@@ -142,6 +142,19 @@ impl Host {
     }
 }
 
+/// Why a repository is looked at (a HEAD), which sets the token scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Reading it: a source, or `verify`.
+    Read,
+    /// Checking a destination before or after writing it. Docker Hub
+    /// answers a pull-only token for a repository that does not exist yet
+    /// with 401, not 404 (jupyterhub/binderhub#1664, distribution#1291), so
+    /// destination checks ask for the push scope they need anyway, as
+    /// containers/image and containerd do.
+    Write,
+}
+
 /// The registry client. Cheap to share behind an `Arc`.
 pub struct RegistryClient {
     http: reqwest::Client,
@@ -481,15 +494,26 @@ impl RegistryClient {
         url: &str,
         build: Build<'_>,
     ) -> Result<Option<Answer>> {
+        self.look(repository, Intent::Read, method, url, build)
+            .await
+    }
+
+    /// A GET or HEAD made for `intent`, its answer sorted as [`Self::pull`]
+    /// does.
+    async fn look(
+        &self,
+        repository: &Repository,
+        intent: Intent,
+        method: Method,
+        url: &str,
+        build: Build<'_>,
+    ) -> Result<Option<Answer>> {
+        let access = match intent {
+            Intent::Read => Access::Pull(&repository.path),
+            Intent::Write => Access::Push(&repository.path),
+        };
         let answer = self
-            .send(
-                repository,
-                Access::Pull(&repository.path),
-                method.clone(),
-                url,
-                build,
-                true,
-            )
+            .send(repository, access, method.clone(), url, build, true)
             .await?;
         match answer.response.status() {
             StatusCode::OK => Ok(Some(answer)),

@@ -13,7 +13,7 @@ use super::{
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
-use crate::registry::RegistryClient;
+use crate::registry::{Intent, RegistryClient};
 
 impl Source {
     /// The digest `reference` (tag or digest) names, or `None` if absent.
@@ -23,7 +23,11 @@ impl Source {
         reference: &str,
     ) -> Result<Option<Digest>> {
         match self {
-            Source::Registry(repository) => client.head_manifest(repository, reference).await,
+            Source::Registry(repository) => {
+                client
+                    .head_manifest(repository, reference, Intent::Read)
+                    .await
+            }
             Source::Layout(layout) => match reference.parse::<Digest>() {
                 Ok(digest) => Ok(Some(digest)),
                 Err(_) => layout.resolve(Some(reference)).map(|d| Some(d.digest)),

@@ -795,3 +795,32 @@ async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
     }
     assert_eq!(blob_gets, unique.len(), "each blob read once");
 }
+
+/// The first sync into a repository that does not exist yet, on a registry
+/// whose token service grants nothing to a pull-only scope there (Docker
+/// Hub), copies: destination checks ask for the push scope. Before, it
+/// failed as "authentication failed" (exit 3).
+#[tokio::test]
+async fn destination_checks_use_the_push_scope_docker_hub_needs() {
+    let setup = Setup::new(1, 0).await;
+    let issuer = crate::support::token::Issuer::start_docker_hub_like("robot", "hub-pass-R2d");
+    let hub = Registry::start(Auth::Token(issuer));
+    one_target(&hub.host)
+        .image(
+            "app0",
+            &format!("{}/team/app0", setup.upstream.host),
+            "[v1]",
+        )
+        .write(setup.dir.path());
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--json", "report.json"],
+        &crate::support::auth_env(&hub),
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    // `copied` is reported only after the tag was HEADed back with the source's digest.
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+}

@@ -46,6 +46,19 @@ struct Claims {
 
 impl Issuer {
     pub fn start(user: &str, password: &str) -> Issuer {
+        Issuer::start_with(user, password, false)
+    }
+
+    /// Docker Hub's token service for repositories that do not exist yet:
+    /// a pull-only scope grants nothing, so the registry answers 401 where
+    /// distribution alone would say 404 (jupyterhub/binderhub#1664,
+    /// distribution#1291); a push scope is granted (the repository is
+    /// created on push).
+    pub fn start_docker_hub_like(user: &str, password: &str) -> Issuer {
+        Issuer::start_with(user, password, true)
+    }
+
+    fn start_with(user: &str, password: &str, pull_only_grants_nothing: bool) -> Issuer {
         let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec![ISSUER.to_string()]).unwrap();
@@ -88,7 +101,11 @@ impl Issuer {
                     let mut parts = scope.splitn(3, ':');
                     let kind = parts.next()?.to_string();
                     let name = parts.next()?.to_string();
-                    let actions = parts.next()?.split(',').map(str::to_string).collect();
+                    let actions: Vec<String> =
+                        parts.next()?.split(',').map(str::to_string).collect();
+                    if pull_only_grants_nothing && actions == ["pull"] {
+                        return None;
+                    }
                     Some(Access {
                         kind,
                         name,
