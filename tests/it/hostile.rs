@@ -824,3 +824,48 @@ async fn destination_checks_use_the_push_scope_docker_hub_needs() {
     // `copied` is reported only after the tag was HEADed back with the source's digest.
     assert_eq!(outcome(&report, "app0", "t0"), "copied");
 }
+
+/// A second signal stops the run at once, without waiting out the grace
+/// period that the first one gave the jobs in flight.
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    let setup = Setup::new(2, 1).await;
+    // Every blob takes 20 s: the jobs are in flight when the signals come.
+    let stuck = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::Delay(Duration::from_secs(20)),
+        )],
+    );
+    setup.config(&stuck.host, &setup.target_hosts(), "");
+    let child = regmirror_command(setup.dir.path(), &["sync"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let term = |pid: u32| {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    term(child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Instant::now();
+    term(child.id());
+    let output = child.wait_with_output().unwrap();
+    let stopped = second.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("stopped at once by a second signal"),
+        "{stderr}"
+    );
+    // The grace period (5 s) was not waited out.
+    assert!(stopped < Duration::from_secs(3), "took {stopped:?}");
+}
