@@ -8,9 +8,11 @@
 //! sync: `v1\.30\..*` must match the whole tag.
 //!
 //! Semver follows what users of skopeo's `images-by-semver` expect: a `v`
-//! prefix is tolerated, `1.30` and `17` count as `1.30.0` and `17.0.0`, a
-//! range may be written npm-style (`>=16 <18`, `>= 2.6.1`, `^1.2 || ^2`),
-//! and pre-releases (`1.0.0-rc.1`) are left out unless the range names one.
+//! prefix is tolerated, tags `1.30` and `17` count as `1.30.0` and `17.0.0`,
+//! a range may be written npm-style (`>=16 <18`, `>= 2.6.1`, `^1.2 || ^2`),
+//! a bare version in a range is npm's (`1.30` is `1.30.x`, not Cargo's
+//! `^1.30`), and pre-releases (`1.0.0-rc.1`) are left out unless the range
+//! names one.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -77,6 +79,21 @@ pub fn semver_range(range: &str) -> crate::Result<Vec<VersionReq>> {
     Ok(alternatives)
 }
 
+/// The operator a bare version means, as npm, regsync and skopeo's
+/// `images-by-semver` read it (not Cargo's caret): `1.30` is `1.30.x`,
+/// `17` is `17.x`, `1.30.4` is exactly `1.30.4`; wildcards stay as written.
+fn bare(version: &str) -> &'static str {
+    let core = version.split(['-', '+']).next().unwrap_or(version);
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.iter().any(|p| matches!(*p, "*" | "x" | "X")) {
+        ""
+    } else if parts.len() >= 3 {
+        "="
+    } else {
+        "~"
+    }
+}
+
 /// `>= 1.2 <2` as `>=1.2, <2`: operators joined to their versions, `v`
 /// prefixes dropped, comparators comma-separated. `None` if an operator
 /// has no version or there is nothing at all.
@@ -91,6 +108,10 @@ fn comparators(alternative: &str) -> Option<String> {
         let (operator, version) =
             token.split_at(token.find(|c: char| !"<>=~^".contains(c)).unwrap_or(0));
         let version = version.strip_prefix('v').unwrap_or(version);
+        let operator = match (pending_operator.as_str(), operator) {
+            ("", "") => bare(version),
+            _ => operator,
+        };
         comparators.push(format!("{pending_operator}{operator}{version}"));
         pending_operator.clear();
     }
@@ -279,6 +300,16 @@ mod tests {
             ("v3.1.1 - v3.4.0", "v3.4.0", true),
             ("v3.1.1 - v3.4.0", "v3.4.1", false),
             (">=1.0.0", "1.1.0-rc.1", false),
+            // A bare version is a range as npm reads it, not Cargo's caret.
+            ("1.30", "v1.30.9", true),
+            ("1.30", "v1.31.0", false),
+            ("17", "17.2", true),
+            ("17", "18.0", false),
+            ("1.30.4", "1.30.4", true),
+            ("1.30.4", "1.30.5", false),
+            ("1.30.x", "1.30.7", true),
+            ("1.30.x", "1.31.0", false),
+            ("1.29 || 1.31", "1.30.1", false),
         ];
         for (range, tag, expected) in cases {
             let requirements = semver_range(range).unwrap();
