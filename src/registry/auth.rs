@@ -196,6 +196,7 @@ impl Tokens {
 
     /// Remembers `token` for `lifetime`, less a margin for clock and transit.
     pub fn put(&self, key: String, token: String, lifetime: Duration) {
+        let lifetime = lifetime.min(super::retry::LONGEST_HINT);
         let margin = Duration::from_secs(10).min(lifetime / 2);
         let until = Instant::now() + lifetime - margin;
         let mut entries = self.entries.lock().expect("token cache lock poisoned");
@@ -498,6 +499,14 @@ mod tests {
         assert_eq!(tokens.get("b"), None);
         tokens.forget("a");
         assert_eq!(tokens.get("a"), None);
+    }
+
+    #[test]
+    fn a_token_that_claims_to_live_forever_is_kept_a_bounded_time() {
+        let tokens = Tokens::default();
+        // `expires_in: 18446744073709551615` from a token service.
+        tokens.put("a".into(), "t".into(), Duration::from_secs(u64::MAX));
+        assert_eq!(tokens.get("a").as_deref(), Some("t"));
     }
 
     #[test]

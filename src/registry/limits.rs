@@ -15,6 +15,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use reqwest::header::HeaderMap;
 
 use super::options::RateLimit;
+use super::retry::hint;
 use crate::error::{Error, Result};
 
 /// The governor quota of a [`RateLimit`].
@@ -50,13 +51,20 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
             .unwrap_or(0);
         return Some(Budget {
             remaining,
-            reset: now + Duration::from_secs(window),
+            reset: now + hint(window),
         });
     }
     let remaining = get("x-ratelimit-remaining")?.trim().parse().ok()?;
     let reset = get("x-ratelimit-reset")
         .and_then(|r| r.trim().parse::<u64>().ok())
-        .map(|unix| SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
+        // A time, not a wait: bounded as a wait from now.
+        .map(|unix| {
+            let now_unix = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            now + hint(unix.saturating_sub(now_unix))
+        })
         .unwrap_or(now);
     Some(Budget { remaining, reset })
 }
@@ -232,6 +240,27 @@ mod tests {
         // A window that has passed no longer defers.
         limits.observe(&headers_of("ratelimit-remaining: 0;w=0"));
         limits.before_pull("docker.io").await.unwrap();
+    }
+
+    #[test]
+    fn hostile_windows_and_resets_do_not_overflow() {
+        let now = SystemTime::now();
+        for (name, value) in [
+            ("ratelimit-remaining", "5;w=18446744073709551615"),
+            ("x-ratelimit-remaining", "5"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            headers.insert(
+                HeaderName::from_static("x-ratelimit-reset"),
+                HeaderValue::from_static("18446744073709551615"),
+            );
+            let budget = budget(&headers, now).unwrap();
+            assert!(budget.reset <= now + crate::registry::retry::LONGEST_HINT);
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub const MAX_ATTEMPTS: u32 = 4;
 /// Longest we wait between attempts, whatever `Retry-After` says.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
+/// The longest time a registry's header (`Retry-After`, a rate-limit window
+/// or reset, a token's `expires_in`) is believed: a year. A registry can
+/// send any number; a bound keeps every `now + it` from overflowing.
+pub const LONGEST_HINT: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// What one attempt came to.
 pub enum Attempt<T> {
     /// Use this result, good or bad.
@@ -50,15 +55,20 @@ pub fn transport_is_retryable(error: &reqwest::Error) -> bool {
         || error.is_decode()
 }
 
+/// `seconds` from a registry's header, at most [`LONGEST_HINT`].
+pub fn hint(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).min(LONGEST_HINT)
+}
+
 /// `Retry-After` in either form: delay-seconds or an HTTP-date (a date in
 /// the past means now). `None` for anything else.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(hint(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
+    Some(at.duration_since(now).unwrap_or_default().min(LONGEST_HINT))
 }
 
 /// How long to wait before attempt `attempt + 1` (0-based `attempt` just
@@ -145,6 +155,17 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn a_hostile_retry_after_is_bounded_before_any_arithmetic() {
+        let now = SystemTime::now();
+        for value in ["18446744073709551615", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+            let wait = parse_retry_after(value, now).unwrap();
+            assert!(wait <= LONGEST_HINT, "{value}: {wait:?}");
+            // What the client does with it next: no overflow.
+            let _ = now + wait;
+        }
     }
 
     #[test]
