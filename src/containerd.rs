@@ -71,20 +71,23 @@ pub struct Generated {
     pub without_credentials: Vec<String>,
 }
 
-/// The credential to write for a mirror registry (with the placeholder text
-/// in its place, for [`Auth::Placeholder`]), or `None` when there is none.
-fn credentials(auth: &Auth, registry: &str) -> Option<(Credential, String)> {
+/// What a mirror's `Authorization` carries.
+enum Secret {
+    /// Found credentials: written into the file, and the CRI snippet.
+    Credential { username: String, password: String },
+    /// Text a secret or cloud-init replaces on the node.
+    Placeholder(String),
+}
+
+/// What to write for a mirror registry, or `None` when there is nothing.
+fn secret_for(auth: &Auth, registry: &str) -> Option<Secret> {
     match auth {
         Auth::None => None,
-        Auth::Placeholder(text) => Some((
-            Credential::Basic {
-                username: String::new(),
-                password: String::new(),
-            },
-            text.clone(),
-        )),
+        Auth::Placeholder(text) => Some(Secret::Placeholder(text.clone())),
         Auth::Credentials => match auth::lookup(registry)? {
-            credential @ Credential::Basic { .. } => Some((credential, String::new())),
+            Credential::Basic { username, password } => {
+                Some(Secret::Credential { username, password })
+            }
             // An identity token works only through a token exchange, which a
             // static header cannot do.
             Credential::IdentityToken(_) => None,
@@ -151,8 +154,8 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
             urls.push((url, repository.registry.clone()));
         }
     }
-    // One lookup per mirror registry: (Authorization real, shown; CRI host).
-    let mut found: BTreeMap<String, Option<(String, String, String)>> = BTreeMap::new();
+    // One lookup per mirror registry: its `Authorization`, real and shown.
+    let mut found: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
     let mut cri = (String::new(), String::new());
     let mut without_credentials = Vec::new();
     for (_, urls) in mirrors.values() {
@@ -160,35 +163,32 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
             if found.contains_key(registry) {
                 continue;
             }
-            let header = credentials(auth, registry).map(|(credential, placeholder)| {
-                let host = url
-                    .split("://")
-                    .nth(1)
-                    .and_then(|rest| rest.split('/').next())
-                    .unwrap_or(registry)
-                    .to_string();
-                match credential {
-                    Credential::Basic { username, password } if placeholder.is_empty() => {
-                        let encoded = base64::engine::general_purpose::STANDARD
-                            .encode(format!("{username}:{password}"));
-                        let table = format!(
-                            "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n"
-                        );
-                        cri.0.push_str(&format!(
-                            "{table}  username = \"{}\"\n  password = \"{}\"\n",
-                            toml_escape(&username),
-                            toml_escape(&password)
-                        ));
-                        cri.1.push_str(&format!(
-                            "{table}  username = \"{}\"\n  password = \"{REDACTED}\"\n",
-                            toml_escape(&username)
-                        ));
-                        (format!("Basic {encoded}"), format!("Basic {REDACTED}"), host)
-                    }
-                    _ => {
-                        let value = format!("Basic {placeholder}");
-                        (value.clone(), value, host)
-                    }
+            let header = secret_for(auth, registry).map(|secret| match secret {
+                Secret::Credential { username, password } => {
+                    let host = url
+                        .split("://")
+                        .nth(1)
+                        .and_then(|rest| rest.split('/').next())
+                        .unwrap_or(registry);
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    let table = format!(
+                        "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n"
+                    );
+                    cri.0.push_str(&format!(
+                        "{table}  username = \"{}\"\n  password = \"{}\"\n",
+                        toml_escape(&username),
+                        toml_escape(&password)
+                    ));
+                    cri.1.push_str(&format!(
+                        "{table}  username = \"{}\"\n  password = \"{REDACTED}\"\n",
+                        toml_escape(&username)
+                    ));
+                    (format!("Basic {encoded}"), format!("Basic {REDACTED}"))
+                }
+                Secret::Placeholder(text) => {
+                    let value = format!("Basic {text}");
+                    (value.clone(), value)
                 }
             });
             if header.is_none() && !matches!(auth, Auth::None) {
@@ -230,7 +230,7 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
                 };
                 toml.push_str(&format!("{host}{plain}"));
                 shown.push_str(&format!("{host}{plain}"));
-                if let Some(Some((real, redacted, _))) = found.get(registry) {
+                if let Some(Some((real, redacted))) = found.get(registry) {
                     toml.push_str(&format!("  [host.\"{url}\".header]\n    Authorization = \"{}\"\n", toml_escape(real)));
                     shown.push_str(&format!("  [host.\"{url}\".header]\n    Authorization = \"{}\"\n", toml_escape(redacted)));
                 }
