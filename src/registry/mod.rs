@@ -58,6 +58,8 @@ struct Host {
     registry: String,
     /// `https://host` or `http://host`.
     base: String,
+    /// `base` as an origin: where credentials may go (parsed once, not per request).
+    origin: Option<url::Origin>,
     /// Every request to this host holds one permit while it runs and while
     /// its body is read; callers never hold one while waiting on another
     /// request, so there is no wait cycle.
@@ -133,7 +135,7 @@ impl Host {
     /// True when `url` is on this registry's own origin (scheme, host and
     /// port): the only place its credentials are sent.
     fn owns(&self, url: &str) -> bool {
-        origin(url).is_some_and(|o| Some(o) == origin(&self.base))
+        self.origin.is_some() && origin(url) == self.origin
     }
 
     /// A challenge this registry's own answer stated, checked.
@@ -231,6 +233,7 @@ impl RegistryClient {
                 Arc::new(Host {
                     registry: repository.registry.clone(),
                     base: format!("{scheme}://{api_host}"),
+                    origin: origin(&format!("{scheme}://{api_host}")),
                     permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
                     limits: Limits::new(options.rate_limit, options.min_remaining),
                     http: self
