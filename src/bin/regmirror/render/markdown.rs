@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use regmirror::report::{Outcome, Status, Summary};
 
-use super::bytes;
+use super::{bytes, totals};
 
 /// Rows per table before the rest are counted instead of listed.
 pub const MAX_ROWS: usize = 500;
@@ -67,19 +67,8 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
         0 => "✅",
         _ => "❌",
     };
-    let totals = summary.totals();
     let _ = writeln!(out, "## {verdict} regmirror {command}\n");
-    let _ = writeln!(
-        out,
-        "**{}** in {:.1}s · blobs: {} uploaded ({}), {} mounted, {} skipped · {} manifests pushed\n",
-        summary.counts(),
-        summary.duration.as_secs_f64(),
-        totals.blobs_uploaded,
-        bytes(totals.bytes_uploaded),
-        totals.blobs_mounted,
-        totals.blobs_skipped,
-        totals.manifests_pushed,
-    );
+    let _ = writeln!(out, "**{}** {}\n", summary.counts(), totals(summary, " · "));
 
     problems(&mut out, summary, Status::Failed, "Failures", "failures");
     problems(

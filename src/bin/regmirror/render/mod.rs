@@ -52,6 +52,22 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `in 1.2s; blobs: 3 uploaded (4.0 MiB), 1 mounted, 2 skipped; 5 manifests
+/// pushed`, the parts joined by `separator`: what follows the counts in the
+/// table and the step summary.
+pub fn totals(summary: &Summary, separator: &str) -> String {
+    let totals = summary.totals();
+    format!(
+        "in {:.1}s{separator}blobs: {} uploaded ({}), {} mounted, {} skipped{separator}{} manifests pushed",
+        summary.duration.as_secs_f64(),
+        totals.blobs_uploaded,
+        bytes(totals.bytes_uploaded),
+        totals.blobs_mounted,
+        totals.blobs_skipped,
+        totals.manifests_pushed,
+    )
+}
+
 /// The table for stderr: one row per outcome, totals, then every failure.
 pub fn summary_table(summary: &Summary) -> String {
     let header = [
@@ -75,18 +91,7 @@ pub fn summary_table(summary: &Summary) -> String {
         })
         .collect();
     let mut out = render_table(&header, &rows);
-    let totals = summary.totals();
-    let _ = writeln!(
-        out,
-        "\n{} in {:.1}s; blobs: {} uploaded ({}), {} mounted, {} skipped; {} manifests pushed",
-        summary.counts(),
-        summary.duration.as_secs_f64(),
-        totals.blobs_uploaded,
-        bytes(totals.bytes_uploaded),
-        totals.blobs_mounted,
-        totals.blobs_skipped,
-        totals.manifests_pushed,
-    );
+    let _ = writeln!(out, "\n{} {}", summary.counts(), totals(summary, "; "));
     // Deferred results are not failures: listed apart, as in the step summary.
     for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
         let listed: Vec<&Outcome> = summary
