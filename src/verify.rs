@@ -224,13 +224,10 @@ async fn bad_content(
         .map(|(is_manifest, digest, size)| async move {
             let what = if is_manifest { "manifest" } else { "blob" };
             let verdict = if is_manifest {
-                match client
+                client
                     .get_manifest(repository, digest.as_str(), Some(&digest))
                     .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(error) => Err(error),
-                }
+                    .map(|_| ())
             } else {
                 match client.get_blob(repository, &digest).await? {
                     None => Err(Error::NotFound {

@@ -665,6 +665,21 @@ async fn overlapping_runs_both_succeed() {
     );
 }
 
+/// A proxy in front of `upstream` that holds every blob GET for `delay`.
+fn slow_blobs(upstream: &Registry, delay: Duration) -> Proxy {
+    let rule = Rule::new("GET", "/blobs/sha256:", usize::MAX, Action::Delay(delay));
+    Proxy::start(&upstream.host, vec![rule])
+}
+
+/// Sends SIGTERM to the process `pid` (by PID, never by name).
+fn sigterm(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 /// SIGTERM (a cancelled CI job) stops the run within seconds: no new work
 /// starts, the reports are written with the unfinished pairs `cancelled`,
 /// the spool is removed, the exit code is 143, and every tag on the target
@@ -672,15 +687,7 @@ async fn overlapping_runs_both_succeed() {
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
     let setup = Setup::new(12, 1).await;
-    let slow = Proxy::start(
-        &setup.upstream.host,
-        vec![Rule::new(
-            "GET",
-            "/blobs/sha256:",
-            usize::MAX,
-            Action::Delay(Duration::from_millis(400)),
-        )],
-    );
+    let slow = slow_blobs(&setup.upstream, Duration::from_millis(400));
     setup.config(&slow.host, &setup.target_hosts(), "");
     let spool = setup.dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
@@ -703,11 +710,7 @@ async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let signalled = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(child.id());
     let output = child.wait_with_output().unwrap();
     let stopped = signalled.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -831,33 +834,18 @@ async fn destination_checks_use_the_push_scope_docker_hub_needs() {
 async fn a_second_signal_stops_at_once() {
     let setup = Setup::new(2, 1).await;
     // Every blob takes 20 s: the jobs are in flight when the signals come.
-    let stuck = Proxy::start(
-        &setup.upstream.host,
-        vec![Rule::new(
-            "GET",
-            "/blobs/sha256:",
-            usize::MAX,
-            Action::Delay(Duration::from_secs(20)),
-        )],
-    );
+    let stuck = slow_blobs(&setup.upstream, Duration::from_secs(20));
     setup.config(&stuck.host, &setup.target_hosts(), "");
     let child = regmirror_command(setup.dir.path(), &["sync"], &[])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let term = |pid: u32| {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
     std::thread::sleep(Duration::from_millis(1500));
-    term(child.id());
+    sigterm(child.id());
     std::thread::sleep(Duration::from_millis(500));
     let second = Instant::now();
-    term(child.id());
+    sigterm(child.id());
     let output = child.wait_with_output().unwrap();
     let stopped = second.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
