@@ -108,6 +108,8 @@ pub struct Engine {
     /// wait for it and mount from it instead of uploading the same bytes
     /// again. The first writer waits on no one, so there is no cycle.
     first_writers: Mutex<HashMap<(String, Digest), FirstWriter>>,
+    /// Source tag lists for referrer discovery.
+    source_tags: referrers::SourceTags,
 }
 
 /// A job the run stopped before it finished: one outcome per destination.
@@ -137,7 +139,14 @@ impl Engine {
             writes: Mutex::default(),
             holders: Mutex::default(),
             first_writers: Mutex::default(),
+            source_tags: referrers::SourceTags::default(),
         })
+    }
+
+    /// Source tag lists the run has read already (for tag selectors):
+    /// referrer discovery uses them instead of guessing.
+    pub fn know_tags(&self, listed: HashMap<Repository, Vec<String>>) {
+        self.source_tags.known(listed);
     }
 
     /// Runs every job, `options.jobs` at a time, and summarises.
@@ -145,6 +154,7 @@ impl Engine {
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();
         reporter.started(jobs.len());
+        self.source_tags.budget(jobs);
         // Jobs wait on each other only through registry permits (in the
         // client) and the per-object write cells.
         let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())

@@ -30,8 +30,9 @@ const VERIFY_IN_FLIGHT: usize = 8;
 /// whose tags could not be listed are failed outcomes in the summary.
 pub async fn sync(plan: Plan, options: Options, reporter: &dyn Reporter) -> Result<Summary> {
     let client = Arc::new(RegistryClient::new(plan.registries.clone())?);
-    let (jobs, failures) = jobs(&client, plan).await;
+    let (jobs, failures, listed) = listed_jobs(&client, plan).await;
     let engine = Engine::new(client, options)?;
+    engine.know_tags(listed);
     let mut summary = engine.run(&jobs, reporter).await;
     summary.outcomes.splice(0..0, failures);
     Ok(summary)
@@ -62,19 +63,28 @@ pub async fn verify(plan: Plan, depth: Depth, anonymous: bool) -> Result<(Vec<Ch
 /// lists (read now), each destination written by one job only; and a
 /// failed (or deferred) outcome for each source that could not be listed.
 pub async fn jobs(client: &RegistryClient, plan: Plan) -> (Vec<Job>, Vec<Outcome>) {
-    let (mut selected, failures) = expand(client, &plan.queries).await;
+    let (jobs, failures, _) = listed_jobs(client, plan).await;
+    (jobs, failures)
+}
+
+/// [`jobs`], and the source tag lists read for them.
+async fn listed_jobs(client: &RegistryClient, plan: Plan) -> (Vec<Job>, Vec<Outcome>, Listed) {
+    let (mut selected, failures, listed) = expand(client, &plan.queries).await;
     let mut jobs = plan.jobs;
     jobs.append(&mut selected);
     plan::drop_repeated_destinations(&mut jobs);
     jobs.retain(|job| !job.destinations.is_empty());
-    (jobs, failures)
+    (jobs, failures, listed)
 }
+
+/// Source tag lists read in full, per repository.
+type Listed = HashMap<Repository, Vec<String>>;
 
 /// Reads each query's source tag list and turns the selected tags into
 /// jobs, in query order. A repository several queries select from is listed
 /// once. A source whose tags cannot be listed fails that image on each of
 /// its targets (reported, not fatal to the others).
-async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec<Outcome>) {
+async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec<Outcome>, Listed) {
     let mut repositories: Vec<&Repository> = queries.iter().map(|q| &q.repository).collect();
     repositories.sort_by_key(|r| r.to_string());
     repositories.dedup();
@@ -158,5 +168,9 @@ async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec
             }
         }
     }
-    (jobs, failures)
+    let listed = lists
+        .into_iter()
+        .filter_map(|(repository, list)| Some((repository.clone(), list.ok()?)))
+        .collect();
+    (jobs, failures, listed)
 }

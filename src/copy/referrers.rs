@@ -15,16 +15,19 @@
 //! each digest once, so a cycle (an index whose subject is its own child)
 //! ends. Only the image's own digest is asked about, not its platforms'.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 use super::Engine;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, OCI_INDEX};
 use crate::plan::{Destination, Job};
-use crate::registry::Intent;
+use crate::reference::Repository;
+use crate::registry::{Intent, RegistryClient};
 use crate::report::{Failure, Outcome, Status, Transfer};
 use crate::source::Source;
 
@@ -33,6 +36,94 @@ const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
 /// Referrers of referrers followed at most this deep.
 const MAX_DEPTH: usize = 8;
+
+/// Requests a subject's referrer tags cost when guessed: a HEAD of the
+/// fallback tag and of each cosign tag.
+const GUESSES: usize = 1 + COSIGN_SUFFIXES.len();
+
+/// Source repositories' tag lists, read at most once per run, so that
+/// referrer discovery HEADs only the fallback and cosign tags that exist
+/// instead of guessing all four for every image.
+///
+/// Which costs less is decided per repository by counting. Guessing costs
+/// [`GUESSES`] HEADs per job that copies referrers from the repository, so
+/// the list may cost at most that many pages (one request each): a
+/// repository of 25 mirrored tags is listed in one request instead of 100
+/// HEADs, and a repository of thousands of tags in pages of 100 is listed
+/// only when enough of its tags are mirrored to pay for it; past the
+/// budget, discovery guesses (at most twice the cost of guessing alone).
+/// A list the run read anyway for a tag selector is free and always used.
+#[derive(Default)]
+pub(super) struct SourceTags {
+    lists: Mutex<HashMap<Repository, Listing>>,
+}
+
+/// One repository's tag list: its page budget, and the list once read
+/// (`None` inside when it could not be read within the budget).
+#[derive(Clone, Default)]
+struct Listing {
+    pages: usize,
+    tags: Arc<OnceCell<Option<Arc<HashSet<String>>>>>,
+}
+
+impl SourceTags {
+    /// Counts `jobs` into each source repository's page budget.
+    pub(super) fn budget(&self, jobs: &[Job]) {
+        let mut lists = self.lists.lock().expect("tag lists lock");
+        for job in jobs.iter().filter(|job| job.referrers) {
+            if let Source::Registry(repository) = job.source.as_ref() {
+                lists.entry(repository.clone()).or_default().pages += GUESSES;
+            }
+        }
+    }
+
+    /// Tag lists the run has already read (for selectors).
+    pub(super) fn known(&self, listed: HashMap<Repository, Vec<String>>) {
+        let mut lists = self.lists.lock().expect("tag lists lock");
+        for (repository, tags) in listed {
+            let tags = Some(Arc::new(tags.into_iter().collect()));
+            lists.entry(repository).or_default().tags = Arc::new(OnceCell::new_with(Some(tags)));
+        }
+    }
+
+    /// `repository`'s tags, read now unless known; `None` when guessing
+    /// costs less or the list could not be read.
+    async fn get(
+        &self,
+        client: &RegistryClient,
+        repository: &Repository,
+    ) -> Option<Arc<HashSet<String>>> {
+        let listing = self
+            .lists
+            .lock()
+            .expect("tag lists lock")
+            .get(repository)
+            .cloned()
+            .unwrap_or_default();
+        if listing.pages == 0 && !listing.tags.initialized() {
+            return None;
+        }
+        let read = listing.tags.get_or_init(|| async {
+            match client.list_tags_within(repository, listing.pages).await {
+                Ok(Some(tags)) => Some(Arc::new(tags.into_iter().collect())),
+                Ok(None) => {
+                    tracing::debug!(
+                        "{repository}: more than {} pages of tags; guessing referrer tags",
+                        listing.pages
+                    );
+                    None
+                }
+                Err(error) => {
+                    tracing::debug!(
+                        "{repository}: tags not listed ({error}); guessing referrer tags"
+                    );
+                    None
+                }
+            }
+        });
+        read.await.clone()
+    }
+}
 
 /// The OCI 1.1 referrers tag schema: `sha256:abc…` → `sha256-abc…`.
 pub(crate) fn fallback_tag(digest: &Digest) -> String {
@@ -156,13 +247,17 @@ impl Engine {
         tags.extend(COSIGN_SUFFIXES.iter().map(|s| format!("{fallback}.{s}")));
         match source {
             Source::Registry(repository) => {
+                // Only the tags the source's list has, when it was read.
+                if let Some(listed) = self.source_tags.get(&self.client, repository).await {
+                    tags.retain(|tag| listed.contains(tag));
+                }
                 if let Some(entries) = self.client.referrers(repository, subject).await? {
                     for entry in entries {
                         let digest = entry_digest(&entry)?;
                         found.push(Found::Untagged { digest, entry });
                     }
                     // With the API, nobody keeps a fallback list.
-                    tags.remove(0);
+                    tags.retain(|tag| *tag != fallback);
                 }
             }
             Source::Layout(layout) => {

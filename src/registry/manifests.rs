@@ -47,6 +47,21 @@ impl RegistryClient {
     /// the `Link: <…>; rel="next"` header). Capped at [`MAX_TAG_PAGES`] pages
     /// so a registry that keeps linking cannot keep us forever.
     pub async fn list_tags(&self, repository: &Repository) -> Result<Vec<String>> {
+        self.list_tags_within(repository, MAX_TAG_PAGES)
+            .await?
+            .ok_or_else(|| Error::Limit {
+                what: format!("{repository} tags"),
+                reason: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow more"),
+            })
+    }
+
+    /// Every tag of `repository` if the list ends within `pages` pages (each
+    /// one request); `None` when it goes on.
+    pub async fn list_tags_within(
+        &self,
+        repository: &Repository,
+        pages: usize,
+    ) -> Result<Option<Vec<String>>> {
         #[derive(serde::Deserialize)]
         struct TagList {
             #[serde(default)]
@@ -54,7 +69,7 @@ impl RegistryClient {
         }
         let mut url = self.url(repository, &["tags", "list"], &[("n", "1000")])?;
         let mut tags = Vec::new();
-        for _ in 0..MAX_TAG_PAGES {
+        for _ in 0..pages {
             let answer = self
                 .pull(repository, Method::GET, &url, &|r, _| r)
                 .await?
@@ -83,13 +98,10 @@ impl RegistryClient {
                 // Another origin gets no credentials: `send` only attaches
                 // them to the registry's own.
                 Some(next) => url = resolve_link(&url, &next, "tag list `Link`")?,
-                None => return Ok(tags),
+                None => return Ok(Some(tags)),
             }
         }
-        Err(Error::Limit {
-            what: format!("{repository} tags"),
-            reason: format!("more than {MAX_TAG_PAGES} pages of tags; refusing to follow more"),
-        })
+        Ok(None)
     }
 
     /// What refers to `digest` (signatures, SBOMs, attestations), by the

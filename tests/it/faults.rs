@@ -128,6 +128,93 @@ fn respond(status: u16, headers: &[(&str, &str)]) -> Action {
 
 /// 429 and 503 with `Retry-After` in both forms are waited out; the upstream
 /// registry itself sees no extra manifest GET.
+/// Referrer tags are found from the source's tag list when reading it
+/// costs less than guessing: one page here, so only the `.sig` tag that
+/// exists is HEADed, not the fallback, `.att` and `.sbom` tags. A list that
+/// runs past its budget (a registry that keeps linking; four pages for one
+/// job) is given up, and the four tags are guessed. The signature reaches
+/// the target either way.
+#[tokio::test]
+async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
+    let setup = Setup::new(1, 2).await;
+    let subject = setup.images[0].1.root.0.clone();
+    let fallback = subject.replace(':', "-");
+    let signature = small("signature", 7);
+    let sig = format!("{fallback}.sig");
+    images::push(&setup.upstream.url(), "team/app0", &sig, &signature).await;
+    let endless = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/tags/list",
+            usize::MAX,
+            Action::Respond {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), "application/json".into()),
+                    (
+                        "Link".into(),
+                        "</v2/team/app0/tags/list?n=1000&last=v1>; rel=\"next\"".into(),
+                    ),
+                ],
+                body: br#"{"name":"team/app0","tags":["v1"]}"#.to_vec(),
+            },
+        )],
+    );
+    let manifest_heads = |paths: Vec<String>| {
+        let mut heads: Vec<String> = paths
+            .into_iter()
+            .filter_map(|p| p.split("/manifests/").nth(1).map(str::to_string))
+            .collect();
+        heads.sort();
+        heads
+    };
+
+    // Listed: one page, then a HEAD of the tag and of the one signature.
+    setup.config(&setup.upstream.host, &[&setup.targets[0].host], "");
+    let mark = setup.upstream.mark();
+    let (run, _) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let seen = &setup.upstream.requests()[mark..];
+    let lists = seen
+        .iter()
+        .filter(|r| r.path.contains("/tags/list"))
+        .count();
+    assert_eq!(lists, 1, "{seen:#?}");
+    let heads = seen
+        .iter()
+        .filter(|r| r.method == "HEAD")
+        .map(|r| r.path.clone());
+    assert_eq!(manifest_heads(heads.collect()), [sig.clone(), "v1".into()]);
+    let copied = deep_check(&setup.targets[0].host, "m/team/app0", &sig).await;
+    assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
+
+    // Guessed: four pages (4 guesses × 1 job) and no more, then four HEADs
+    // for the image and four for its signature (referrers of referrers).
+    setup.config(&endless.host, &[&setup.targets[1].host], "");
+    let (run, _) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let seen = endless.seen();
+    let lists = seen
+        .iter()
+        .filter(|r| r.path.contains("/tags/list"))
+        .count();
+    assert_eq!(lists, 4, "{seen:#?}");
+    let heads = seen
+        .iter()
+        .filter(|r| r.method == "HEAD")
+        .map(|r| r.path.clone());
+    let mut guessed = vec!["v1".to_string()];
+    for subject in [&fallback, &signature.root.0.replace(':', "-")] {
+        guessed.push(subject.clone());
+        guessed.extend(["att", "sbom", "sig"].map(|s| format!("{subject}.{s}")));
+    }
+    guessed.sort();
+    assert_eq!(manifest_heads(heads.collect()), guessed);
+    let copied = deep_check(&setup.targets[1].host, "m/team/app0", &sig).await;
+    assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;

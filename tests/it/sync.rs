@@ -243,23 +243,30 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
     );
     assert_eq!(
         lab.upstream.count_since(up_mark, "GET", |r| non_v2(r)
-            && !r.path.contains("/referrers/")),
+            && !r.path.contains("/referrers/")
+            && !r.path.contains("/tags/list")),
         0,
         "upstream GETs in a no-op run"
     );
     // Referrers: the API is probed once per run; distribution 2.8 has none
-    // (404), so the rest are HEADs of fallback and cosign tags.
+    // (404). Each source repository's tag list is read once (one page), and
+    // shows that no fallback or cosign tag exists, so none is HEADed: one
+    // HEAD per image × tag (README's cost of an up-to-date run).
     assert_eq!(
         lab.upstream
             .count_since(up_mark, "GET", |r| r.path.contains("/referrers/")),
         1
     );
-    // Per image × tag: the tag, then the fallback and cosign tags of what
-    // might refer to it (README's cost of referrers on an up-to-date run).
+    assert_eq!(
+        lab.upstream
+            .count_since(up_mark, "GET", |r| r.path.contains("/tags/list")),
+        3,
+        "one tag list per source repository"
+    );
     assert_eq!(
         lab.upstream
             .count_since(up_mark, "HEAD", Request::is_manifest),
-        4 * (1 + 4)
+        4
     );
     for ((name, target), mark) in lab.targets.iter().zip(marks) {
         // One HEAD per tag; nothing refers to these images.
