@@ -182,9 +182,25 @@ fn parse_params(input: &str) -> HashMap<String, String> {
 #[derive(Default)]
 pub struct Tokens {
     entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// One lock per key: the first caller asks the token service, and
+    /// concurrent callers for that key wait and take its token (single
+    /// flight), instead of all asking at the same moment.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Tokens {
+    /// Waits for the right to fetch `key`'s token.
+    async fn flight(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .flights
+            .lock()
+            .expect("token flights lock poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
     /// A cached token for `key`, if it is still fresh.
     pub fn get(&self, key: &str) -> Option<String> {
         let entries = self.entries.lock().expect("token cache lock poisoned");
@@ -345,6 +361,32 @@ impl RegistryClient {
         format!("{} {}", host.base, access.scopes().join(" "))
     }
 
+    /// The keys whose token serves `access`, best first: a pull is also
+    /// served by the push token of the same repository.
+    fn serving_keys(host: &Host, access: &Access<'_>) -> Vec<String> {
+        let mut keys = Vec::new();
+        if let Access::Pull(path) = access {
+            keys.push(Self::token_key(host, &Access::Push(path)));
+        }
+        keys.push(Self::token_key(host, access));
+        keys
+    }
+
+    /// A fresh cached token that serves `access`.
+    fn cached_token(&self, host: &Host, access: &Access<'_>) -> Option<String> {
+        Self::serving_keys(host, access)
+            .iter()
+            .find_map(|key| self.tokens.get(key))
+    }
+
+    /// Forgets every token that could serve `access` (the registry refused
+    /// the one sent).
+    pub(super) fn forget_tokens(&self, host: &Host, access: &Access<'_>) {
+        for key in Self::serving_keys(host, access) {
+            self.tokens.forget(&key);
+        }
+    }
+
     /// A bearer token for `access`, from the cache or from `realm`.
     async fn token(
         &self,
@@ -353,8 +395,13 @@ impl RegistryClient {
         service: Option<&str>,
         access: &Access<'_>,
     ) -> Result<String> {
+        if let Some(token) = self.cached_token(host, access) {
+            return Ok(token);
+        }
         let key = Self::token_key(host, access);
-        if let Some(token) = self.tokens.get(&key) {
+        let _flight = self.tokens.flight(&key).await;
+        // Whoever held the flight before us has most likely fetched it.
+        if let Some(token) = self.cached_token(host, access) {
             return Ok(token);
         }
         let auth_error = |reason: String| Error::Auth {

@@ -403,7 +403,7 @@ impl RegistryClient {
                 });
             }
             refreshed = true;
-            self.tokens.forget(&Self::token_key(&host, &access));
+            self.forget_tokens(&host, &access);
             if let Some(challenge) =
                 header(&answer.response, WWW_AUTHENTICATE.as_str()).and_then(auth::parse_challenge)
             {

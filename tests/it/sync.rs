@@ -135,6 +135,14 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
     assert_eq!(sync.code, 0, "{}", sync.all());
     assert!(sync.stderr.contains("12 copied"), "{}", sync.stderr);
 
+    // Each token once (before skopeo reads the targets below): concurrent jobs wait for the one request of a scope
+    // set instead of asking the token service for it at the same moment.
+    if let Auth::Token(issuer) = &lab.target("token").auth {
+        let requested = issuer.scopes_requested();
+        let distinct: HashSet<&String> = requested.iter().collect();
+        assert_eq!(requested.len(), distinct.len(), "{requested:#?}");
+    }
+
     // Byte-exact on every target, read back by skopeo.
     for ((spec, _), image) in specs.iter().zip(&generated) {
         for (name, target) in &lab.targets {

@@ -21,7 +21,7 @@ pub struct Issuer {
     /// Every token issued, to check none leaks into output.
     pub issued: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
-    _server: StandIn,
+    server: StandIn,
 }
 
 #[derive(serde::Serialize)]
@@ -141,7 +141,25 @@ impl Issuer {
             password: password.into(),
             issued,
             _dir: dir,
-            _server: server,
+            server,
         }
+    }
+
+    /// The scopes of each token request, in order (one string per request,
+    /// its `scope` parameters joined by spaces).
+    pub fn scopes_requested(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .map(|request| {
+                let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
+                let scopes: Vec<String> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+                scopes.join(" ")
+            })
+            .collect()
     }
 }
