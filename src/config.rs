@@ -109,6 +109,22 @@ pub struct Defaults {
     /// (OCI referrers, cosign `sha256-…` tags). Default true.
     #[serde(default)]
     pub referrers: Option<bool>,
+    /// Tags that never change once published (`true`, or a regular
+    /// expression of such tags): a tag every target already has is not
+    /// looked up at the source again. `sync --deep` and `verify` ignore it.
+    #[serde(default)]
+    #[schemars(with = "Option<ImmutableTags>")]
+    pub immutable: Option<Spanned<ImmutableTags>>,
+}
+
+/// `immutable`: every tag, or the tags a regular expression matches.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ImmutableTags {
+    /// `true`: every tag of the image; `false`: none.
+    All(bool),
+    /// The tags this regular expression matches (anchored at both ends).
+    Matching(String),
 }
 
 /// One entry of `images`.
@@ -137,6 +153,10 @@ pub struct ImageEntry {
     /// Copy what refers to this image, instead of `defaults.referrers`.
     #[serde(default)]
     pub referrers: Option<bool>,
+    /// Immutable tags, instead of `defaults.immutable`.
+    #[serde(default)]
+    #[schemars(with = "Option<ImmutableTags>")]
+    pub immutable: Option<Spanned<ImmutableTags>>,
 }
 
 /// The JSON Schema of `mirror.yaml`, pretty-printed, for editors

@@ -257,6 +257,25 @@ impl Engine {
         };
 
         // 1. HEAD first: the source digest, then every destination's tag.
+        // An immutable tag every destination has is done without asking
+        // the source at all.
+        let mut befores = None;
+        if job.immutable && job.pinned.is_none() && !self.options.deep {
+            let heads = self.head_destinations(job).await;
+            if heads.iter().all(|head| matches!(head, Ok(Some(_)))) {
+                return job
+                    .destinations
+                    .iter()
+                    .zip(heads)
+                    .map(|(d, head)| Outcome {
+                        after: head.ok().flatten(),
+                        duration: started.elapsed(),
+                        ..Outcome::new(&job.image, &d.tag, &d.name, d.reference(), Status::Present)
+                    })
+                    .collect();
+            }
+            befores = Some(heads);
+        }
         let source_digest = match &job.pinned {
             Some(digest) => digest.clone(),
             None => match job.source.resolve(&self.client, &job.reference).await {
@@ -270,11 +289,10 @@ impl Engine {
             },
         };
         let source = Some(&source_digest);
-        let befores = join_all(job.destinations.iter().map(|d| {
-            self.client
-                .head_manifest(&d.repository, &d.tag, Intent::Write)
-        }))
-        .await;
+        let befores = match befores {
+            Some(befores) => befores,
+            None => self.head_destinations(job).await,
+        };
 
         let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
         let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
@@ -318,6 +336,15 @@ impl Engine {
             .into_iter()
             .map(|o| o.expect("every destination got an outcome"))
             .collect()
+    }
+
+    /// The digest each destination's tag names now (HEAD).
+    async fn head_destinations(&self, job: &Job) -> Vec<Result<Option<Digest>>> {
+        join_all(job.destinations.iter().map(|d| {
+            self.client
+                .head_manifest(&d.repository, &d.tag, Intent::Write)
+        }))
+        .await
     }
 
     /// Steps 2–5 for the destinations in `work` (index, digest before).

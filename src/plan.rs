@@ -56,6 +56,32 @@ pub struct Job {
     pub destinations: Vec<Destination>,
     /// Also copy what refers to the image (signatures, SBOMs, attestations).
     pub referrers: bool,
+    /// The tag never changes once published: when every destination has
+    /// it, the source is not asked (`immutable` in `mirror.yaml`).
+    pub immutable: bool,
+}
+
+/// Which tags of an image are immutable (`immutable` in `mirror.yaml`).
+#[derive(Clone, Debug, Default)]
+pub enum Immutable {
+    /// None: every tag is looked up at the source on every run.
+    #[default]
+    None,
+    /// Every tag.
+    All,
+    /// The tags this (anchored) regular expression matches.
+    Matching(regex::Regex),
+}
+
+impl Immutable {
+    /// Whether `tag` is immutable.
+    pub fn covers(&self, tag: &str) -> bool {
+        match self {
+            Immutable::None => false,
+            Immutable::All => true,
+            Immutable::Matching(pattern) => pattern.is_match(tag),
+        }
+    }
 }
 
 /// An image whose tags come from a selector: its jobs are known only once
@@ -74,6 +100,8 @@ pub struct TagQuery {
     pub targets: Vec<(String, Repository)>,
     /// Also copy what refers to each image.
     pub referrers: bool,
+    /// Which selected tags are immutable.
+    pub immutable: Immutable,
 }
 
 impl TagQuery {
@@ -95,6 +123,7 @@ impl TagQuery {
                     })
                     .collect(),
                 referrers: self.referrers,
+                immutable: self.immutable.covers(tag),
             })
             .collect()
     }

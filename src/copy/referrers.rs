@@ -150,7 +150,14 @@ impl Engine {
     /// Copies the referrers of `job`'s image to the destinations that have
     /// the image now, appending an outcome per referrer × destination.
     pub(super) async fn copy_referrers(&self, job: &Job, outcomes: &mut Vec<Outcome>) {
-        let Some(subject) = outcomes.iter().find_map(|o| o.source_digest.clone()) else {
+        // The source's digest; for an immutable tag the source was not
+        // asked, and the digest the destinations hold stands for it.
+        let subject = outcomes.iter().find_map(|o| o.source_digest.clone());
+        let held = outcomes
+            .iter()
+            .find(|o| matches!(o.status, Status::Present))
+            .and_then(|o| o.after.clone());
+        let Some(subject) = subject.or(held) else {
             return;
         };
         let ready: Vec<Destination> = job
@@ -223,6 +230,7 @@ impl Engine {
                     reference,
                     pinned: Some(digest.clone()),
                     referrers: false,
+                    immutable: false,
                 };
                 outcomes.extend(self.copy_job(&sub).await);
             }

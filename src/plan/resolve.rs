@@ -9,8 +9,8 @@ use serde_saphyr::Spanned;
 
 use super::registries;
 use super::tags::{Releases, TagFilter, anchored, semver_range};
-use super::{Destination, Job, Plan, TagQuery};
-use crate::config::{ConfigFile, Problem, Problems, TagSelector, Tags, problem_at};
+use super::{Destination, Immutable, Job, Plan, TagQuery};
+use crate::config::{ConfigFile, ImmutableTags, Problem, Problems, TagSelector, Tags, problem_at};
 use crate::digest::Digest;
 use crate::reference::{Reference, Repository, valid_tag};
 use crate::source::Source;
@@ -282,6 +282,11 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         }
 
         let referrers = entry.referrers.or(file.defaults.referrers).unwrap_or(true);
+        let immutable = match (&entry.immutable, &file.defaults.immutable) {
+            (Some(value), _) => compile_immutable(value, &place("immutable"), &mut problems),
+            (None, Some(value)) => compile_immutable(value, "defaults.immutable", &mut problems),
+            (None, None) => Immutable::None,
+        };
         let source = Arc::new(Source::Registry(reference.repository.clone()));
         if let Some(filter) = filter {
             queries.push(TagQuery {
@@ -291,6 +296,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 filter,
                 targets: repositories.clone(),
                 referrers,
+                immutable: immutable.clone(),
             });
         }
         for tag in tags {
@@ -313,6 +319,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 pinned: reference.digest.clone(),
                 destinations,
                 referrers,
+                immutable: immutable.covers(&tag.value),
             });
         }
     }
@@ -330,6 +337,26 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         registries,
         target_names: file.targets.keys().cloned().collect(),
     })
+}
+
+/// Compiles `immutable: true | false | REGEX`; a bad regular expression
+/// is a problem (pushed) and makes nothing immutable.
+fn compile_immutable(
+    value: &Spanned<ImmutableTags>,
+    place: &str,
+    problems: &mut Vec<Problem>,
+) -> Immutable {
+    match &value.value {
+        ImmutableTags::All(true) => Immutable::All,
+        ImmutableTags::All(false) => Immutable::None,
+        ImmutableTags::Matching(pattern) => match anchored(pattern) {
+            Ok(pattern) => Immutable::Matching(pattern),
+            Err(error) => {
+                problems.push(problem_at(value, place, error.to_string()));
+                Immutable::None
+            }
+        },
+    }
 }
 
 /// Compiles `tags: {regex, exclude, semver, latest}`; `None` when a key is
@@ -593,5 +620,48 @@ images:
                 "expected `{needle}` at line {line}; got {lines:?}: {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn immutable_is_a_flag_or_a_pattern_of_tags() {
+        let config = "\
+version: 1
+targets:
+  ghcr: ghcr.io/acme
+defaults:
+  targets: [ghcr]
+  immutable: 'v[0-9.]+'
+images:
+  - source: docker.io/a/b
+    tags: [v1.2, latest]
+  - source: docker.io/a/c
+    tags: [latest]
+    immutable: true
+  - source: docker.io/a/d
+    tags: [v1.2]
+    immutable: false
+";
+        let plan = load("m.yaml", config).unwrap();
+        let immutable: Vec<(&str, bool)> = plan
+            .jobs
+            .iter()
+            .map(|job| (job.reference.as_str(), job.immutable))
+            .collect();
+        assert_eq!(
+            immutable,
+            [
+                ("v1.2", true),
+                ("latest", false),
+                ("latest", true),
+                ("v1.2", false)
+            ]
+        );
+        let bad = config.replace("immutable: true", "immutable: '(v'");
+        let problems = load("m.yaml", &bad).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            (problems[0].line, problems[0].place.as_str()),
+            (12, "images[1].immutable")
+        );
     }
 }

@@ -117,6 +117,7 @@ impl Plan {
                 pinned,
                 destinations: resolved,
                 referrers,
+                immutable: false,
             }],
             ..Plan::default()
         })

@@ -215,6 +215,79 @@ async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
     assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
 }
 
+/// `immutable`: a tag every target already has is not looked up at the
+/// source (no request at all for it there); a target that lacks it makes
+/// the source be asked as usual; a regular expression covers only the tags
+/// it matches. `sync --deep` and `verify` ignore it, so a tag moved at the
+/// source anyway is found by them.
+#[tokio::test]
+async fn immutable_tags_on_every_target_cost_no_source_request() {
+    let setup = Setup::new(2, 2).await;
+    let up = setup.upstream.host.clone();
+    let write = |targets: &[&Registry]| {
+        let mut yaml = MirrorYaml::new().referrers(false);
+        for (i, target) in targets.iter().enumerate() {
+            yaml = yaml.target(&format!("t{i}"), &format!("{}/m", target.host));
+        }
+        yaml.image_with(
+            "app0",
+            &format!("{up}/team/app0"),
+            "[v1]",
+            "    immutable: true\n",
+        )
+        .image_with(
+            "app1",
+            &format!("{up}/team/app1"),
+            "[v1]",
+            "    immutable: 'v2.*'\n",
+        )
+        .write(setup.dir.path());
+    };
+    let source_requests = |mark: usize, repository: &str| {
+        setup.upstream.requests()[mark..]
+            .iter()
+            .filter(|r| r.path.contains(repository))
+            .count()
+    };
+
+    // Only t0 first; then t1 lacks both, so both are asked at the source.
+    write(&[&setup.targets[0]]);
+    assert_eq!(setup.sync(&[]).0.code, 0);
+    write(&[&setup.targets[0], &setup.targets[1]]);
+    let mark = setup.upstream.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t1"), "copied");
+    assert!(source_requests(mark, "/team/app0/") > 0);
+
+    // Up to date: app0 costs the source nothing; app1 (not covered by its
+    // pattern) one HEAD.
+    let mark = setup.upstream.mark();
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "present");
+    assert_eq!(outcome(&report, "app0", "t1"), "present");
+    assert_eq!(source_requests(mark, "/team/app0/"), 0);
+    assert_eq!(source_requests(mark, "/team/app1/"), 1);
+
+    // The tag moves at the source after all: sync keeps what it promised
+    // not to look at; verify and sync --deep look.
+    let moved = small("moved", 9);
+    images::push(&setup.upstream.url(), "team/app0", "v1", &moved).await;
+    assert_eq!(setup.sync(&[]).0.code, 0);
+    let before = deep_check(&setup.targets[0].host, "m/team/app0", "v1").await;
+    assert_eq!(before, TagState::Complete(setup.images[0].1.root.0.clone()));
+    let verify = regmirror(setup.dir.path(), &["verify"], &[]);
+    assert_ne!(verify.code, 0, "{}", verify.all());
+    let (run, report) = setup.sync(&["--deep"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    for target in &setup.targets {
+        let state = deep_check(&target.host, "m/team/app0", "v1").await;
+        assert_eq!(state, TagState::Complete(moved.root.0.clone()));
+    }
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
