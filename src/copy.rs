@@ -370,10 +370,13 @@ impl Engine {
             }
         }
         // 3. What each destination lacks; fetch what cannot be mounted.
-        let missing = join_all(
-            work.iter()
-                .map(|(i, _)| self.missing_blobs(&job.destinations[*i].repository, &blobs)),
-        )
+        // A `--deep` check of a tag that already names the image HEADs every
+        // blob, so that only what was missing is reported as repaired.
+        let missing = join_all(work.iter().map(|(i, before)| {
+            let repository = &job.destinations[*i].repository;
+            let repair = before.as_ref() == Some(source_digest);
+            self.missing_blobs(repository, &blobs, !repair)
+        }))
         .await;
         let mut needed = BTreeMap::new();
         for ((i, _), lacking) in work.iter().zip(&missing) {
@@ -493,19 +496,27 @@ impl Engine {
     }
 
     /// The blobs of `blobs` that `repository` lacks (HEAD, unless this run
-    /// already knows it holds them).
+    /// already knows it holds them). With `mount_unasked`, a blob another
+    /// repository of the registry holds counts as lacking without a HEAD:
+    /// it is mounted, and the mount costs the one request the HEAD would.
     async fn missing_blobs(
         &self,
         repository: &Repository,
         blobs: &[Descriptor],
+        mount_unasked: bool,
     ) -> Result<Vec<Descriptor>> {
         let lacking: Vec<Option<Descriptor>> = stream::iter(blobs)
             .map(|blob| async move {
-                if self.holds(repository, &blob.digest)
-                    || self
-                        .client
-                        .blob_exists(repository, &blob.digest, Intent::Write)
-                        .await?
+                if self.holds(repository, &blob.digest) {
+                    return Ok(None);
+                }
+                if mount_unasked && self.mount_source(repository, &blob.digest).is_some() {
+                    return Ok(Some(blob.clone()));
+                }
+                if self
+                    .client
+                    .blob_exists(repository, &blob.digest, Intent::Write)
+                    .await?
                 {
                     self.record(repository, &blob.digest);
                     return Ok(None);
