@@ -10,7 +10,11 @@
 //!
 //! cargo run --release --example workload -- --registry HOST:PORT --out DIR
 //!     --targets HOST:PORT,HOST:PORT,... [--repos 20 --tags 2 --singles 4
-//!     --layer-mib 4 --base-pool 4 --big-gib 0]
+//!     --layer-mib 4 --layer-kib 0 --base-pool 4 --big-gib 0 --namespace bench]
+//!
+//! `--layer-kib N` (N > 0) makes layers N KiB instead (the scale workload:
+//! many small single-arch images); `--namespace` is the repositories'
+//! first path component.
 //!
 //! Writes DIR/mirror.yaml (regmirror), DIR/skopeo.yaml (skopeo sync
 //! --src yaml) and prints `unique_blobs unique_bytes` on stdout.
@@ -37,7 +41,9 @@ struct Args {
     tags: usize,
     singles: usize,
     layer_mib: usize,
+    layer_kib: usize,
     base_pool: usize,
+    namespace: String,
     big_gib: u64,
 }
 
@@ -69,7 +75,12 @@ fn args() -> Args {
         tags: number("tags", 2),
         singles: number("singles", 4),
         layer_mib: number("layer-mib", 4),
+        layer_kib: number("layer-kib", 0),
         base_pool: number("base-pool", 4),
+        namespace: map
+            .get("namespace")
+            .cloned()
+            .unwrap_or_else(|| "bench".into()),
         big_gib: number("big-gib", 0) as u64,
     }
 }
@@ -157,16 +168,21 @@ fn image_manifest(
 }
 
 fn build(args: &Args) -> Vec<Repo> {
-    let size = args.layer_mib << 20;
+    let size = if args.layer_kib > 0 {
+        args.layer_kib << 10
+    } else {
+        args.layer_mib << 20
+    };
+    let namespace = &args.namespace;
     let mut repos = Vec::new();
     for r in 0..args.repos + args.singles {
         let single = r >= args.repos;
         let docker = r % 2 == 1;
         let mut repo = Repo {
             name: if single {
-                format!("bench/single{}", r - args.repos)
+                format!("{namespace}/single{}", r - args.repos)
             } else {
-                format!("bench/repo{r}")
+                format!("{namespace}/repo{r}")
             },
             ..Repo::default()
         };
