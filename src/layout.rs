@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
@@ -213,34 +214,23 @@ impl Layout {
     /// Copies a blob to `to`, checking digest and size.
     pub async fn copy_blob(&self, blob: &Descriptor, to: &Path) -> Result<()> {
         let path = self.blob_path(&blob.digest)?;
-        let mut input = tokio::fs::File::open(&path)
+        let input = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| self.missing(&blob.digest, e))?;
-        let output = crate::spool::create_file(to).await?;
-        let mut output = tokio::io::BufWriter::with_capacity(256 * 1024, output);
+            .map_err(|e| self.missing(&blob.digest, e))?
+            .into_std()
+            .await;
+        let mut output = crate::spool::Writer::create(to).await?;
         let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
-        let mut buffer = vec![0u8; 256 * 1024];
-        loop {
-            let n = input
-                .read(&mut buffer)
-                .await
-                .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-            if n == 0 {
-                break;
-            }
-            verifier.update(&buffer[..n]);
+        let mut chunks = std::pin::pin!(crate::spool::read_chunks(input));
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+            verifier.update(&chunk);
             if verifier.overrun() {
                 break;
             }
-            output
-                .write_all(&buffer[..n])
-                .await
-                .map_err(|e| crate::spool::write_error(to, e))?;
+            output.write(chunk).await?;
         }
-        output
-            .flush()
-            .await
-            .map_err(|e| crate::spool::write_error(to, e))?;
+        output.finish().await?;
         verifier.finish(&format!("blob {} in {}", blob.digest, self.dir.display()))
     }
 }

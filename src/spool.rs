@@ -154,13 +154,106 @@ impl Spool {
     }
 }
 
-/// Creates a spool file, readable by this user only.
-pub async fn create_file(path: &Path) -> Result<tokio::fs::File> {
-    let mut options = tokio::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path).await.map_err(|e| write_error(path, e))
+/// Bytes written to a spool file per hand-off to the blocking pool.
+const WRITE_CHUNK: usize = 1024 * 1024;
+
+/// Bytes read from a spool file per hand-off: each upload in flight holds
+/// about two, so this bounds memory (many uploads run at once).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A spool file being written. Chunks are kept as they arrive (never
+/// copied into a buffer) until [`WRITE_CHUNK`] bytes are pending, then written
+/// on the blocking pool in one hand-off: `tokio::fs::File` would copy every
+/// byte into its own buffer first, and a `BufWriter` over it once more.
+pub struct Writer {
+    file: Option<File>,
+    path: PathBuf,
+    pending: Vec<bytes::Bytes>,
+    pending_len: usize,
+}
+
+impl Writer {
+    /// Creates the file at `path`, readable by this user only.
+    pub async fn create(path: &Path) -> Result<Writer> {
+        let owned = path.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(owned)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
+        .map_err(|e| write_error(path, e))?;
+        Ok(Writer {
+            file: Some(file),
+            path: path.to_path_buf(),
+            pending: Vec::new(),
+            pending_len: 0,
+        })
+    }
+
+    /// Appends `chunk`.
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> Result<()> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= WRITE_CHUNK {
+            self.write_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending; the file is complete when this returns.
+    pub async fn finish(mut self) -> Result<()> {
+        self.write_pending().await
+    }
+
+    async fn write_pending(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        let Some(mut file) = self.file.take() else {
+            return Err(write_error(
+                &self.path,
+                std::io::Error::other("an earlier write failed"),
+            ));
+        };
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let written = pending.iter().try_for_each(|chunk| file.write_all(chunk));
+            (file, written)
+        })
+        .await
+        .map_err(|e| write_error(&self.path, std::io::Error::other(e)))?;
+        written.map_err(|e| write_error(&self.path, e))?;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+/// A spool (or layout) file's bytes, [`READ_CHUNK`] at a time, each read on
+/// the blocking pool straight into the buffer it is handed over in.
+pub fn read_chunks(file: File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::try_unfold(Some(file), |file| async move {
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut file = file;
+            let mut chunk = Vec::with_capacity(READ_CHUNK);
+            let read = (&mut file).take(READ_CHUNK as u64).read_to_end(&mut chunk);
+            (file, read.map(|_| chunk))
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((bytes::Bytes::from(chunk), Some(file))))
+    })
 }
 
 /// A failed write to the spool, naming its directory and, for a full disk,
@@ -259,16 +352,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn written_chunks_read_back_whole_in_bounded_chunks() {
+        use futures::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..(5 * READ_CHUNK + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut writer = Writer::create(&path).await.unwrap();
+        // Uneven pieces, as they arrive from a socket, across WRITE_CHUNK.
+        for piece in data.chunks(70_001) {
+            writer
+                .write(bytes::Bytes::copy_from_slice(piece))
+                .await
+                .unwrap();
+        }
+        writer.finish().await.unwrap();
+        let chunks: Vec<bytes::Bytes> = read_chunks(File::open(&path).unwrap())
+            .map(|chunk| chunk.unwrap())
+            .collect()
+            .await;
+        assert!(
+            chunks
+                .iter()
+                .all(|c| !c.is_empty() && c.len() <= READ_CHUNK)
+        );
+        assert_eq!(chunks.concat(), data);
+    }
+
+    #[tokio::test]
     async fn a_blob_leaves_when_its_last_lease_does_and_files_are_private() {
         let spool = Spool::new().unwrap();
         let digest = Digest::sha256(b"blob");
         let (first, second) = (spool.lease([&digest]), spool.lease([&digest]));
         let path = spool
             .get(&digest, |path| async move {
-                let mut file = create_file(&path).await?;
-                tokio::io::AsyncWriteExt::write_all(&mut file, b"blob")
-                    .await
-                    .map_err(|e| Error::io("write", e))
+                let mut file = Writer::create(&path).await?;
+                file.write(bytes::Bytes::from_static(b"blob")).await?;
+                file.finish().await
             })
             .await
             .unwrap();

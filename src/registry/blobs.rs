@@ -8,7 +8,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
 
 use super::body::{Answer, header, neutral};
 use super::deadline::Watch;
@@ -106,8 +105,7 @@ impl RegistryClient {
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}@{}", blob.digest),
             })?;
-        let file = crate::spool::create_file(path).await?;
-        let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut writer = crate::spool::Writer::create(path).await?;
         let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
         let mut chunks = std::pin::pin!(answer.chunks());
         while let Some(chunk) = chunks.next().await {
@@ -116,15 +114,9 @@ impl RegistryClient {
             if verifier.overrun() {
                 break;
             }
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(|e| crate::spool::write_error(path, e))?;
+            writer.write(chunk).await?;
         }
-        writer
-            .flush()
-            .await
-            .map_err(|e| crate::spool::write_error(path, e))?;
+        writer.finish().await?;
         verifier.finish(&format!("blob {} from {repository}", blob.digest))
     }
 
@@ -266,12 +258,7 @@ impl RegistryClient {
             // The body reports its progress: a target that stops reading
             // stalls the upload, a slow one that keeps reading never does.
             let body = match std::fs::File::open(&path) {
-                Ok(file) => reqwest::Body::wrap_stream(watch.body(
-                    tokio_util::io::ReaderStream::with_capacity(
-                        tokio::fs::File::from_std(file),
-                        256 * 1024,
-                    ),
-                )),
+                Ok(file) => reqwest::Body::wrap_stream(watch.body(crate::spool::read_chunks(file))),
                 // Never an empty body standing in for the blob: the request fails.
                 Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {
                     Err::<Bytes, _>(error)
