@@ -1,12 +1,14 @@
 //! The copy: bring each image × tag up to date on every destination.
 //!
 //! Per job, in order:
-//! 1. **HEAD first.** The source digest (free when pinned), then every
-//!    destination's tag. Destinations that already match are done; an
-//!    up-to-date run makes nothing but HEADs.
-//! 2. **Read and verify.** Only now is the source manifest tree fetched
-//!    (every platform, attestations included), each manifest checked against
-//!    its digest.
+//! 1. **HEAD first.** Every destination's tag, then the source: a HEAD when
+//!    every destination has the tag (none when pinned, or for an immutable
+//!    tag), else one GET of the tag, its digest and bytes at once.
+//!    Destinations that already match are done; an up-to-date run makes
+//!    nothing but HEADs.
+//! 2. **Read and verify.** Only now is the rest of the source manifest tree
+//!    fetched (every platform, attestations included), each manifest checked
+//!    against its digest.
 //! 3. **Gather before writing.** Blobs missing on some destination (HEAD) that
 //!    no known repository of that registry can mount are fetched into the
 //!    spool, verified. A mismatch fails the image here, before anything of it
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::Descriptor;
+use crate::manifest::{Descriptor, Manifest};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::{Intent, RegistryClient};
@@ -256,30 +258,37 @@ impl Engine {
                 .collect::<Vec<_>>()
         };
 
-        // 1. HEAD first: the source digest, then every destination's tag.
-        // An immutable tag every destination has is done without asking
-        // the source at all.
-        let mut befores = None;
-        if job.immutable && job.pinned.is_none() && !self.options.deep {
-            let heads = self.head_destinations(job).await;
-            if heads.iter().all(|head| matches!(head, Ok(Some(_)))) {
-                return job
-                    .destinations
-                    .iter()
-                    .zip(heads)
-                    .map(|(d, head)| Outcome {
-                        after: head.ok().flatten(),
-                        duration: started.elapsed(),
-                        ..Outcome::new(&job.image, &d.tag, &d.name, d.reference(), Status::Present)
-                    })
-                    .collect();
-            }
-            befores = Some(heads);
+        // 1. HEAD first: every destination's tag, then the source as little
+        // as possible. An immutable tag every destination has is done
+        // without asking the source at all.
+        let befores = self.head_destinations(job).await;
+        let everywhere = befores.iter().all(|head| matches!(head, Ok(Some(_))));
+        if everywhere && job.immutable && job.pinned.is_none() && !self.options.deep {
+            return job
+                .destinations
+                .iter()
+                .zip(befores)
+                .map(|(d, head)| Outcome {
+                    after: head.ok().flatten(),
+                    duration: started.elapsed(),
+                    ..Outcome::new(&job.image, &d.tag, &d.name, d.reference(), Status::Present)
+                })
+                .collect();
         }
-        let source_digest = match &job.pinned {
-            Some(digest) => digest.clone(),
+        // A destination lacks the tag, so the image will be read: one GET of
+        // the tag gives its digest and its bytes (a HEAD first would cost a
+        // second request). Otherwise a HEAD (free at Docker Hub) decides.
+        let fetch_root = !everywhere && !self.options.dry_run;
+        let (source_digest, root) = match &job.pinned {
+            Some(digest) => (digest.clone(), None),
+            None if fetch_root => {
+                match job.source.manifest_at(&self.client, &job.reference).await {
+                    Ok(root) => (root.digest.clone(), Some(root)),
+                    Err(error) => return fail_all(error),
+                }
+            }
             None => match job.source.resolve(&self.client, &job.reference).await {
-                Ok(Some(digest)) => digest,
+                Ok(Some(digest)) => (digest, None),
                 Ok(None) => {
                     return fail_all(Error::NotFound {
                         what: format!("{}:{}", job.source, job.reference),
@@ -289,10 +298,6 @@ impl Engine {
             },
         };
         let source = Some(&source_digest);
-        let befores = match befores {
-            Some(befores) => befores,
-            None => self.head_destinations(job).await,
-        };
 
         let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
         let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
@@ -327,7 +332,7 @@ impl Engine {
             }
         }
         if !work.is_empty() {
-            let written = self.write_all(job, &source_digest, &work).await;
+            let written = self.write_all(job, &source_digest, root, &work).await;
             for ((i, before), result) in work.into_iter().zip(written) {
                 results[i] = Some(outcome(&job.destinations[i], source, before, result));
             }
@@ -347,16 +352,22 @@ impl Engine {
         .await
     }
 
-    /// Steps 2–5 for the destinations in `work` (index, digest before).
+    /// Steps 2–5 for the destinations in `work` (index, digest before);
+    /// `root` is the image's root manifest when step 1 already read it.
     async fn write_all(
         &self,
         job: &Job,
         source_digest: &Digest,
+        root: Option<Manifest>,
         work: &[(usize, Option<Digest>)],
     ) -> Vec<Result<(Status, Transfer)>> {
         let shared_failure = |error: Error| error.share(work.len()).map(Err).collect();
         // 2. Read and verify the whole manifest tree.
-        let image = match job.source.read_image(&self.client, source_digest).await {
+        let read = match root {
+            Some(root) => job.source.read_tree(&self.client, root).await,
+            None => job.source.read_image(&self.client, source_digest).await,
+        };
+        let image = match read {
             Ok(image) => image,
             Err(error) => return shared_failure(error),
         };

@@ -52,6 +52,19 @@ impl Source {
         }
     }
 
+    /// Reads the manifest `reference` (a tag) names now, with its digest,
+    /// in one request: what [`Source::resolve`] and [`Source::manifest`]
+    /// would learn in two.
+    pub async fn manifest_at(&self, client: &RegistryClient, reference: &str) -> Result<Manifest> {
+        match self {
+            Source::Registry(repository) => client.get_manifest(repository, reference, None).await,
+            Source::Layout(layout) => {
+                let digest = layout.resolve(Some(reference))?.digest;
+                layout.manifest(&digest, None).await
+            }
+        }
+    }
+
     /// Writes the verified blob to `to`.
     pub async fn fetch_blob(
         &self,
@@ -72,6 +85,12 @@ impl Source {
     /// in all: memory is bounded by what is unique, not by what is listed.
     pub async fn read_image(&self, client: &RegistryClient, digest: &Digest) -> Result<Image> {
         let root = self.manifest(client, digest, None).await?;
+        self.read_tree(client, root).await
+    }
+
+    /// [`Source::read_image`] from a root manifest already read.
+    pub async fn read_tree(&self, client: &RegistryClient, root: Manifest) -> Result<Image> {
+        let digest = &root.digest.clone();
         let hostile = |reason: String| Error::Manifest {
             what: digest.to_string(),
             reason,

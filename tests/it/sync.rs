@@ -197,6 +197,16 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
             .count(),
         manifests
     );
+    // Into empty targets, each root is read by a GET of its tag (digest and
+    // bytes at once): no HEAD of a tag, and, as the tag list shows no
+    // referrer tags, no HEAD of one either.
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.method == "HEAD" && r.is_manifest())
+            .count(),
+        0
+    );
 
     for (name, target) in &lab.targets {
         let requests = target.requests();
