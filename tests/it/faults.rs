@@ -186,7 +186,7 @@ async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
         .iter()
         .filter(|r| r.method == "HEAD")
         .map(|r| r.path.clone());
-    assert_eq!(manifest_heads(heads.collect()), [sig.clone()]);
+    assert_eq!(manifest_heads(heads.collect()), std::slice::from_ref(&sig));
     let copied = deep_check(&setup.targets[0].host, "m/team/app0", &sig).await;
     assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
 
