@@ -79,8 +79,9 @@ pub enum Command {
         /// Also check every child manifest and blob on targets that have the tag, and repair what is missing.
         #[arg(long)]
         deep: bool,
-        /// Image × tag jobs in flight at once.
-        #[arg(long, default_value_t = 8)]
+        /// Image × tag jobs in flight at once (requests to each registry
+        /// are capped by its `concurrency` all the same).
+        #[arg(long, default_value_t = regmirror::copy::Options::default().jobs)]
         jobs: usize,
         #[command(flatten)]
         report: ReportArgs,
