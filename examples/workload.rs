@@ -1,5 +1,5 @@
 //! Generates the benchmark workload W into a registry and writes the configs
-//! that mirror it (`bench/run` drives this; see README "Benchmark").
+//! that mirror it (`bench/run` drives this; see docs/benchmark.md).
 //!
 //! W: `--repos` multi-arch repositories × `--tags` tags × 3 platforms
 //! (amd64, arm64, arm/v7) × 3 gzip layers of `--layer-mib` incompressible
