@@ -238,6 +238,10 @@ impl Engine {
                     outcome.destination,
                     failure.message()
                 ),
+                // A pair already in place is only counted, unless asked (-v).
+                None if outcome.status == Status::Present => {
+                    tracing::debug!("{}:{} → {}: present", job.image, d.tag, outcome.destination,)
+                }
                 None => tracing::info!(
                     "{}:{} → {}: {} ({} uploaded, {} mounted, {} skipped)",
                     job.image,

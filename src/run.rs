@@ -135,7 +135,7 @@ async fn expand(client: &RegistryClient, queries: &[TagQuery]) -> (Vec<Job>, Vec
             Ok(available) => {
                 let available: &[String] = &available;
                 let tags = query.filter.select_versioned(available, &versions);
-                tracing::info!(
+                tracing::debug!(
                     "{}: {} of {} tags selected by {}",
                     query.image,
                     tags.len(),

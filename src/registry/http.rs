@@ -129,6 +129,86 @@ pub(super) fn is_certificate_error(error: &reqwest::Error) -> bool {
     false
 }
 
+/// Query parameters whose values are shown in logs; any other value (an
+/// upload's `_state`, a CDN URL's signature) is replaced by `…`.
+const SHOWN_PARAMETERS: [&str; 7] = ["digest", "mount", "from", "n", "last", "scope", "service"];
+
+/// `url` (absolute, or a relative `Location`) for a log line: no user
+/// information, and only the query values that cannot be secrets.
+pub(crate) fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match url::Url::parse(base) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => base.to_string(),
+    };
+    if let Some(query) = query {
+        // As written (still encoded), each value kept or given up.
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if !SHOWN_PARAMETERS.contains(&key) => format!("{key}=…"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    super::body::neutral(&out)
+}
+
+/// Response headers whose values are never logged.
+const SECRET_HEADERS: [&str; 3] = ["set-cookie", "authorization", "proxy-authenticate"];
+
+/// One line per registry request at debug (`-v`): method, URL (redacted),
+/// status, size and time; the response headers at trace (`-vv`), secrets
+/// and URLs redacted.
+pub(crate) fn log_response(
+    method: &reqwest::Method,
+    url: &str,
+    response: &reqwest::Response,
+    elapsed: std::time::Duration,
+) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    // A HEAD has no body, whatever its `Content-Length` says.
+    let size = response
+        .content_length()
+        .filter(|_| method != reqwest::Method::HEAD)
+        .map(|n| format!("{n} B"))
+        .unwrap_or_else(|| "-".into());
+    let mut line = format!(
+        "{method} {} → {} ({size}, {} ms)",
+        redacted(url),
+        response.status().as_u16(),
+        elapsed.as_millis()
+    );
+    if response.url().as_str() != url {
+        line.push_str(&format!(" from {}", redacted(response.url().as_str())));
+    }
+    tracing::debug!("{line}");
+    if tracing::enabled!(tracing::Level::TRACE) {
+        for (name, value) in response.headers() {
+            let value = value.to_str().unwrap_or("<not text>");
+            let shown = if SECRET_HEADERS.contains(&name.as_str()) {
+                "<redacted>".to_string()
+            } else if name == reqwest::header::LOCATION || name.as_str() == "link" {
+                redacted(value)
+            } else {
+                super::body::neutral(value)
+            };
+            tracing::trace!("  {name}: {shown}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +229,22 @@ mod tests {
         assert_eq!(
             resolve_link("http://127.0.0.1:5000/v2/", "https://r.example/", "l").unwrap(),
             "https://r.example/"
+        );
+    }
+
+    #[test]
+    fn logged_urls_keep_no_user_and_no_secret_query_values() {
+        assert_eq!(
+            redacted("https://u:p@r.example/v2/a/blobs/uploads/x?_state=SECRET&digest=sha256:ab"),
+            "https://r.example/v2/a/blobs/uploads/x?_state=…&digest=sha256:ab"
+        );
+        assert_eq!(
+            redacted("/v2/a/blobs/uploads/x?_state=SECRET"),
+            "/v2/a/blobs/uploads/x?_state=…"
+        );
+        assert_eq!(
+            redacted("https://cdn.example/blob?X-Amz-Signature=abc&n=2"),
+            "https://cdn.example/blob?X-Amz-Signature=…&n=2"
         );
     }
 

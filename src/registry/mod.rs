@@ -285,8 +285,10 @@ impl RegistryClient {
                     .acquire_owned()
                     .await
                     .expect("host semaphore is never closed");
+                let sent = std::time::Instant::now();
                 match deadline::send(request, &watch, host.window).await {
                     Ok(response) => {
+                        http::log_response(&method, url, &response, sent.elapsed());
                         host.health.answered();
                         host.limits.observe(response.headers());
                         let status = response.status().as_u16();

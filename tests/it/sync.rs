@@ -348,6 +348,64 @@ async fn a_blob_another_repository_holds_is_mounted_without_a_head() {
     }
 }
 
+/// Verbosity: an up-to-date run says a handful of lines by default (pairs
+/// already present are counted, not listed); `-q` says only the totals;
+/// `-v` lists every pair and each registry request; `-vv` adds response
+/// headers, with nothing secret in them (the lab checks no password or
+/// token leaks into any output).
+#[tokio::test]
+async fn verbosity_flags_change_what_a_run_says() {
+    let lab = Lab::start();
+    let spec = Spec::new("team/app", "v1", false);
+    let image = images::generate(&spec);
+    images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
+    lab.write_config(&format!(
+        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
+        lab.upstream.host
+    ));
+    let first = lab.run(&["sync"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert!(
+        first.stderr.contains("IMAGE"),
+        "changes get rows: {}",
+        first.stderr
+    );
+
+    let quiet = lab.run(&["sync", "-q"]);
+    assert_eq!(quiet.code, 0, "{}", quiet.all());
+    assert_eq!(quiet.stderr.lines().count(), 1, "{}", quiet.stderr);
+    assert!(
+        quiet.stderr.starts_with("0 copied, 3 present"),
+        "{}",
+        quiet.stderr
+    );
+
+    let normal = lab.run(&["sync"]);
+    assert_eq!(normal.code, 0, "{}", normal.all());
+    assert!(!normal.stderr.contains("IMAGE"), "{}", normal.stderr);
+    assert!(!normal.stderr.contains("present ("), "{}", normal.stderr);
+    assert!(normal.stderr.lines().count() <= 2, "{}", normal.stderr);
+
+    let verbose = lab.run(&["sync", "-v"]);
+    assert_eq!(verbose.code, 0, "{}", verbose.all());
+    let request = format!(
+        "HEAD http://{}/v2/team/app/manifests/v1 → 200",
+        lab.upstream.host
+    );
+    assert!(verbose.stderr.contains(&request), "{}", verbose.stderr);
+    assert!(verbose.stderr.contains("IMAGE"), "{}", verbose.stderr);
+    assert!(verbose.stderr.contains(": present"), "{}", verbose.stderr);
+    assert!(!verbose.stderr.contains("docker-content-digest:"));
+
+    let headers = lab.run(&["sync", "-vv"]);
+    assert_eq!(headers.code, 0, "{}", headers.all());
+    assert!(
+        headers.stderr.contains("docker-content-digest: sha256:"),
+        "{}",
+        headers.stderr
+    );
+}
+
 /// A blob lost on one target: shallow verify cannot see it, `verify --deep`
 /// names it (exit 4), `sync --deep` repairs it, and the rest is untouched.
 #[tokio::test]

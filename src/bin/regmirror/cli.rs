@@ -14,15 +14,42 @@ use regmirror::shard::Shard;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// More log output (-v debug, -vv trace).
+    /// More output: -v lists every pair and each registry request (method,
+    /// URL, status, bytes, time); -vv adds response headers (redacted).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true)]
+    /// Only failures and the final totals line.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long, global = true)]
     pub no_progress: bool,
+}
+
+/// How much a run says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// `-q`: failures and the totals line.
+    Quiet,
+    /// One line per change (copied, repaired, failed, deferred) and the
+    /// summary; pairs already present are only counted.
+    Normal,
+    /// `-v`: every pair, and one line per registry request.
+    Verbose,
+    /// `-vv`: response headers too (redacted).
+    Headers,
+}
+
+impl Cli {
+    /// What `-q` and `-v` ask for.
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            _ => Verbosity::Headers,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -13,7 +13,7 @@ use regmirror::plan::{self, Plan, Selection};
 use regmirror::{run as library, shard, verify};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ConfigArgs, ImportFormat, ReportArgs, SelectionArgs};
+use crate::cli::{Cli, Command, ConfigArgs, ImportFormat, ReportArgs, SelectionArgs, Verbosity};
 use crate::progress::Progress;
 use crate::{reports, signals};
 
@@ -64,6 +64,11 @@ fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Pla
 
 /// Runs the command `cli` names; its exit code.
 pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
+    let rows = match cli.verbosity() {
+        Verbosity::Quiet => render::Rows::None,
+        Verbosity::Normal => render::Rows::Changed,
+        Verbosity::Verbose | Verbosity::Headers => render::Rows::All,
+    };
     match cli.command {
         Command::Import { from, file, dest } => import(from, &file, dest.as_deref()),
         Command::Schema { report } => {
@@ -135,7 +140,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 jobs,
                 ..Options::default()
             };
-            sync("sync", plan, options, show_progress, &report).await
+            sync("sync", plan, options, show_progress, rows, &report).await
         }
         Command::Copy {
             source,
@@ -145,7 +150,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
         } => {
             let plan = Plan::for_copy(&source, &destinations, !no_referrers)
                 .map_err(|e| usage(e.into()))?;
-            sync("copy", plan, Options::default(), false, &report).await
+            sync("copy", plan, Options::default(), false, rows, &report).await
         }
         Command::Verify {
             config,
@@ -176,6 +181,7 @@ async fn sync(
     plan: Plan,
     mut options: Options,
     show_progress: bool,
+    rows: render::Rows,
     report: &ReportArgs,
 ) -> Result<u8, Failure> {
     let cancel = CancellationToken::new();
@@ -191,7 +197,10 @@ async fn sync(
         summary.interrupted = Some(signal.load(Ordering::SeqCst));
     }
     signals.abort();
-    eprint!("{}", github::neutralize(&render::summary_table(&summary)));
+    eprint!(
+        "{}",
+        github::neutralize(&render::summary_table(&summary, rows))
+    );
     reports::write(command, &summary, report);
     Ok(summary.exit_code() as u8)
 }

@@ -30,19 +30,25 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use cli::Verbosity;
 use render::github;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let verbosity = cli.verbosity();
     let terminal = std::io::stderr().is_terminal();
-    let show_progress = terminal && !cli.no_progress && std::env::var_os("CI").is_none();
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "warn",
+    let show_progress = terminal
+        && !cli.no_progress
+        && verbosity != Verbosity::Quiet
+        && std::env::var_os("CI").is_none();
+    let level = match verbosity {
+        // Failures are listed after the run.
+        Verbosity::Quiet => "off",
         // A progress bar says what the info lines would.
-        (false, 0) if show_progress => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        _ => "trace",
+        Verbosity::Normal if show_progress => "warn",
+        Verbosity::Normal => "info",
+        Verbosity::Verbose => "debug",
+        Verbosity::Headers => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));

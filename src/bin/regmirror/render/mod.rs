@@ -33,7 +33,7 @@ pub fn bytes(n: u64) -> String {
 
 /// Left-aligned columns separated by two spaces.
 pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -68,30 +68,80 @@ pub fn totals(summary: &Summary, separator: &str) -> String {
     )
 }
 
-/// The table for stderr: one row per outcome, totals, then every failure.
-pub fn summary_table(summary: &Summary) -> String {
+/// Which outcomes get a row in the table on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// None: the totals line and the failures (`-q`).
+    None,
+    /// What changed, failed or was left to do; pairs already present are
+    /// only counted (the default).
+    Changed,
+    /// Every pair (`-v`).
+    All,
+}
+
+/// Column widths at most, so that a row fits 100 columns; full values are
+/// in `--json`.
+const IMAGE_WIDTH: usize = 24;
+const TAG_WIDTH: usize = 20;
+const TARGET_WIDTH: usize = 10;
+
+/// `text` in at most `width` characters: the start and the end kept, the
+/// middle given up for `…` (tags and names differ most at their ends).
+pub fn fit(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_string();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(count - tail).collect();
+    format!("{start}…{end}")
+}
+
+/// The table for stderr: a row per outcome `rows` asks for, the totals,
+/// then every failure.
+pub fn summary_table(summary: &Summary, rows: Rows) -> String {
     let header = [
-        "IMAGE", "TAG", "TARGET", "STATUS", "UPLOADED", "MOUNTED", "SKIPPED", "BYTES", "TIME",
+        "IMAGE",
+        "TAG",
+        "TARGET",
+        "STATUS",
+        "BLOBS ↑/⇢/=",
+        "BYTES",
+        "TIME",
     ];
+    let shown = |o: &&Outcome| match rows {
+        Rows::None => false,
+        Rows::Changed => o.status != Status::Present,
+        Rows::All => true,
+    };
     let rows: Vec<Vec<String>> = summary
         .outcomes
         .iter()
+        .filter(shown)
         .map(|o| {
             vec![
-                o.image.clone(),
-                o.tag.clone(),
-                o.target.clone(),
+                fit(&o.image, IMAGE_WIDTH),
+                fit(&o.tag, TAG_WIDTH),
+                fit(&o.target, TARGET_WIDTH),
                 o.status.as_str().to_string(),
-                o.transfer.blobs_uploaded.to_string(),
-                o.transfer.blobs_mounted.to_string(),
-                o.transfer.blobs_skipped.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    o.transfer.blobs_uploaded, o.transfer.blobs_mounted, o.transfer.blobs_skipped
+                ),
                 bytes(o.transfer.bytes_uploaded),
                 format!("{:.1}s", o.duration.as_secs_f64()),
             ]
         })
         .collect();
-    let mut out = render_table(&header, &rows);
-    let _ = writeln!(out, "\n{} {}", summary.counts(), totals(summary, "; "));
+    let mut out = if rows.is_empty() {
+        String::new()
+    } else {
+        render_table(&header, &rows) + "\n"
+    };
+    let _ = writeln!(out, "{} {}", summary.counts(), totals(summary, "; "));
     // Deferred results are not failures: listed apart, as in the step summary.
     for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
         let listed: Vec<&Outcome> = summary
@@ -244,13 +294,42 @@ mod tests {
             outcomes: vec![outcome(Status::Failed, Some(FailureKind::Other))],
             ..Summary::default()
         };
-        let table = summary_table(&summary);
+        let table = summary_table(&summary, Rows::Changed);
         assert!(table.contains("FAILED"), "{table}");
         assert!(
             table.contains("k3s:v1 → ghcr.io/a/k3s:v1 (ghcr): boom"),
             "{table}"
         );
         assert_eq!(bytes(4 * 1024 * 1024), "4.0 MiB");
+    }
+
+    #[test]
+    fn present_pairs_are_only_counted_unless_asked_and_rows_fit_100_columns() {
+        let long = "a-very-long-image-name-from-a-generated-config";
+        let summary = Summary {
+            outcomes: vec![
+                sample(
+                    long,
+                    "v1.30.4-k3s1-with-a-long-suffix",
+                    Status::Copied,
+                    None,
+                ),
+                sample("pg", "16", Status::Present, None),
+            ],
+            ..Summary::default()
+        };
+        let changed = summary_table(&summary, Rows::Changed);
+        assert!(!changed.contains("pg "), "{changed}");
+        assert!(changed.contains("1 copied, 1 present"), "{changed}");
+        let all = summary_table(&summary, Rows::All);
+        assert!(all.contains("pg "), "{all}");
+        let rows = all.split("\n\n").next().unwrap();
+        assert!(rows.lines().all(|l| l.chars().count() <= 100), "{all}");
+        assert!(all.contains("a-very-long…rated-config"), "{all}");
+        let quiet = summary_table(&summary, Rows::None);
+        assert_eq!(quiet.lines().count(), 1, "{quiet}");
+        assert_eq!(fit("abcdef", 5), "ab…ef");
+        assert_eq!(fit("abc", 5), "abc");
     }
 
     #[test]
@@ -272,7 +351,7 @@ mod tests {
             ],
             ..Summary::default()
         };
-        let table = summary_table(&summary);
+        let table = summary_table(&summary, Rows::Changed);
         let (failures, deferred) = table
             .split_once("deferred by rate limits:")
             .expect("a deferred section");
