@@ -66,8 +66,11 @@ impl Plan {
 impl Plan {
     /// The plan of `regmirror copy SRC DST…`: one image (a reference, or
     /// `oci:DIR[:TAG]`) to each destination, under the tag it names, else
-    /// the source's, else `latest`. A destination with a digest is refused:
-    /// the digest is the source's.
+    /// the source's (`latest` for a registry reference with neither tag nor
+    /// digest, as Docker reads it). A source named only by its digest has
+    /// no tag to give: each destination must name one, rather than the
+    /// image landing on `latest` unasked. A destination with a digest is
+    /// refused: the digest is the source's.
     pub fn for_copy(source: &str, destinations: &[String], referrers: bool) -> crate::Result<Plan> {
         let (source, reference, pinned, default_tag) = match crate::layout::parse_source(source) {
             Some((dir, tag)) => {
@@ -82,11 +85,16 @@ impl Plan {
             }
             None => {
                 let reference: Reference = source.parse()?;
+                let default_tag = match (&reference.tag, &reference.digest) {
+                    (Some(tag), _) => Some(tag.clone()),
+                    (None, Some(_)) => None,
+                    (None, None) => Some("latest".to_string()),
+                };
                 (
                     Source::Registry(reference.repository.clone()),
                     reference.manifest_reference(),
                     reference.digest.clone(),
-                    reference.tag.clone(),
+                    default_tag,
                 )
             }
         };
@@ -99,10 +107,14 @@ impl Plan {
                     reason: "a destination takes a tag; give a tag, not a digest (the digest is the source's)".into(),
                 });
             }
-            let tag = reference
-                .tag
-                .or_else(|| default_tag.clone())
-                .unwrap_or_else(|| "latest".to_string());
+            let Some(tag) = reference.tag.or_else(|| default_tag.clone()) else {
+                return Err(crate::Error::Reference {
+                    input: destination.clone(),
+                    reason: format!(
+                        "`{source}` is named by digest only, so there is no tag to copy it to: give one (`{destination}:TAG`)"
+                    ),
+                });
+            };
             resolved.push(Destination {
                 name: destination.clone(),
                 repository: reference.repository,

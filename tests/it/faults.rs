@@ -832,6 +832,41 @@ async fn tls_is_verified_and_a_configured_ca_is_trusted() {
     assert_eq!(served.headers()["docker-content-digest"], digest.as_str());
     assert_eq!(served.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
+    // `copy` reads the same settings with `-c` (the release-time push to a
+    // registry with a private CA); without them it cannot reach it.
+    let source = format!("{}/team/app0:v1", setup.upstream.host);
+    let destination = format!("{host}/copied/app0:v1");
+    let without = regmirror(setup.dir.path(), &["copy", &source, &destination], &[]);
+    assert_eq!(without.code, 1, "{}", without.all());
+    let copy = ["copy", "-c", "mirror.yaml", &source, &destination];
+    let with = regmirror(setup.dir.path(), &copy, &[]);
+    assert_eq!(with.code, 0, "{}", with.all());
+    let copied = trusting
+        .get(format!("https://{host}/v2/copied/app0/manifests/v1"))
+        .header("accept", media_type.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copied.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // A source named by digest alone has no tag to give: the destination
+    // must name one, rather than the image landing on `latest` unasked.
+    let pinned = format!("{}/team/app0@{digest}", setup.upstream.host);
+    let untagged = format!("{host}/copied/app0");
+    let run = regmirror(
+        setup.dir.path(),
+        &["copy", "-c", "mirror.yaml", &pinned, &untagged],
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("give one (`"), "{}", run.stderr);
+    let tagged = format!("{untagged}:pinned");
+    let run = regmirror(
+        setup.dir.path(),
+        &["copy", "-c", "mirror.yaml", &pinned, &tagged],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+
     // A CA file that is not there is a config problem, with its line.
     write("    ca: missing.pem\n");
     let run = regmirror(setup.dir.path(), &["check"], &[]);

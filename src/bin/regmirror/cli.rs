@@ -144,6 +144,11 @@ pub enum Command {
         /// Leave out what refers to the image (signatures, SBOMs, attestations).
         #[arg(long)]
         no_referrers: bool,
+        /// Use this `mirror.yaml`'s `registries:` settings (a TLS `ca`,
+        /// `insecure`, rate limits, `timeout`, `create_repositories`); its
+        /// images are not copied.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         report: ReportArgs,
     },

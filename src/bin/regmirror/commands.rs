@@ -146,10 +146,15 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
             source,
             destinations,
             no_referrers,
+            config,
             report,
         } => {
-            let plan = Plan::for_copy(&source, &destinations, !no_referrers)
+            let mut plan = Plan::for_copy(&source, &destinations, !no_referrers)
                 .map_err(|e| usage(e.into()))?;
+            if let Some(config) = config {
+                let settings = load_plan(&ConfigArgs { config }, None)?;
+                plan.registries = settings.registries;
+            }
             sync("copy", plan, Options::default(), false, rows, &report).await
         }
         Command::Verify {
