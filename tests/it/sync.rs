@@ -854,6 +854,63 @@ fn shipped_mirror_yaml_checks() {
     }
 }
 
+/// The `mirror.yaml` texts in README and `docs/` (```yaml blocks, not the
+/// Kubernetes ones): a whole file passes `check` as it is; a fragment (an
+/// `images` entry, a `registries` block) passes inside a minimal file. Files
+/// a snippet names (a CA) are made beside it.
+#[test]
+fn yaml_snippets_in_the_docs_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            documents.push(path);
+        }
+    }
+    let mut checked = 0;
+    for document in documents {
+        let text = std::fs::read_to_string(&document).unwrap();
+        for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let snippet = block.split("\n```").next().unwrap();
+            if snippet.contains("apiVersion:") {
+                continue; // Kubernetes, not mirror.yaml.
+            }
+            let minimal = "version: 1\ntargets:\n  t: ghcr.io/acme\ndefaults:\n  targets: [t]\n";
+            let file = if snippet.starts_with("version:") {
+                snippet.to_string()
+            } else if snippet.trim_start().starts_with("- ") {
+                format!("{minimal}images:\n{snippet}\n")
+            } else {
+                format!(
+                    "{minimal}{snippet}\nimages:\n  - source: docker.io/library/busybox\n    tags: [latest]\n"
+                )
+            };
+            let dir = tempfile::tempdir().unwrap();
+            for word in snippet.split_whitespace() {
+                if word.ends_with(".pem") {
+                    let path = dir.path().join(word);
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    let key = rcgen::KeyPair::generate().unwrap();
+                    let params = rcgen::CertificateParams::new(vec!["ca".into()]).unwrap();
+                    std::fs::write(&path, params.self_signed(&key).unwrap().pem()).unwrap();
+                }
+            }
+            std::fs::write(dir.path().join("mirror.yaml"), &file).unwrap();
+            let run = regmirror(dir.path(), &["check"], &[]);
+            assert_eq!(
+                run.code,
+                0,
+                "{} yaml block {i}:\n{file}\n{}",
+                document.display(),
+                run.all()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} snippets found");
+}
+
 /// The schemas in `docs/` are what the code generates, and every shipped
 /// config names the schema for editors and passes it.
 #[test]
