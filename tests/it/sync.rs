@@ -854,6 +854,30 @@ fn shipped_mirror_yaml_checks() {
     }
 }
 
+/// `--version` names the version and the commit the binary was built from
+/// (this checkout's HEAD, as `git rev-parse` says).
+#[test]
+fn version_names_the_commit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = regmirror(root, &["--version"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .expect("git is installed");
+    assert!(head.status.success(), "not a git checkout");
+    let commit = String::from_utf8(head.stdout).unwrap();
+    assert_eq!(
+        run.stdout.trim(),
+        format!(
+            "regmirror {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            commit.trim()
+        )
+    );
+}
+
 /// The `mirror.yaml` texts in README and `docs/` (```yaml blocks, not the
 /// Kubernetes ones): a whole file passes `check` as it is; a fragment (an
 /// `images` entry, a `registries` block) passes inside a minimal file. Files

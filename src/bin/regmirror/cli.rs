@@ -8,7 +8,7 @@ use regmirror::shard::Shard;
 #[derive(Parser)]
 #[command(
     name = "regmirror",
-    version,
+    version = env!("REGMIRROR_VERSION"),
     about = "Mirror container images byte for byte to the registries you control, and prove every target serves the same digest."
 )]
 pub struct Cli {
