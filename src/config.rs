@@ -115,6 +115,11 @@ pub struct Defaults {
     #[serde(default)]
     #[schemars(with = "Option<ImmutableTags>")]
     pub immutable: Option<Spanned<ImmutableTags>>,
+    /// Platforms (`os/arch[/variant]`) each image must publish: one that
+    /// lacks any is failed, and nothing of it is pushed.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub require_platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `immutable`: every tag, or the tags a regular expression matches.
@@ -157,6 +162,11 @@ pub struct ImageEntry {
     #[serde(default)]
     #[schemars(with = "Option<ImmutableTags>")]
     pub immutable: Option<Spanned<ImmutableTags>>,
+    /// Platforms this image must publish, instead of
+    /// `defaults.require_platforms`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub require_platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// The JSON Schema of `mirror.yaml`, pretty-printed, for editors

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::manifest::{Descriptor, Manifest};
+use crate::manifest::{Descriptor, Manifest, Platform};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::{Intent, RegistryClient};
@@ -387,6 +387,9 @@ impl Engine {
                 self.record(repository, &blob.digest);
             }
         }
+        if let Err(error) = self.check_platforms(job, &image).await {
+            return shared_failure(error);
+        }
         // 3. What each destination lacks; fetch what cannot be mounted.
         // A `--deep` check of a tag that already names the image HEADs every
         // blob, so that only what was missing is reported as repaired.
@@ -439,6 +442,65 @@ impl Engine {
             }
         });
         join_all(writes).await
+    }
+
+    /// Fails an image that lacks a platform the job requires, before
+    /// anything of it is pushed: an index's entries say what it has
+    /// (attestations, `unknown/unknown`, left out); a single image's config.
+    async fn check_platforms(&self, job: &Job, image: &Image) -> Result<()> {
+        if job.require_platforms.is_empty() {
+            return Ok(());
+        }
+        let what = format!("{}:{}", job.source, job.reference);
+        let has: Vec<Platform> = match image.root.blobs.first() {
+            Some(config) if image.root.children.is_empty() => {
+                if config.size > crate::manifest::MAX_MANIFEST_SIZE {
+                    return Err(Error::Manifest {
+                        what,
+                        reason: format!("its config is {} bytes; not read", config.size),
+                    });
+                }
+                let path = self.spooled(job, config).await?;
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+                let platform: Platform =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Manifest {
+                        what: what.clone(),
+                        reason: format!("its config is not JSON ({e})"),
+                    })?;
+                vec![platform]
+            }
+            _ => image
+                .root
+                .children
+                .iter()
+                .filter_map(|child| child.platform.clone())
+                .filter(|platform| platform.os != "unknown")
+                .collect(),
+        };
+        let missing: Vec<String> = job
+            .require_platforms
+            .iter()
+            .filter(|wanted| !has.iter().any(|platform| platform.satisfies(wanted)))
+            .map(Platform::to_string)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let has: Vec<String> = has.iter().map(Platform::to_string).collect();
+        Err(Error::Manifest {
+            what,
+            reason: format!(
+                "`require_platforms` wants {}, which the source does not publish (it has {}); nothing was pushed",
+                missing.join(", "),
+                if has.is_empty() {
+                    "none".into()
+                } else {
+                    has.join(", ")
+                }
+            ),
+        })
     }
 
     /// Blobs, then child manifests, then the tag; then checks the tag.

@@ -4,6 +4,8 @@
 //! push, so the digest never changes. We parse only what the copy needs: the
 //! media type, the children of an index, and the blobs of an image.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -44,6 +46,50 @@ pub struct Platform {
     /// `v7`, `v8`, … when given.
     #[serde(default)]
     pub variant: Option<String>,
+}
+
+impl Platform {
+    /// `os/architecture[/variant]`, as `docker --platform` and OCI write it.
+    pub fn parse(text: &str) -> Option<Platform> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let word = |part: &&str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(word) {
+            return None;
+        }
+        Some(Platform {
+            os: parts[0].to_string(),
+            architecture: parts[1].to_string(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+
+    /// Whether this platform (of an image) is `wanted`: the same OS and
+    /// architecture, and the variant when `wanted` names one (`arm64`
+    /// without a variant is `arm64/v8`).
+    pub fn satisfies(&self, wanted: &Platform) -> bool {
+        let variant = |p: &Platform| match (p.architecture.as_str(), p.variant.as_deref()) {
+            ("arm64", None) => Some("v8".to_string()),
+            (_, v) => v.map(str::to_string),
+        };
+        self.os == wanted.os
+            && self.architecture == wanted.architecture
+            && (wanted.variant.is_none() || variant(self) == variant(wanted))
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(variant) = &self.variant {
+            write!(f, "/{variant}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A pointer to content: what the copy walks.
@@ -231,6 +277,30 @@ fn refuse(what: &str, reason: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platforms_parse_and_match_as_docker_writes_them() {
+        let wanted = |text: &str| Platform::parse(text).unwrap();
+        let arm64 = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: None,
+        };
+        assert!(arm64.satisfies(&wanted("linux/arm64")));
+        assert!(arm64.satisfies(&wanted("linux/arm64/v8")));
+        assert!(!arm64.satisfies(&wanted("linux/amd64")));
+        let arm_v6 = Platform {
+            architecture: "arm".into(),
+            variant: Some("v6".into()),
+            ..arm64.clone()
+        };
+        assert!(arm_v6.satisfies(&wanted("linux/arm")));
+        assert!(!arm_v6.satisfies(&wanted("linux/arm/v7")));
+        assert_eq!(wanted("linux/arm/v7").to_string(), "linux/arm/v7");
+        for bad in ["linux", "linux/", "linux/arm/v7/x", "linux/a b", ""] {
+            assert_eq!(Platform::parse(bad), None, "{bad}");
+        }
+    }
 
     fn fixture(path: &str) -> Option<Bytes> {
         let full = format!(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::config::Problems;
 use crate::digest::Digest;
+use crate::manifest::Platform;
 use crate::reference::Repository;
 use crate::registry::options::RegistryOptions;
 
@@ -59,6 +60,8 @@ pub struct Job {
     /// The tag never changes once published: when every destination has
     /// it, the source is not asked (`immutable` in `mirror.yaml`).
     pub immutable: bool,
+    /// Platforms the image must publish (`require_platforms`).
+    pub require_platforms: Vec<Platform>,
 }
 
 /// Which tags of an image are immutable (`immutable` in `mirror.yaml`).
@@ -102,6 +105,8 @@ pub struct TagQuery {
     pub referrers: bool,
     /// Which selected tags are immutable.
     pub immutable: Immutable,
+    /// Platforms each image must publish.
+    pub require_platforms: Vec<Platform>,
 }
 
 impl TagQuery {
@@ -124,6 +129,7 @@ impl TagQuery {
                     .collect(),
                 referrers: self.referrers,
                 immutable: self.immutable.covers(tag),
+                require_platforms: self.require_platforms.clone(),
             })
             .collect()
     }

@@ -231,6 +231,7 @@ impl Engine {
                     pinned: Some(digest.clone()),
                     referrers: false,
                     immutable: false,
+                    require_platforms: Vec::new(),
                 };
                 outcomes.extend(self.copy_job(&sub).await);
             }

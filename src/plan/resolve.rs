@@ -12,6 +12,7 @@ use super::tags::{Releases, TagFilter, anchored, semver_range};
 use super::{Destination, Immutable, Job, Plan, TagQuery};
 use crate::config::{ConfigFile, ImmutableTags, Problem, Problems, TagSelector, Tags, problem_at};
 use crate::digest::Digest;
+use crate::manifest::Platform;
 use crate::reference::{Reference, Repository, valid_tag};
 use crate::source::Source;
 
@@ -287,6 +288,11 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             (None, Some(value)) => compile_immutable(value, "defaults.immutable", &mut problems),
             (None, None) => Immutable::None,
         };
+        let require_platforms = match (&entry.require_platforms, &file.defaults.require_platforms) {
+            (Some(list), _) => platforms(list, &place("require_platforms"), &mut problems),
+            (None, Some(list)) => platforms(list, "defaults.require_platforms", &mut problems),
+            (None, None) => Vec::new(),
+        };
         let source = Arc::new(Source::Registry(reference.repository.clone()));
         if let Some(filter) = filter {
             queries.push(TagQuery {
@@ -297,6 +303,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 targets: repositories.clone(),
                 referrers,
                 immutable: immutable.clone(),
+                require_platforms: require_platforms.clone(),
             });
         }
         for tag in tags {
@@ -320,6 +327,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 destinations,
                 referrers,
                 immutable: immutable.covers(&tag.value),
+                require_platforms: require_platforms.clone(),
             });
         }
     }
@@ -337,6 +345,23 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         registries,
         target_names: file.targets.keys().cloned().collect(),
     })
+}
+
+/// Parses a list of `os/arch[/variant]`; each bad one is a problem (pushed)
+/// and left out.
+fn platforms(list: &[Spanned<String>], place: &str, problems: &mut Vec<Problem>) -> Vec<Platform> {
+    let mut parsed = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        match Platform::parse(&text.value) {
+            Some(platform) => parsed.push(platform),
+            None => problems.push(problem_at(
+                text,
+                format!("{place}[{i}]"),
+                format!("`{}` is not a platform: write `os/arch` or `os/arch/variant`, e.g. `linux/arm64`", text.value),
+            )),
+        }
+    }
+    parsed
 }
 
 /// Compiles `immutable: true | false | REGEX`; a bad regular expression
@@ -620,6 +645,43 @@ images:
                 "expected `{needle}` at line {line}; got {lines:?}: {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn required_platforms_are_parsed_and_a_bad_one_names_its_line() {
+        let config = "\
+version: 1
+targets:
+  ghcr: ghcr.io/acme
+defaults:
+  targets: [ghcr]
+  require_platforms: [linux/amd64]
+images:
+  - source: docker.io/a/b
+    tags: [v1]
+  - source: docker.io/a/c
+    tags: [v1]
+    require_platforms: [linux/arm64, linux/arm/v7]
+";
+        let plan = load("m.yaml", config).unwrap();
+        let wanted: Vec<String> = plan
+            .jobs
+            .iter()
+            .map(|job| {
+                let names: Vec<String> = job
+                    .require_platforms
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect();
+                names.join(" ")
+            })
+            .collect();
+        assert_eq!(wanted, ["linux/amd64", "linux/arm64 linux/arm/v7"]);
+        let bad = config.replace("linux/arm/v7]", "arm64]");
+        let problems = load("m.yaml", &bad).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 12);
+        assert_eq!(problems[0].place, "images[1].require_platforms[1]");
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl Plan {
                 destinations: resolved,
                 referrers,
                 immutable: false,
+                require_platforms: Vec::new(),
             }],
             ..Plan::default()
         })

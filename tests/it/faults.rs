@@ -289,6 +289,89 @@ async fn immutable_tags_on_every_target_cost_no_source_request() {
     }
 }
 
+/// `require_platforms`: an image that publishes every required platform is
+/// copied; one that lacks any (an index without it, or a single image of
+/// another platform, as its config says) fails with the platforms named,
+/// and nothing of it is pushed.
+#[tokio::test]
+async fn require_platforms_fails_an_image_that_lacks_one() {
+    let setup = Setup::new(0, 1).await;
+    let up = setup.upstream.url();
+    // amd64, arm64, arm/v7, with attestation entries (unknown/unknown).
+    let multi = images::generate(&Spec::new("team/multi", "v1", false));
+    images::push(&up, "team/multi", "v1", &multi).await;
+    // A single-platform image (amd64), tagged without an index.
+    let single = small("single", 3);
+    images::push(&up, "team/single", "v1", &single).await;
+    let (_, media_type, bytes) = &single.children[0];
+    let http = reqwest::Client::new();
+    images::put_manifest(&http, &up, "team/single", "amd64", media_type, bytes).await;
+
+    let host = &setup.upstream.host;
+    MirrorYaml::new()
+        .target("t0", &format!("{}/m", setup.targets[0].host))
+        .image_with(
+            "arm",
+            &format!("{host}/team/multi"),
+            "[v1]",
+            "    require_platforms: [linux/arm64, linux/arm/v7]\n",
+        )
+        .image_with(
+            "s390x",
+            &format!("{host}/team/multi"),
+            "[v1]",
+            "    path: team/multi-s390x\n    require_platforms: [linux/arm64, linux/s390x]\n",
+        )
+        .image_with(
+            "single",
+            &format!("{host}/team/single"),
+            "[amd64]",
+            "    require_platforms: [linux/arm64]\n",
+        )
+        .image_with(
+            "single-ok",
+            &format!("{host}/team/single"),
+            "[amd64]",
+            "    path: team/single-ok\n    require_platforms: [linux/amd64]\n",
+        )
+        .write(setup.dir.path());
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    for (image, expected) in [
+        ("arm", "copied"),
+        ("s390x", "failed"),
+        ("single", "failed"),
+        ("single-ok", "copied"),
+    ] {
+        assert_eq!(outcome(&report, image, "t0"), expected, "{image}");
+    }
+    assert!(
+        run.stderr.contains(
+            "`require_platforms` wants linux/s390x, which the source does not publish (it has linux/amd64, linux/arm64, linux/arm/v7)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("wants linux/arm64, which the source does not publish (it has linux/amd64)"),
+        "{}",
+        run.stderr
+    );
+    let target = &setup.targets[0].host;
+    for (repo, tag) in [("m/team/multi-s390x", "v1"), ("m/team/single", "amd64")] {
+        assert_eq!(
+            deep_check(target, repo, tag).await,
+            TagState::Absent,
+            "{repo}"
+        );
+    }
+    assert_eq!(
+        deep_check(target, "m/team/multi", "v1").await,
+        TagState::Complete(multi.root.0.clone())
+    );
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
