@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -192,6 +193,14 @@ impl RegistryClient {
             // The PUT is sent once per attempt (its body is a stream), so its
             // failures are retried here, with a new upload session; the POST
             // that opens a session was already retried where it was sent.
+            // A 429 that says how long to wait (GHCR says it in the body)
+            // is waited for, within the longest wait a retry takes.
+            let rate_limited = match &result {
+                Err(Error::RateLimited {
+                    until: Some(until), ..
+                }) => Some(until.duration_since(SystemTime::now()).unwrap_or_default()),
+                _ => None,
+            };
             let retryable = match &result {
                 Err(Error::Transport { method, source, .. }) => {
                     method == "PUT" && retry::transport_is_retryable(source)
@@ -199,13 +208,13 @@ impl RegistryClient {
                 Err(Error::Status { method, status, .. }) => {
                     method == "PUT" && retry::status_is_retryable(*status)
                 }
-                _ => false,
+                _ => rate_limited.is_some_and(|wait| wait <= retry::MAX_DELAY),
             };
             if retryable {
                 tracing::debug!(repository = %repository, digest = %blob.digest, "upload failed; retrying from the spool");
                 Attempt::Transient {
                     result,
-                    retry_after: None,
+                    retry_after: rate_limited,
                 }
             } else {
                 Attempt::Final(result)

@@ -293,13 +293,33 @@ impl RegistryClient {
                         host.limits.observe(response.headers());
                         let status = response.status().as_u16();
                         let retry_after = retry_after(&response);
-                        let result = Ok(Answer {
+                        let answer = Answer {
                             response,
                             permit,
                             host: host.clone(),
                             method: method.clone(),
                             url: url.to_string(),
-                        });
+                        };
+                        if status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+                            // The wait is in `Retry-After`, or (GHCR, on
+                            // writes) in the body.
+                            let body = answer.error_text().await;
+                            let wait = retry_after.or_else(|| retry::retry_after_in_body(&body));
+                            let error = Error::RateLimited {
+                                registry: host.registry.clone(),
+                                until: wait.map(|wait| SystemTime::now() + wait),
+                                reason: format!("`{method} {url}` answered 429: {body}"),
+                            };
+                            return if idempotent {
+                                Attempt::Transient {
+                                    result: Err(error),
+                                    retry_after: wait,
+                                }
+                            } else {
+                                Attempt::Final(Err(error))
+                            };
+                        }
+                        let result = Ok(answer);
                         if idempotent && retry::status_is_retryable(status) {
                             tracing::debug!(%url, status, "transient status");
                             Attempt::Transient {
@@ -334,15 +354,6 @@ impl RegistryClient {
             }
         })
         .await?;
-        if answer.response.status() == StatusCode::TOO_MANY_REQUESTS {
-            let until = retry_after(&answer.response).map(|wait| SystemTime::now() + wait);
-            let body = answer.error_text().await;
-            return Err(Error::RateLimited {
-                registry: host.registry.clone(),
-                until,
-                reason: format!("`{method} {url}` answered 429: {body}"),
-            });
-        }
         Ok(answer)
     }
 
@@ -486,6 +497,26 @@ impl RegistryClient {
             return Ok(answer);
         }
         let body = answer.error_text().await;
+        // GHCR's two refusals of a workflow's push, and what fixes each
+        // (Snowfork/snowbridge#1272, docker/build-push-action#463,
+        // actions/runner#1039).
+        let ghcr_hint = if body.contains("write_package") {
+            Some(
+                "the package exists and these credentials may not write to it: in the package's settings on GitHub, under \"Manage Actions access\", add this workflow's repository with the Write role, or push with a token that has `write:packages`",
+            )
+        } else if body.contains("installation not allowed to") {
+            Some(
+                "the workflow's `GITHUB_TOKEN` may not write packages: give the job `permissions: packages: write`",
+            )
+        } else {
+            None
+        };
+        if let (StatusCode::FORBIDDEN, Some(hint)) = (status, ghcr_hint) {
+            return Err(Error::Auth {
+                registry: self.host(repository).registry.clone(),
+                reason: format!("`{method} {url}` answered 403: {body}. GHCR: {hint}"),
+            });
+        }
         Err(Self::status_error(method.as_str(), url, status, body))
     }
 

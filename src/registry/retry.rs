@@ -71,6 +71,32 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or_default().min(LONGEST_HINT))
 }
 
+/// The wait a registry states in a 429's body rather than in `Retry-After`:
+/// GHCR answers writes with `toomanyrequests: retry-after: 10.3ms, allowed:
+/// 2000/minute` (a number with `ms`, `s`, `m` or `h`; seconds without a
+/// unit). `None` when the body states none.
+pub fn retry_after_in_body(body: &str) -> Option<Duration> {
+    let lower = body.to_ascii_lowercase();
+    let at = lower.find("retry-after:")? + "retry-after:".len();
+    let rest = lower[at..].trim_start();
+    let number_end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let number: f64 = rest[..number_end].parse().ok()?;
+    let unit = rest[number_end..].trim_start();
+    let seconds = if unit.starts_with("ms") {
+        number / 1000.0
+    } else if unit.starts_with('m') {
+        number * 60.0
+    } else if unit.starts_with('h') {
+        number * 3600.0
+    } else {
+        number
+    };
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| Duration::from_secs_f64(seconds.min(LONGEST_HINT.as_secs_f64())))
+}
+
 /// How long to wait before attempt `attempt + 1` (0-based `attempt` just
 /// failed), or `None` to stop: attempts used up, or the server asked for a
 /// wait longer than [`MAX_DELAY`].
@@ -126,6 +152,28 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+
+    #[test]
+    fn a_wait_stated_in_a_429_body_is_read() {
+        let ghcr = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"toomanyrequests: retry-after: 10.3ms, allowed: 2000/minute"}]}"#;
+        assert_eq!(
+            retry_after_in_body(ghcr),
+            Some(Duration::from_micros(10_300))
+        );
+        assert_eq!(
+            retry_after_in_body("Retry-After: 2"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after_in_body("retry-after: 1.5m"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after_in_body("retry-after: 99999999999999999999h"),
+            Some(LONGEST_HINT)
+        );
+        assert_eq!(retry_after_in_body("slow down"), None);
+    }
 
     #[test]
     fn decides_retryable_statuses() {

@@ -372,6 +372,68 @@ async fn require_platforms_fails_an_image_that_lacks_one() {
     );
 }
 
+/// GHCR's answers to writes, from a proxy in front of a real target:
+/// - a 429 whose wait is in the body, not in `Retry-After`
+///   (`retry-after: 1.889377ms, allowed: 2000/minute` on a GHCR blob
+///   upload, gardenlinux/gardenlinux#2585 and #2868) is waited for and the
+///   upload retried from the spool;
+/// - a 403 `DENIED` `permission_denied: write_package` (a package made
+///   elsewhere that has not granted the workflow's repository write
+///   access: Snowfork/snowbridge#1272, tridz-dev/huf#349; the fix in
+///   docker/build-push-action#463) fails that image as an authentication
+///   failure (exit 3), saying what to change on GitHub.
+#[tokio::test]
+async fn ghcr_write_answers_a_429_with_the_wait_in_the_body_and_a_403_write_package() {
+    let setup = Setup::new(2, 1).await;
+    let ghcr_body = |message: &str| {
+        format!(r#"{{"errors":[{{"code":"{message}"}}]}}"#)
+            .replace(
+                "TOOMANY",
+                "TOOMANYREQUESTS\",\"message\":\"toomanyrequests: retry-after: 10.3ms, allowed: 2000/minute",
+            )
+            .into_bytes()
+    };
+    let proxy = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/m/team/app0/blobs/uploads/",
+                1,
+                Action::Respond {
+                    status: 429,
+                    headers: vec![("Content-Type".into(), "application/json".into())],
+                    body: ghcr_body("TOOMANY"),
+                },
+            ),
+            Rule::new(
+                "POST",
+                "/m/team/app1/blobs/uploads/",
+                usize::MAX,
+                Action::Respond {
+                    status: 403,
+                    headers: vec![("Content-Type".into(), "application/json".into())],
+                    body: br#"{"errors":[{"code":"DENIED","message":"permission_denied: write_package"}]}"#.to_vec(),
+                },
+            ),
+        ],
+    );
+    setup.config(&setup.upstream.host, &[&proxy.host], "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert_eq!(proxy.applied(0), 1, "the 429 was not met");
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+    assert_eq!(outcome(&report, "app1", "t0"), "failed");
+    assert!(
+        run.stderr
+            .contains("under \"Manage Actions access\", add this workflow's repository"),
+        "{}",
+        run.stderr
+    );
+    let state = deep_check(&setup.targets[0].host, "m/team/app0", "v1").await;
+    assert_eq!(state, TagState::Complete(setup.images[0].1.root.0.clone()));
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
