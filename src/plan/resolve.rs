@@ -647,15 +647,14 @@ images:
         }
     }
 
+    /// A file's start: one target, the default for every image.
+    const HEAD: &str = "version: 1\ntargets:\n  ghcr: ghcr.io/acme\ndefaults:\n  targets: [ghcr]\n";
+
     #[test]
     fn required_platforms_are_parsed_and_a_bad_one_names_its_line() {
-        let config = "\
-version: 1
-targets:
-  ghcr: ghcr.io/acme
-defaults:
-  targets: [ghcr]
-  require_platforms: [linux/amd64]
+        let config = HEAD.to_string()
+            + "  require_platforms: [linux/amd64]\n"
+            + "\
 images:
   - source: docker.io/a/b
     tags: [v1]
@@ -663,7 +662,7 @@ images:
     tags: [v1]
     require_platforms: [linux/arm64, linux/arm/v7]
 ";
-        let plan = load("m.yaml", config).unwrap();
+        let plan = load("m.yaml", &config).unwrap();
         let wanted: Vec<String> = plan
             .jobs
             .iter()
@@ -686,13 +685,9 @@ images:
 
     #[test]
     fn immutable_is_a_flag_or_a_pattern_of_tags() {
-        let config = "\
-version: 1
-targets:
-  ghcr: ghcr.io/acme
-defaults:
-  targets: [ghcr]
-  immutable: 'v[0-9.]+'
+        let config = HEAD.to_string()
+            + "  immutable: 'v[0-9.]+'\n"
+            + "\
 images:
   - source: docker.io/a/b
     tags: [v1.2, latest]
@@ -703,7 +698,7 @@ images:
     tags: [v1.2]
     immutable: false
 ";
-        let plan = load("m.yaml", config).unwrap();
+        let plan = load("m.yaml", &config).unwrap();
         let immutable: Vec<(&str, bool)> = plan
             .jobs
             .iter()

@@ -161,13 +161,20 @@ async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
             },
         )],
     );
-    let manifest_heads = |paths: Vec<String>| {
-        let mut heads: Vec<String> = paths
-            .into_iter()
-            .filter_map(|p| p.split("/manifests/").nth(1).map(str::to_string))
+    // Tag-list requests, and the references HEADed (sorted), of
+    // (method, path) pairs.
+    let tally = |requests: Vec<(String, String)>| {
+        let lists = requests
+            .iter()
+            .filter(|(_, path)| path.contains("/tags/list"))
+            .count();
+        let mut heads: Vec<String> = requests
+            .iter()
+            .filter(|(method, _)| method == "HEAD")
+            .filter_map(|(_, path)| path.split("/manifests/").nth(1).map(str::to_string))
             .collect();
         heads.sort();
-        heads
+        (lists, heads)
     };
 
     // Listed: one page, then a HEAD of the one signature (the image itself
@@ -176,17 +183,11 @@ async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
     let mark = setup.upstream.mark();
     let (run, _) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    let seen = &setup.upstream.requests()[mark..];
-    let lists = seen
+    let seen = setup.upstream.requests()[mark..]
         .iter()
-        .filter(|r| r.path.contains("/tags/list"))
-        .count();
-    assert_eq!(lists, 1, "{seen:#?}");
-    let heads = seen
-        .iter()
-        .filter(|r| r.method == "HEAD")
-        .map(|r| r.path.clone());
-    assert_eq!(manifest_heads(heads.collect()), std::slice::from_ref(&sig));
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    assert_eq!(tally(seen), (1, vec![sig.clone()]));
     let copied = deep_check(&setup.targets[0].host, "m/team/app0", &sig).await;
     assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
 
@@ -195,23 +196,18 @@ async fn referrer_tags_are_listed_when_cheap_and_guessed_past_the_budget() {
     setup.config(&endless.host, &[&setup.targets[1].host], "");
     let (run, _) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    let seen = endless.seen();
-    let lists = seen
-        .iter()
-        .filter(|r| r.path.contains("/tags/list"))
-        .count();
-    assert_eq!(lists, 4, "{seen:#?}");
-    let heads = seen
-        .iter()
-        .filter(|r| r.method == "HEAD")
-        .map(|r| r.path.clone());
+    let seen = endless
+        .seen()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
     let mut guessed = Vec::new();
     for subject in [&fallback, &signature.root.0.replace(':', "-")] {
         guessed.push(subject.clone());
         guessed.extend(["att", "sbom", "sig"].map(|s| format!("{subject}.{s}")));
     }
     guessed.sort();
-    assert_eq!(manifest_heads(heads.collect()), guessed);
+    assert_eq!(tally(seen), (4, guessed));
     let copied = deep_check(&setup.targets[1].host, "m/team/app0", &sig).await;
     assert_eq!(copied, TagState::Complete(signature.root.0.clone()));
 }
@@ -983,8 +979,11 @@ async fn tls_is_verified_and_a_configured_ca_is_trusted() {
     let destination = format!("{host}/copied/app0:v1");
     let without = regmirror(setup.dir.path(), &["copy", &source, &destination], &[]);
     assert_eq!(without.code, 1, "{}", without.all());
-    let copy = ["copy", "-c", "mirror.yaml", &source, &destination];
-    let with = regmirror(setup.dir.path(), &copy, &[]);
+    let copy = |source: &str, destination: &str| {
+        let args = ["copy", "-c", "mirror.yaml", source, destination];
+        regmirror(setup.dir.path(), &args, &[])
+    };
+    let with = copy(&source, &destination);
     assert_eq!(with.code, 0, "{}", with.all());
     let copied = trusting
         .get(format!("https://{host}/v2/copied/app0/manifests/v1"))
@@ -997,19 +996,10 @@ async fn tls_is_verified_and_a_configured_ca_is_trusted() {
     // must name one, rather than the image landing on `latest` unasked.
     let pinned = format!("{}/team/app0@{digest}", setup.upstream.host);
     let untagged = format!("{host}/copied/app0");
-    let run = regmirror(
-        setup.dir.path(),
-        &["copy", "-c", "mirror.yaml", &pinned, &untagged],
-        &[],
-    );
+    let run = copy(&pinned, &untagged);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("give one (`"), "{}", run.stderr);
-    let tagged = format!("{untagged}:pinned");
-    let run = regmirror(
-        setup.dir.path(),
-        &["copy", "-c", "mirror.yaml", &pinned, &tagged],
-        &[],
-    );
+    let run = copy(&pinned, &format!("{untagged}:pinned"));
     assert_eq!(run.code, 0, "{}", run.all());
 
     // A CA file that is not there is a config problem, with its line.

@@ -37,6 +37,20 @@ impl Lab {
         }
     }
 
+    /// A lab whose upstream holds one multi-arch image, `team/app:v1`,
+    /// configured as image `app` to every target.
+    async fn with_app() -> (Lab, Generated) {
+        let lab = Lab::start();
+        let spec = Spec::new("team/app", "v1", false);
+        let image = images::generate(&spec);
+        images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
+        lab.write_config(&format!(
+            "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
+            lab.upstream.host
+        ));
+        (lab, image)
+    }
+
     fn target(&self, name: &str) -> &Registry {
         &self.targets.iter().find(|(n, _)| *n == name).unwrap().1
     }
@@ -355,14 +369,7 @@ async fn a_blob_another_repository_holds_is_mounted_without_a_head() {
 /// token leaks into any output).
 #[tokio::test]
 async fn verbosity_flags_change_what_a_run_says() {
-    let lab = Lab::start();
-    let spec = Spec::new("team/app", "v1", false);
-    let image = images::generate(&spec);
-    images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
-    lab.write_config(&format!(
-        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
-        lab.upstream.host
-    ));
+    let (lab, _) = Lab::with_app().await;
     let first = lab.run(&["sync"]);
     assert_eq!(first.code, 0, "{}", first.all());
     assert!(
@@ -410,14 +417,7 @@ async fn verbosity_flags_change_what_a_run_says() {
 /// names it (exit 4), `sync --deep` repairs it, and the rest is untouched.
 #[tokio::test]
 async fn deep_verify_finds_a_lost_blob_and_deep_sync_repairs_it() {
-    let lab = Lab::start();
-    let spec = Spec::new("team/app", "v1", false);
-    let image = images::generate(&spec);
-    images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
-    lab.write_config(&format!(
-        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
-        lab.upstream.host
-    ));
+    let (lab, image) = Lab::with_app().await;
     assert_eq!(lab.run(&["sync"]).code, 0);
 
     let (lost, _) = &image.blobs[1];
@@ -1166,19 +1166,7 @@ async fn upload_broken_mid_blob_is_retried_from_the_spool() {
 /// nor any token in any output, even at trace level.
 #[tokio::test]
 async fn authentication_failure_exits_3_without_leaking_secrets() {
-    let lab = Lab::start();
-    let spec = Spec::new("team/app", "v1", false);
-    images::push(
-        &lab.upstream.url(),
-        &spec.repo,
-        &spec.tag,
-        &images::generate(&spec),
-    )
-    .await;
-    lab.write_config(&format!(
-        "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
-        lab.upstream.host
-    ));
+    let (lab, _) = Lab::with_app().await;
     let basic = lab.target("basic");
     let wrong = "wrong-pass-Z1y";
     let mut env = lab.env();

@@ -85,12 +85,7 @@ impl Issuer {
         };
         let server = StandIn::start(move |request, _base| {
             let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
-            let requested: Vec<String> = url
-                .query_pairs()
-                .filter(|(k, _)| k == "scope")
-                .map(|(_, v)| v.into_owned())
-                .collect();
+            let requested = scopes(&request.target);
             if request.header("authorization") != Some(expected.as_str()) {
                 return json(401, r#"{"details":"bad credentials"}"#.to_string());
             }
@@ -151,15 +146,16 @@ impl Issuer {
         self.server
             .requests()
             .iter()
-            .map(|request| {
-                let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
-                let scopes: Vec<String> = url
-                    .query_pairs()
-                    .filter(|(k, _)| k == "scope")
-                    .map(|(_, v)| v.into_owned())
-                    .collect();
-                scopes.join(" ")
-            })
+            .map(|request| scopes(&request.target).join(" "))
             .collect()
     }
+}
+
+/// The `scope` parameters of a token request's target (path and query).
+fn scopes(target: &str) -> Vec<String> {
+    let url = url::Url::parse(&format!("http://x{target}")).unwrap();
+    url.query_pairs()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
