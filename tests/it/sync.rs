@@ -507,6 +507,98 @@ async fn non_canonical_manifest_keeps_its_digest() {
     assert_eq!(images::sha256(&raw), image.root.0);
 }
 
+/// The release image (issue 15): `scripts/image-layout` turns a regmirror
+/// binary into a two-platform OCI layout, the same bytes every time; skopeo
+/// reads it; `regmirror copy` pushes it to a registry byte for byte; and its
+/// layer, unpacked, holds the CA bundle and a binary that runs.
+#[tokio::test]
+async fn release_image_layout_is_deterministic_and_runs_once_pushed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // Stripped, as a release binary is (the debug build is 300 MB).
+    let binary = dir.path().join("regmirror");
+    let strip = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&binary)
+        .arg(env!("CARGO_BIN_EXE_regmirror"))
+        .status()
+        .expect("strip (binutils) is installed");
+    assert!(strip.success());
+    let binary = binary.display();
+    let build = |out: &str| {
+        let output = std::process::Command::new(root.join("scripts/image-layout"))
+            .args(["--out", out, "--version", "9.9.9"])
+            .args(["--source", "https://github.com/acme/regmirror"])
+            .arg(format!("linux/amd64={binary}"))
+            .arg(format!("linux/arm64={binary}"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let digest = build("a");
+    assert_eq!(build("b"), digest, "the same inputs made another image");
+    let layout = dir.path().join("a");
+    let blob = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let inspect = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:9.9.9", layout.display())])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    let labels = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        labels.contains(r#""org.opencontainers.image.version": "9.9.9""#),
+        "{labels}"
+    );
+
+    let registry = Registry::start(Auth::None);
+    let run = regmirror(
+        dir.path(),
+        &[
+            "copy",
+            "oci:a:9.9.9",
+            &format!("{}/acme/regmirror:9.9.9", registry.host),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let served = skopeo_raw(&registry.host, "acme/regmirror", "9.9.9", None).unwrap();
+    assert_eq!(served, blob(&digest), "the index changed on the way");
+
+    // The amd64 image's one layer, from the registry, unpacked and run.
+    let index: serde_json::Value = serde_json::from_slice(&served).unwrap();
+    let manifest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest)).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let url = format!("{}/v2/acme/regmirror/blobs/{layer}", registry.url());
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(images::sha256(&bytes), layer);
+    let unpacked = dir.path().join("rootfs");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    std::fs::write(dir.path().join("layer.tar.gz"), &bytes).unwrap();
+    let untar = std::process::Command::new("tar")
+        .args(["-xzf", "layer.tar.gz", "-C", "rootfs"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    assert!(unpacked.join("etc/ssl/certs/ca-certificates.crt").is_file());
+    let version = std::process::Command::new(unpacked.join("regmirror"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with("regmirror "), "{version}");
+}
+
 /// The release-time dual push: `copy oci:DIR:TAG` to two registries, from a
 /// generated layout whose index.json holds a Docker manifest list.
 #[tokio::test]
