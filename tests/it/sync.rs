@@ -1494,6 +1494,129 @@ fn import_converts_every_real_regsync_and_skopeo_config() {
     );
 }
 
+/// The Action's two steps, run as a runner runs them (bash, inputs in the
+/// environment). Install: the release binary for this runner comes from a
+/// stand-in release server, is checked against the release's SHA256SUMS
+/// (a binary that does not match fails the step and is not kept) and is
+/// kept in the tool cache. Run: `only: 'ap*'` reaches regmirror as written
+/// even beside a file named `apple`, and `copy` is made of `source` and
+/// `destinations`.
+#[test]
+fn action_installs_a_checked_release_binary_and_passes_inputs_as_written() {
+    use crate::support::standin::StandIn;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let action: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(root.join("action.yml")).unwrap()).unwrap();
+    let step = |i: usize| {
+        action["runs"]["steps"][i]["run"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (install, run) = (step(0), step(1));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A stand-in regmirror that writes down its arguments.
+    let fake = "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$ARGS_FILE\"\n";
+    let asset = "regmirror-x86_64-unknown-linux-musl";
+    let sums = format!(
+        "{}  {asset}\n",
+        images::sha256(fake.as_bytes()).trim_start_matches("sha256:")
+    );
+    let server = StandIn::start(move |request, _| {
+        let body = match request.path() {
+            "/v0.9.0/regmirror-x86_64-unknown-linux-musl" => fake.as_bytes().to_vec(),
+            "/v0.9.0/SHA256SUMS" => sums.clone().into_bytes(),
+            // A release whose binary was swapped after the sums were made.
+            "/v0.9.1/regmirror-x86_64-unknown-linux-musl" => b"#!/bin/sh\necho evil\n".to_vec(),
+            "/v0.9.1/SHA256SUMS" => sums.clone().into_bytes(),
+            _ => return (404, Vec::new(), Vec::new()),
+        };
+        (200, Vec::new(), body)
+    });
+    let bash = |script: &str, env: &[(&str, String)]| {
+        let mut command = std::process::Command::new("bash");
+        command.arg("-c").arg(script).current_dir(d);
+        command
+            .env("RUNNER_TEMP", d)
+            .env("GITHUB_OUTPUT", d.join("output"));
+        command
+            .env("GITHUB_PATH", d.join("path"))
+            .env("RUNNER_TOOL_CACHE", d.join("cache"));
+        command.env("RUNNER_OS", "Linux").env("RUNNER_ARCH", "X64");
+        command.env("ACTION_REPOSITORY", "acme/regmirror");
+        command.env("REGMIRROR_RELEASES_URL", &server.url);
+        command.env("ARGS_FILE", d.join("args"));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+
+    let tampered = bash(&install, &[("VERSION", "v0.9.1".into())]);
+    assert!(!tampered.status.success(), "{tampered:?}");
+    assert!(
+        !d.join("cache/regmirror/v0.9.1")
+            .join("x86_64-unknown-linux-musl/regmirror")
+            .exists()
+    );
+    let installed = bash(&install, &[("VERSION", "v0.9.0".into())]);
+    assert!(installed.status.success(), "{installed:?}");
+    let bin = d.join("cache/regmirror/v0.9.0/x86_64-unknown-linux-musl");
+    let path = std::fs::read_to_string(d.join("path")).unwrap();
+    assert_eq!(path.trim(), bin.display().to_string());
+
+    std::fs::write(d.join("apple"), "a file the glob would match").unwrap();
+    let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let input = |command: &str, rest: &[(&str, &str)]| {
+        let mut env = vec![("PATH", search.clone()), ("COMMAND", command.to_string())];
+        for key in ["ONLY", "TARGETS", "SHARD", "SOURCE", "DESTINATIONS", "ARGS"] {
+            let value = rest.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            env.push((key, value.unwrap_or_default().to_string()));
+        }
+        env.push(("CONFIG", "mirror.yaml".to_string()));
+        let out = bash(&run, &env);
+        assert!(out.status.success(), "{out:?}");
+        std::fs::read_to_string(d.join("args")).unwrap()
+    };
+    let sync = input("sync", &[("ONLY", "ap*, web"), ("ARGS", "--dry-run")]);
+    let report = d.join("regmirror-sync.json").display().to_string();
+    assert_eq!(
+        sync.lines().collect::<Vec<_>>(),
+        [
+            "sync",
+            "-c",
+            "mirror.yaml",
+            "--only",
+            "ap*",
+            "--only",
+            "web",
+            "--json",
+            &report,
+            "--dry-run"
+        ]
+    );
+    let copy = input(
+        "copy",
+        &[
+            ("SOURCE", "oci:out:1.0"),
+            ("DESTINATIONS", "ghcr.io/a/b:1.0,\ndocker.io/a/b:1.0"),
+        ],
+    );
+    let report = d.join("regmirror-copy.json").display().to_string();
+    assert_eq!(
+        copy.lines().collect::<Vec<_>>(),
+        [
+            "copy",
+            "--json",
+            &report,
+            "oci:out:1.0",
+            "ghcr.io/a/b:1.0",
+            "docker.io/a/b:1.0"
+        ]
+    );
+}
+
 /// The GitHub workflows and the composite action are valid by GitHub's
 /// schemas (check-jsonschema's vendored copies, offline), and every
 /// `inputs.X` they use is an input they define.
