@@ -971,7 +971,7 @@ fn version_names_the_commit() {
 }
 
 /// The `mirror.yaml` texts in README and `docs/` (```yaml blocks, not the
-/// Kubernetes ones): a whole file passes `check` as it is; a fragment (an
+/// Kubernetes or workflow ones): a whole file passes `check` as it is; a fragment (an
 /// `images` entry, a `registries` block) passes inside a minimal file. Files
 /// a snippet names (a CA) are made beside it.
 #[test]
@@ -989,8 +989,8 @@ fn yaml_snippets_in_the_docs_check() {
         let text = std::fs::read_to_string(&document).unwrap();
         for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
             let snippet = block.split("\n```").next().unwrap();
-            if snippet.contains("apiVersion:") {
-                continue; // Kubernetes, not mirror.yaml.
+            if snippet.contains("apiVersion:") || snippet.contains("uses:") {
+                continue; // Kubernetes or a workflow, not mirror.yaml.
             }
             let minimal = "version: 1\ntargets:\n  t: ghcr.io/acme\ndefaults:\n  targets: [t]\n";
             let file = if snippet.starts_with("version:") {

@@ -108,7 +108,7 @@ pub fn summary_table(summary: &Summary, rows: Rows) -> String {
         "TAG",
         "TARGET",
         "STATUS",
-        "BLOBS ↑/⇢/=",
+        "UP/MOUNT/SKIP",
         "BYTES",
         "TIME",
     ];
