@@ -12,11 +12,13 @@ use crate::error::{Error, Result};
 use crate::plan::tags::Releases;
 
 /// Releases are read 100 to a page; at most this many pages (newest first).
+#[cfg(feature = "github")]
 const MAX_PAGES: u32 = 10;
 
 impl Releases {
     /// The project's published releases (drafts and pre-releases left
     /// out) as (release tag, image tag), newest release first.
+    #[cfg(feature = "github")]
     pub async fn image_tags(&self) -> Result<Vec<(String, String)>> {
         let releases = self.list().await.map_err(|error| Error::Api {
             service: format!("GitHub releases of `{}/{}`", self.owner, self.repo),
@@ -40,6 +42,16 @@ impl Releases {
         Ok(tags)
     }
 
+    /// Without the `github` feature there is no GitHub client.
+    #[cfg(not(feature = "github"))]
+    pub async fn image_tags(&self) -> Result<Vec<(String, String)>> {
+        Err(Error::Api {
+            service: format!("GitHub releases of `{}/{}`", self.owner, self.repo),
+            reason: "this regmirror was built without the `github` feature; use a release binary (or `cargo install --features github`)".into(),
+        })
+    }
+
+    #[cfg(feature = "github")]
     async fn list(&self) -> octocrab::Result<Vec<octocrab::models::repos::Release>> {
         let github = client()?;
         let mut page = github
@@ -67,6 +79,7 @@ impl Releases {
 }
 
 /// An octocrab client for `$GITHUB_API_URL`, with `$GITHUB_TOKEN` if set.
+#[cfg(feature = "github")]
 fn client() -> octocrab::Result<octocrab::Octocrab> {
     let mut builder = octocrab::Octocrab::builder();
     if let Some(url) = std::env::var("GITHUB_API_URL")
@@ -82,6 +95,7 @@ fn client() -> octocrab::Result<octocrab::Octocrab> {
 }
 
 /// octocrab's error with GitHub's own message, when there is one; never the token.
+#[cfg(feature = "github")]
 fn describe(error: &octocrab::Error) -> String {
     match error {
         octocrab::Error::GitHub { source, .. } => {

@@ -22,6 +22,7 @@ use crate::reference::Repository;
 /// Creates repositories, each at most once per run.
 #[derive(Default)]
 pub struct Repositories {
+    #[cfg(feature = "ecr")]
     client: OnceCell<aws_sdk_ecrpublic::Client>,
     created: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
@@ -54,6 +55,16 @@ impl Repositories {
         Ok(())
     }
 
+    /// Without the `ecr` feature there is no AWS SDK to create with.
+    #[cfg(not(feature = "ecr"))]
+    async fn create(&self, name: &str) -> Result<()> {
+        Err(Error::Api {
+            service: format!("ECR Public CreateRepository `{name}`"),
+            reason: "this regmirror was built without the `ecr` feature; create the repository beforehand, or use a release binary (or `cargo install --features ecr`)".into(),
+        })
+    }
+
+    #[cfg(feature = "ecr")]
     async fn create(&self, name: &str) -> Result<()> {
         let client = self
             .client
