@@ -1671,11 +1671,13 @@ fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
         "concurrency:",
         "plan --matrix",
         "fromJSON(needs.plan.outputs.matrix)",
-        "--shard \"$SHARD\"",
+        "uses: acme/regmirror@v1",
+        "shard: ${{ matrix.shard }}",
+        "set -o noglob",
         "docker/login-action",
         "aws-actions/amazon-ecr-login",
         "registry-type: public",
-        "regmirror verify",
+        "command: verify",
     ] {
         assert!(mirror.contains(needle), "mirror.yml lacks `{needle}`");
     }
