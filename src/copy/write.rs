@@ -129,8 +129,12 @@ impl Engine {
                             return Ok(Written::Mounted);
                         }
                         Ok(Mount::Declined { upload_url }) => session = Some(upload_url),
-                        Err(error) if error.is_auth() => return Err(error),
-                        Err(error) => tracing::debug!(%repository, digest = %blob.digest, "mount failed, uploading: {error}"),
+                        // A refused mount (Harbor answers 401 when it cannot
+                        // see the source project, goharbor/harbor#17097;
+                        // GitLab did too, estesp/manifest-tool#53) is only a
+                        // missed shortcut: the upload says whether we may
+                        // write at all.
+                        Err(error) => tracing::debug!(%repository, digest = %blob.digest, "mount refused, uploading: {error}"),
                     }
                 }
                 let path = self.spooled(job, blob).await?;

@@ -247,6 +247,23 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                         format!("target `{}` is the source itself", name.value),
                     ));
                 }
+                // Docker Hub has namespace/name and nothing deeper; a push
+                // to more is refused only at run time, after every pull.
+                Ok(repository)
+                    if repository.registry == crate::reference::DOCKER_HUB
+                        && repository.path.split('/').count() > 2 =>
+                {
+                    let at = entry.path.as_ref().unwrap_or(name);
+                    let last = repository.path.rsplit('/').next().unwrap_or_default();
+                    problems.push(problem_at(
+                        at,
+                        place("path"),
+                        format!(
+                            "`{repository}` has {} path components, and Docker Hub takes two (namespace/name): set `path:` (e.g. `path: {last}`)",
+                            repository.path.split('/').count()
+                        ),
+                    ));
+                }
                 Ok(repository) => repositories.push((name.value.clone(), repository)),
                 Err(message) => {
                     let at = entry.path.as_ref().unwrap_or(name);
@@ -578,9 +595,10 @@ images:
     source: docker.io/rancher/pause
     tags: [3.9]
     targets: [hub]
+    path: pause
   - name: d
     source: quay.io/x/pause
-    path: rancher/pause
+    path: pause
     tags: [3.9]
     targets: [hub]
 ";
@@ -596,7 +614,7 @@ images:
                 18,
                 "`ghcr.io/acme/library/k3s:v2` is also written by image `a`",
             ),
-            (27, "is also written by image `c`"),
+            (28, "is also written by image `c`"),
         ] {
             assert!(
                 problems
@@ -649,6 +667,37 @@ images:
 
     /// A file's start: one target, the default for every image.
     const HEAD: &str = "version: 1\ntargets:\n  ghcr: ghcr.io/acme\ndefaults:\n  targets: [ghcr]\n";
+
+    #[test]
+    fn a_docker_hub_target_deeper_than_namespace_and_name_is_refused() {
+        let config = "\
+version: 1
+targets:
+  hub: docker.io/acmemirror
+images:
+  - source: docker.io/library/postgres
+    tags: ['17']
+    targets: [hub]
+  - source: docker.io/library/busybox
+    tags: ['1.37']
+    targets: [hub]
+    path: busybox
+";
+        let problems = load("m.yaml", config).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let problem = &problems[0];
+        assert_eq!(
+            (problem.line, problem.place.as_str()),
+            (7, "images[0].path")
+        );
+        assert!(
+            problem.message.contains(
+                "Docker Hub takes two (namespace/name): set `path:` (e.g. `path: postgres`)"
+            ),
+            "{}",
+            problem.message
+        );
+    }
 
     #[test]
     fn required_platforms_are_parsed_and_a_bad_one_names_its_line() {

@@ -430,6 +430,40 @@ async fn ghcr_write_answers_a_429_with_the_wait_in_the_body_and_a_403_write_pack
     assert_eq!(state, TagState::Complete(setup.images[0].1.root.0.clone()));
 }
 
+/// A registry that refuses cross-repository mounts with 401 (Harbor, when
+/// the source project is one the credentials cannot see:
+/// `UNAUTHORIZED: project examplegroup not found`, goharbor/harbor#17097):
+/// the blob is uploaded instead, and the image arrives whole.
+#[tokio::test]
+async fn a_mount_refused_with_401_falls_back_to_an_upload() {
+    let mut setup = Setup::new(0, 1).await;
+    for (i, repo) in ["team/app0", "team/app1"].iter().enumerate() {
+        // The same base layers (Spec's default), so the second mounts them.
+        let image = images::generate(&Spec::new(repo, "v1", i == 1));
+        images::push(&setup.upstream.url(), repo, "v1", &image).await;
+        setup.images.push((format!("app{i}"), image));
+    }
+    let harbor = Proxy::start(
+        &setup.targets[0].host,
+        vec![Rule::new(
+            "POST",
+            "mount=",
+            usize::MAX,
+            Action::Respond {
+                status: 401,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"project examplegroup not found: project examplegroup not found"}]}"#.to_vec(),
+            },
+        )],
+    );
+    setup.config(&setup.upstream.host, &[&harbor.host], "");
+    let (run, report) = setup.sync(&["--jobs", "1"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(harbor.applied(0) > 0, "no mount was tried");
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "copied"), 2);
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
