@@ -32,6 +32,10 @@ pub enum Mount {
     },
 }
 
+/// A part of a blob uploaded in parts: 5 MiB, under the body limits of the
+/// registries that need parts (ACR answers 413 above about 20 MB).
+const PART_SIZE: u64 = 5 * 1024 * 1024;
+
 impl RegistryClient {
     /// True when the repository has the blob (a HEAD).
     pub async fn blob_exists(
@@ -177,8 +181,9 @@ impl RegistryClient {
     }
 
     /// Uploads the blob in `path` with one monolithic PUT (GHCR and ECR break
-    /// on chunked PATCH uploads). `session` is an upload URL already opened
-    /// (a declined mount). Retries the whole upload on transient failures.
+    /// on chunked PATCH uploads); in parts only if that PUT is refused for
+    /// its size (413). `session` is an upload URL already opened (a declined
+    /// mount). Retries the whole upload on transient failures.
     pub async fn upload_blob(
         &self,
         repository: &Repository,
@@ -189,7 +194,12 @@ impl RegistryClient {
         let session = Mutex::new(session);
         retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
-            let result = self.upload_once(repository, blob, path, session).await;
+            let mut result = self.upload_once(repository, blob, path, session).await;
+            if matches!(&result, Err(Error::Status { method, status: 413, .. }) if method == "PUT") {
+                // Too large for one request here: in parts, in a new session.
+                tracing::debug!(%repository, digest = %blob.digest, "one PUT refused for its size (413); uploading in parts");
+                result = self.upload_in_parts(repository, blob, path).await;
+            }
             // The PUT is sent once per attempt (its body is a stream), so its
             // failures are retried here, with a new upload session; the POST
             // that opens a session was already retried where it was sent.
@@ -221,6 +231,85 @@ impl RegistryClient {
             }
         })
         .await
+    }
+
+    /// Uploads `blob` in parts of [`PART_SIZE`]: a PATCH per part with its
+    /// `Content-Range`, each to the `Location` the last answer gave, then a
+    /// PUT with the digest and no body. Only for a registry that refused the
+    /// whole blob in one PUT for its size (413: ACR, or Harbor behind a
+    /// proxy with a body limit); GHCR and ECR break on several PATCHes, so
+    /// it is never the first choice.
+    async fn upload_in_parts(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        path: &Path,
+    ) -> Result<()> {
+        let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
+        let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
+        let accepted = |status| status == StatusCode::ACCEPTED;
+        let answer = self
+            .push(repository, Method::POST, &url, &build, true, accepted)
+            .await?;
+        let mut location = Self::location(&answer.response, &url)?;
+        drop(answer);
+        let file = Arc::new(
+            std::fs::File::open(path)
+                .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?,
+        );
+        let mut offset = 0;
+        while offset < blob.size {
+            let len = PART_SIZE.min(blob.size - offset);
+            let part = {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut part = vec![0; len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut part, offset)
+                        .map(|()| Bytes::from(part))
+                })
+                .await
+                .map_err(|e| Error::io("read a part of a spooled blob", std::io::Error::other(e)))?
+                .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?
+            };
+            let range = format!("{offset}-{}", offset + len - 1);
+            let build = move |r: RequestBuilder, _: &Arc<Watch>| {
+                r.header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, len)
+                    .header("Content-Range", range.clone())
+                    .body(part.clone())
+            };
+            let accepted = |status| status == StatusCode::ACCEPTED || status == StatusCode::CREATED;
+            let answer = self
+                .push(
+                    repository,
+                    Method::PATCH,
+                    &location,
+                    &build,
+                    false,
+                    accepted,
+                )
+                .await?;
+            location = Self::location(&answer.response, &location)?;
+            offset += len;
+        }
+        let mut url = url::Url::parse(&location).map_err(|_| Error::Limit {
+            what: format!("upload `Location` `{}`", neutral(&location)),
+            reason: "not a URL".into(),
+        })?;
+        url.query_pairs_mut()
+            .append_pair("digest", blob.digest.as_str());
+        let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
+        let created = |status| status == StatusCode::CREATED;
+        self.push(
+            repository,
+            Method::PUT,
+            url.as_str(),
+            &build,
+            false,
+            created,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn upload_once(

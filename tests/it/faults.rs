@@ -464,6 +464,45 @@ async fn a_mount_refused_with_401_falls_back_to_an_upload() {
     assert_eq!(count(&outcomes, "copied"), 2);
 }
 
+/// A registry that refuses a whole layer in one PUT for its size (413:
+/// ACR above about 20 MB, Harbor behind a proxy with a body limit; here
+/// any PUT with more than 1 KiB of body): the blob goes up in parts
+/// (PATCH with `Content-Range`, then a PUT with the digest and no body),
+/// and the image arrives whole. Registries that take one PUT never see a
+/// PATCH (the full sync test checks that).
+#[tokio::test]
+async fn a_put_refused_for_its_size_is_uploaded_in_parts() {
+    let setup = Setup::new(1, 1).await;
+    let limited = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                usize::MAX,
+                Action::Respond {
+                    status: 413,
+                    headers: vec![("Content-Type".into(), "text/html".into())],
+                    body: b"<html><body>413 Request Entity Too Large</body></html>".to_vec(),
+                },
+            )
+            .larger_than(1024),
+        ],
+    );
+    setup.config(&setup.upstream.host, &[&limited.host], "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(limited.applied(0) > 0, "no PUT was too large");
+    let patches = limited
+        .seen()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert!(patches >= limited.applied(0), "{patches} PATCHes");
+    let outcomes = setup.check_targets(&report).await;
+    assert_eq!(count(&outcomes, "copied"), 1);
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;

@@ -47,6 +47,8 @@ pub struct Rule {
     /// How many matching requests get the action (`usize::MAX`: all).
     pub times: usize,
     pub action: Action,
+    /// Only requests whose body is larger than this many bytes match.
+    pub larger_than: usize,
 }
 
 impl Rule {
@@ -56,7 +58,14 @@ impl Rule {
             path: path.to_string(),
             times,
             action,
+            larger_than: 0,
         }
+    }
+
+    /// The rule, for requests with more than `bytes` of body only.
+    pub fn larger_than(mut self, bytes: usize) -> Rule {
+        self.larger_than = bytes;
+        self
     }
 
     /// A cut rule only counts requests with more body than it lets through.
@@ -65,7 +74,10 @@ impl Rule {
             Action::CutRequestAfter(bytes) => content_length > bytes,
             _ => true,
         };
-        (self.method.is_empty() || self.method == method) && path.contains(&self.path) && cuttable
+        (self.method.is_empty() || self.method == method)
+            && path.contains(&self.path)
+            && cuttable
+            && (self.larger_than == 0 || content_length > self.larger_than)
     }
 }
 
