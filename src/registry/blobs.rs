@@ -245,14 +245,7 @@ impl RegistryClient {
         blob: &Descriptor,
         path: &Path,
     ) -> Result<()> {
-        let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
-        let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
-        let accepted = |status| status == StatusCode::ACCEPTED;
-        let answer = self
-            .push(repository, Method::POST, &url, &build, true, accepted)
-            .await?;
-        let mut location = Self::location(&answer.response, &url)?;
-        drop(answer);
+        let mut location = self.open_session(repository).await?;
         let file = Arc::new(
             std::fs::File::open(path)
                 .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?,
@@ -292,24 +285,34 @@ impl RegistryClient {
             location = Self::location(&answer.response, &location)?;
             offset += len;
         }
-        let mut url = url::Url::parse(&location).map_err(|_| Error::Limit {
-            what: format!("upload `Location` `{}`", neutral(&location)),
-            reason: "not a URL".into(),
-        })?;
-        url.query_pairs_mut()
-            .append_pair("digest", blob.digest.as_str());
+        let url = Self::closing_url(&location, &blob.digest)?;
         let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
         let created = |status| status == StatusCode::CREATED;
-        self.push(
-            repository,
-            Method::PUT,
-            url.as_str(),
-            &build,
-            false,
-            created,
-        )
-        .await?;
+        self.push(repository, Method::PUT, &url, &build, false, created)
+            .await?;
         Ok(())
+    }
+
+    /// Opens an upload session (POST); its URL.
+    async fn open_session(&self, repository: &Repository) -> Result<String> {
+        let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
+        let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
+        let accepted = |status| status == StatusCode::ACCEPTED;
+        let answer = self
+            .push(repository, Method::POST, &url, &build, true, accepted)
+            .await?;
+        Self::location(&answer.response, &url)
+    }
+
+    /// The URL that closes an upload session: its `Location` with the
+    /// blob's digest added.
+    fn closing_url(location: &str, digest: &Digest) -> Result<String> {
+        let mut url = url::Url::parse(location).map_err(|_| Error::Limit {
+            what: format!("upload `Location` `{}`", neutral(location)),
+            reason: "not a URL".into(),
+        })?;
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        Ok(url.to_string())
     }
 
     async fn upload_once(
@@ -321,15 +324,7 @@ impl RegistryClient {
     ) -> Result<()> {
         let upload_url = match session {
             Some(url) => url,
-            None => {
-                let url = self.url(repository, &["blobs", "uploads", ""], &[])?;
-                let build = |r: RequestBuilder, _: &Arc<Watch>| r.header(CONTENT_LENGTH, 0);
-                let accepted = |status| status == StatusCode::ACCEPTED;
-                let answer = self
-                    .push(repository, Method::POST, &url, &build, true, accepted)
-                    .await?;
-                Self::location(&answer.response, &url)?
-            }
+            None => self.open_session(repository).await?,
         };
         let on_disk = tokio::fs::metadata(path)
             .await
@@ -342,13 +337,7 @@ impl RegistryClient {
                 actual: on_disk,
             });
         }
-        let mut url = url::Url::parse(&upload_url).map_err(|_| Error::Limit {
-            what: format!("upload `Location` `{}`", neutral(&upload_url)),
-            reason: "not a URL".into(),
-        })?;
-        url.query_pairs_mut()
-            .append_pair("digest", blob.digest.as_str());
-        let url = url.to_string();
+        let url = Self::closing_url(&upload_url, &blob.digest)?;
         let path = path.to_path_buf();
         let size = blob.size;
         let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
