@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, OCI_INDEX};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
-use crate::registry::{Intent, RegistryClient};
+use crate::registry::{Intent, MAX_TAG_PAGES, RegistryClient};
 use crate::report::{Failure, Outcome, Status, Transfer};
 use crate::source::Source;
 
@@ -64,6 +64,14 @@ pub(super) struct SourceTags {
 struct Listing {
     pages: usize,
     tags: Arc<OnceCell<Option<Arc<HashSet<String>>>>>,
+}
+
+/// The pages a repository's list may cost for `guesses` HEADs it saves,
+/// never more than any tag list may have ([`MAX_TAG_PAGES`]): a registry
+/// that keeps linking is followed no further for thousands of mirrored
+/// tags than for a selector.
+fn page_budget(guesses: usize) -> usize {
+    guesses.min(MAX_TAG_PAGES)
 }
 
 impl SourceTags {
@@ -103,13 +111,13 @@ impl SourceTags {
         if listing.pages == 0 && !listing.tags.initialized() {
             return None;
         }
+        let pages = page_budget(listing.pages);
         let read = listing.tags.get_or_init(|| async {
-            match client.list_tags_within(repository, listing.pages).await {
+            match client.list_tags_within(repository, pages).await {
                 Ok(Some(tags)) => Some(Arc::new(tags.into_iter().collect())),
                 Ok(None) => {
                     tracing::debug!(
-                        "{repository}: more than {} pages of tags; guessing referrer tags",
-                        listing.pages
+                        "{repository}: more than {pages} pages of tags; guessing referrer tags"
                     );
                     None
                 }
@@ -428,6 +436,14 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listing_budget_is_the_guesses_it_saves_up_to_the_page_cap() {
+        assert_eq!(page_budget(GUESSES), 4);
+        assert_eq!(page_budget(GUESSES * 25), 100);
+        // 2,500 tags of one repository would allow 10,000 pages.
+        assert_eq!(page_budget(GUESSES * 2_500), MAX_TAG_PAGES);
+    }
 
     #[test]
     fn fallback_tags_follow_the_tag_schema() {
