@@ -2,6 +2,7 @@
 //! a sibling repository, and one monolithic upload PUT from the spool.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -192,12 +193,20 @@ impl RegistryClient {
         session: Option<String>,
     ) -> Result<()> {
         let session = Mutex::new(session);
+        // Once a PUT is refused for its size, every later attempt goes
+        // straight to parts instead of sending the whole blob again.
+        let in_parts = AtomicBool::new(false);
         retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
-            let mut result = self.upload_once(repository, blob, path, session).await;
+            let mut result = if in_parts.load(Ordering::Relaxed) {
+                self.upload_in_parts(repository, blob, path).await
+            } else {
+                self.upload_once(repository, blob, path, session).await
+            };
             if matches!(&result, Err(Error::Status { method, status: 413, .. }) if method == "PUT") {
                 // Too large for one request here: in parts, in a new session.
                 tracing::debug!(%repository, digest = %blob.digest, "one PUT refused for its size (413); uploading in parts");
+                in_parts.store(true, Ordering::Relaxed);
                 result = self.upload_in_parts(repository, blob, path).await;
             }
             // The PUT is sent once per attempt (its body is a stream), so its

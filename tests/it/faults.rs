@@ -473,6 +473,7 @@ async fn a_mount_refused_with_401_falls_back_to_an_upload() {
 #[tokio::test]
 async fn a_put_refused_for_its_size_is_uploaded_in_parts() {
     let setup = Setup::new(1, 1).await;
+    let layer = setup.images[0].1.blobs[1].0.clone();
     let limited = Proxy::start(
         &setup.targets[0].host,
         vec![
@@ -487,12 +488,24 @@ async fn a_put_refused_for_its_size_is_uploaded_in_parts() {
                 },
             )
             .larger_than(1024),
+            // The closing PUT of one layer's parts fails once (its whole
+            // PUT met the rule above first): the retry goes straight to
+            // parts, without sending the whole blob to be refused again.
+            Rule::new(
+                "PUT",
+                layer.trim_start_matches("sha256:"),
+                1,
+                respond(503, &[]),
+            ),
         ],
     );
     setup.config(&setup.upstream.host, &[&limited.host], "");
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(limited.applied(0) > 0, "no PUT was too large");
+    assert_eq!(limited.applied(1), 1, "no closing PUT failed");
+    // Three blobs over 1 KiB (two 64 KiB layers and the tag's layer), each
+    // refused whole once.
+    assert_eq!(limited.applied(0), 3, "a whole blob was sent again");
     let patches = limited
         .seen()
         .iter()
