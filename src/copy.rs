@@ -282,10 +282,13 @@ impl Engine {
                 })
                 .collect();
         }
-        // A destination lacks the tag, so the image will be read: one GET of
-        // the tag gives its digest and its bytes (a HEAD first would cost a
-        // second request). Otherwise a HEAD (free at Docker Hub) decides.
-        let fetch_root = !everywhere && !self.options.dry_run;
+        // A destination answered that it lacks the tag, so the image will be
+        // read: one GET of the tag gives its digest and its bytes (a HEAD
+        // first would cost a second request). Otherwise (every destination
+        // has a tag, or could not be asked) a HEAD, free at Docker Hub,
+        // decides: a metered GET is never spent on targets that are down.
+        let lacking = befores.iter().any(|head| matches!(head, Ok(None)));
+        let fetch_root = lacking && !self.options.dry_run;
         let (source_digest, root) = match &job.pinned {
             Some(digest) => (digest.clone(), None),
             None if fetch_root => {

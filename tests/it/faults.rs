@@ -516,6 +516,26 @@ async fn a_put_refused_for_its_size_is_uploaded_in_parts() {
     assert_eq!(count(&outcomes, "copied"), 1);
 }
 
+/// Targets that cannot be asked (nothing listens on their port) cost the
+/// source no manifest GET, which Docker Hub counts as a pull: the source's
+/// tag is only HEADed, and every pair fails.
+#[tokio::test]
+async fn targets_that_are_down_cost_the_source_no_pull() {
+    let setup = Setup::new(2, 0).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    setup.config(&setup.upstream.host, &[&down], "");
+    let mark = setup.upstream.mark();
+    let (run, _) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let gets = setup.upstream.requests()[mark..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.is_manifest())
+        .count();
+    assert_eq!(gets, 0, "a pull spent on targets that are down");
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
