@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest, Platform};
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
+use crate::registry::meter::Meter;
 use crate::registry::{Intent, RegistryClient};
 use crate::report::{Failure, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
@@ -83,23 +84,34 @@ impl Default for Options {
 
 /// Told about the run as it goes (progress bars live in the binary).
 pub trait Reporter: Send + Sync {
-    /// The run starts, with this many image × tag jobs.
-    fn started(&self, _jobs: usize) {}
+    /// The run starts: this many image × tag jobs, with this many
+    /// (image × tag, target) pairs in all.
+    fn started(&self, _jobs: usize, _pairs: usize) {}
 
-    /// One job's outcomes, one per destination.
-    fn job_finished(&self, outcomes: &[Outcome]);
+    /// One job is done: its outcomes, one per destination, then one per
+    /// referrer and destination.
+    fn job_finished(&self, job: &Job, outcomes: &[Outcome]);
+
+    /// A blob starts moving; `meter` counts its bytes until
+    /// [`Reporter::transfer_finished`] is told of the same meter.
+    fn transfer_started(&self, _meter: &Arc<Meter>) {}
+
+    /// The blob stopped moving: done, failed or dropped.
+    fn transfer_finished(&self, _meter: &Arc<Meter>) {}
 }
 
 /// A reporter that ignores everything.
 pub struct Silent;
 
 impl Reporter for Silent {
-    fn job_finished(&self, _: &[Outcome]) {}
+    fn job_finished(&self, _: &Job, _: &[Outcome]) {}
 }
 
 /// Runs jobs against registries; holds what the run has learned.
 pub struct Engine {
     client: Arc<RegistryClient>,
+    /// Told of jobs and transfers as they go.
+    reporter: Arc<dyn Reporter>,
     spool: Spool,
     options: Options,
     /// The one write of each object into each repository. The first caller
@@ -135,10 +147,15 @@ fn cancelled(job: &Job) -> Vec<Outcome> {
 }
 
 impl Engine {
-    /// An engine using `client`, with a fresh spool.
-    pub fn new(client: Arc<RegistryClient>, options: Options) -> Result<Engine> {
+    /// An engine using `client`, with a fresh spool, telling `reporter`.
+    pub fn new(
+        client: Arc<RegistryClient>,
+        options: Options,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Engine> {
         Ok(Engine {
             client,
+            reporter,
             spool: Spool::new()?,
             options,
             writes: Mutex::default(),
@@ -155,10 +172,11 @@ impl Engine {
     }
 
     /// Runs every job, `options.jobs` at a time, and summarises.
-    pub async fn run(&self, jobs: &[Job], reporter: &dyn Reporter) -> Summary {
+    pub async fn run(&self, jobs: &[Job]) -> Summary {
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();
-        reporter.started(jobs.len());
+        let pairs = jobs.iter().map(|job| job.destinations.len()).sum();
+        self.reporter.started(jobs.len(), pairs);
         self.source_tags.budget(jobs);
         // Jobs wait on each other only through registry permits (in the
         // client) and the per-object write cells.
@@ -178,7 +196,7 @@ impl Engine {
                         } => cancelled(job),
                     }
                 };
-                reporter.job_finished(&outcomes);
+                self.reporter.job_finished(job, &outcomes);
                 (i, outcomes)
             })
             .buffer_unordered(self.options.jobs.max(1))

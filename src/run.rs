@@ -28,12 +28,12 @@ const VERIFY_IN_FLIGHT: usize = 8;
 
 /// Brings every job of `plan` up to date (see [`crate::copy`]); sources
 /// whose tags could not be listed are failed outcomes in the summary.
-pub async fn sync(plan: Plan, options: Options, reporter: &dyn Reporter) -> Result<Summary> {
+pub async fn sync(plan: Plan, options: Options, reporter: Arc<dyn Reporter>) -> Result<Summary> {
     let client = Arc::new(RegistryClient::new(plan.registries.clone())?);
     let (jobs, failures, listed) = listed_jobs(&client, plan).await;
-    let engine = Engine::new(client, options)?;
+    let engine = Engine::new(client, options, reporter)?;
     engine.know_tags(listed);
-    let mut summary = engine.run(&jobs, reporter).await;
+    let mut summary = engine.run(&jobs).await;
     summary.outcomes.splice(0..0, failures);
     Ok(summary)
 }

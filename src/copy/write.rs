@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::OnceCell;
 
-use super::Engine;
+use super::{Engine, Reporter};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::plan::Job;
 use crate::reference::Repository;
+use crate::registry::meter::{Direction, Meter};
 use crate::registry::{Intent, Mount};
 use crate::source::Image;
 
@@ -101,9 +102,30 @@ impl Engine {
     pub(super) async fn spooled(&self, job: &Job, blob: &Descriptor) -> Result<PathBuf> {
         self.spool
             .get(&blob.digest, |path| async move {
-                job.source.fetch_blob(&self.client, blob, &path).await
+                let shown = self.show(Direction::Download, job, &job.source.to_string(), blob);
+                job.source
+                    .fetch_blob(&self.client, blob, &path, &shown.meter)
+                    .await
             })
             .await
+    }
+
+    /// A meter for `blob` moving to or from `peer`, shown to the reporter
+    /// until the returned guard drops (the transfer ended, or its job was
+    /// dropped).
+    fn show(&self, direction: Direction, job: &Job, peer: &str, blob: &Descriptor) -> Shown<'_> {
+        let meter = Arc::new(Meter::new(
+            direction,
+            (&job.image, &job.reference),
+            peer,
+            &blob.digest,
+            blob.size,
+        ));
+        self.reporter.transfer_started(&meter);
+        Shown {
+            reporter: self.reporter.as_ref(),
+            meter,
+        }
     }
 
     /// Puts `blob` into `repository` once per run: mount if a sibling
@@ -138,7 +160,10 @@ impl Engine {
                     }
                 }
                 let path = self.spooled(job, blob).await?;
-                self.client.upload_blob(repository, blob, &path, session).await?;
+                let shown = self.show(Direction::Upload, job, &repository.to_string(), blob);
+                self.client
+                    .upload_blob(repository, blob, &path, session, &shown.meter)
+                    .await?;
                 self.record(repository, &blob.digest);
                 Ok::<_, Error>(Written::Uploaded)
             })
@@ -259,5 +284,19 @@ impl Engine {
             // Give the other writer a moment to finish its link files.
             tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(tries))).await;
         }
+    }
+}
+
+/// A transfer the reporter was told of; tells it the transfer ended when
+/// dropped, however its future ended.
+pub(super) struct Shown<'a> {
+    reporter: &'a dyn Reporter,
+    /// What the verbs count into.
+    pub(super) meter: Arc<Meter>,
+}
+
+impl Drop for Shown<'_> {
+    fn drop(&mut self) {
+        self.reporter.transfer_finished(&self.meter);
     }
 }

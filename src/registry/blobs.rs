@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use super::body::{Answer, header, neutral};
 use super::deadline::Watch;
 use super::http::resolve_link;
+use super::meter::Meter;
 use super::retry::{self, Attempt};
 use super::{Access, Intent, RegistryClient};
 use crate::digest::{Digest, Verifier};
@@ -73,10 +74,13 @@ impl RegistryClient {
         repository: &Repository,
         blob: &Descriptor,
         path: &Path,
+        meter: &Meter,
     ) -> Result<()> {
         let url = self.url(repository, &["blobs", blob.digest.as_str()], &[])?;
         retry::run(|| async {
-            let result = self.download_once(repository, blob, &url, path).await;
+            let result = self
+                .download_once(repository, blob, &url, path, meter)
+                .await;
             match &result {
                 Err(Error::Transport { source, .. }) if retry::transport_is_retryable(source) => {
                     tracing::debug!(%url, error = %source, "blob download broke");
@@ -104,7 +108,9 @@ impl RegistryClient {
         blob: &Descriptor,
         url: &str,
         path: &Path,
+        meter: &Meter,
     ) -> Result<()> {
+        meter.restart();
         let answer = self
             .pull(repository, Method::GET, url, &|r, _| r)
             .await?
@@ -120,6 +126,7 @@ impl RegistryClient {
             if verifier.overrun() {
                 break;
             }
+            meter.add(chunk.len() as u64);
             writer.write(chunk).await?;
         }
         writer.finish().await?;
@@ -191,6 +198,7 @@ impl RegistryClient {
         blob: &Descriptor,
         path: &Path,
         session: Option<String>,
+        meter: &Arc<Meter>,
     ) -> Result<()> {
         let session = Mutex::new(session);
         // Once a PUT is refused for its size, every later attempt goes
@@ -199,15 +207,15 @@ impl RegistryClient {
         retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
             let mut result = if in_parts.load(Ordering::Relaxed) {
-                self.upload_in_parts(repository, blob, path).await
+                self.upload_in_parts(repository, blob, path, meter).await
             } else {
-                self.upload_once(repository, blob, path, session).await
+                self.upload_once(repository, blob, path, session, meter).await
             };
             if matches!(&result, Err(Error::Status { method, status: 413, .. }) if method == "PUT") {
                 // Too large for one request here: in parts, in a new session.
                 tracing::debug!(%repository, digest = %blob.digest, "one PUT refused for its size (413); uploading in parts");
                 in_parts.store(true, Ordering::Relaxed);
-                result = self.upload_in_parts(repository, blob, path).await;
+                result = self.upload_in_parts(repository, blob, path, meter).await;
             }
             // The PUT is sent once per attempt (its body is a stream), so its
             // failures are retried here, with a new upload session; the POST
@@ -253,7 +261,9 @@ impl RegistryClient {
         repository: &Repository,
         blob: &Descriptor,
         path: &Path,
+        meter: &Meter,
     ) -> Result<()> {
+        meter.restart();
         let mut location = self.open_session(repository).await?;
         let file = Arc::new(
             std::fs::File::open(path)
@@ -292,6 +302,7 @@ impl RegistryClient {
                 )
                 .await?;
             location = Self::location(&answer.response, &location)?;
+            meter.add(len);
             offset += len;
         }
         let url = Self::closing_url(&location, &blob.digest)?;
@@ -330,7 +341,9 @@ impl RegistryClient {
         blob: &Descriptor,
         path: &Path,
         session: Option<String>,
+        meter: &Arc<Meter>,
     ) -> Result<()> {
+        meter.restart();
         let upload_url = match session {
             Some(url) => url,
             None => self.open_session(repository).await?,
@@ -349,12 +362,19 @@ impl RegistryClient {
         let url = Self::closing_url(&upload_url, &blob.digest)?;
         let path = path.to_path_buf();
         let size = blob.size;
+        let meter = meter.clone();
         let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
             // Opened per attempt; `send` builds the request once (not idempotent).
             // The body reports its progress: a target that stops reading
             // stalls the upload, a slow one that keeps reading never does.
             let body = match std::fs::File::open(&path) {
-                Ok(file) => reqwest::Body::wrap_stream(watch.body(crate::spool::read_chunks(file))),
+                Ok(file) => {
+                    let meter = meter.clone();
+                    let chunks = crate::spool::read_chunks(file).inspect_ok(move |chunk| {
+                        meter.add(chunk.len() as u64);
+                    });
+                    reqwest::Body::wrap_stream(watch.body(chunks))
+                }
                 // Never an empty body standing in for the blob: the request fails.
                 Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {
                     Err::<Bytes, _>(error)

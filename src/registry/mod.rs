@@ -9,7 +9,8 @@
 //! - `http`: the reqwest client, redirects, `Link` and `Location` URLs;
 //! - `body`: reading answers within deadlines and size caps;
 //! - [`auth`]: credentials, challenges, the token exchange;
-//! - `manifests`, `blobs`: the verbs;
+//! - `manifests`, `blobs`: the verbs; [`meter`]: a blob's bytes as they
+//!   move, for a live view;
 //! - [`limits`], [`retry`], [`deadline`]: what every request passes through
 //!   (concurrency and quotas, what is retried, idle time-outs);
 //! - [`ecr`]: ECR Public repositories.
@@ -26,6 +27,7 @@ pub mod ecr;
 mod http;
 pub mod limits;
 mod manifests;
+pub mod meter;
 pub mod options;
 pub mod retry;
 

@@ -13,6 +13,7 @@ use super::{
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
+use crate::registry::meter::Meter;
 use crate::registry::{Intent, RegistryClient};
 
 impl Source {
@@ -65,16 +66,21 @@ impl Source {
         }
     }
 
-    /// Writes the verified blob to `to`.
+    /// Writes the verified blob to `to`, counting its bytes into `meter`.
     pub async fn fetch_blob(
         &self,
         client: &RegistryClient,
         blob: &Descriptor,
         to: &Path,
+        meter: &Meter,
     ) -> Result<()> {
         match self {
-            Source::Registry(repository) => client.download_blob(repository, blob, to).await,
-            Source::Layout(layout) => layout.copy_blob(blob, to).await,
+            Source::Registry(repository) => client.download_blob(repository, blob, to, meter).await,
+            Source::Layout(layout) => {
+                layout.copy_blob(blob, to).await?;
+                meter.add(blob.size);
+                Ok(())
+            }
         }
     }
 

@@ -9,6 +9,8 @@
 //!   credentials, output, fan-out, deadlines, spool, overlapping runs,
 //!   signals, stored corruption.
 //! - `seeds`: the five seed scenarios in `examples/`.
+//! - `terminal`: what a user sees on a terminal (a pseudo-terminal, replayed
+//!   through a terminal emulator).
 //! - `support`: registries, the token issuer, the fault proxy, the stand-in
 //!   server, image generation, the independent deep check.
 
@@ -18,3 +20,4 @@ mod hostile;
 mod seeds;
 mod support;
 mod sync;
+mod terminal;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::render::{self, github, json};
 use anyhow::{Context, anyhow};
+use indicatif::MultiProgress;
 use regmirror::containerd;
 use regmirror::copy::Options;
 use regmirror::import;
@@ -63,7 +64,7 @@ fn load_plan(args: &ConfigArgs, selection: Option<&SelectionArgs>) -> Result<Pla
 }
 
 /// Runs the command `cli` names; its exit code.
-pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
+pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
     let rows = match cli.verbosity() {
         Verbosity::Quiet => render::Rows::None,
         Verbosity::Normal => render::Rows::Changed,
@@ -140,7 +141,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 jobs,
                 ..Options::default()
             };
-            sync("sync", plan, options, show_progress, rows, &report).await
+            sync("sync", plan, options, bars, rows, &report).await
         }
         Command::Copy {
             source,
@@ -155,7 +156,7 @@ pub async fn run(cli: Cli, show_progress: bool) -> Result<u8, Failure> {
                 let settings = load_plan(&ConfigArgs { config }, None)?;
                 plan.registries = settings.registries;
             }
-            sync("copy", plan, Options::default(), false, rows, &report).await
+            sync("copy", plan, Options::default(), bars, rows, &report).await
         }
         Command::Verify {
             config,
@@ -185,7 +186,7 @@ async fn sync(
     command: &str,
     plan: Plan,
     mut options: Options,
-    show_progress: bool,
+    bars: Option<MultiProgress>,
     rows: render::Rows,
     report: &ReportArgs,
 ) -> Result<u8, Failure> {
@@ -193,9 +194,9 @@ async fn sync(
     options.cancel = cancel.clone();
     let signal = Arc::new(AtomicI32::new(0));
     let signals = signals::on_signal(cancel.clone(), signal.clone());
-    let progress = Progress::new(command, show_progress);
+    let progress = Arc::new(Progress::new(command, bars));
     // The spool is gone when this returns, before the reports are written.
-    let mut summary = library::sync(plan, options, &progress).await?;
+    let mut summary = library::sync(plan, options, progress.clone()).await?;
     progress.finish();
     if cancel.is_cancelled() {
         // Stored before the token was cancelled.

@@ -9,7 +9,7 @@
 //! - `cli`: the arguments (clap).
 //! - `commands`: one function per command; each loads a plan, calls the
 //!   library's `run` facade (or a pure function), and prints.
-//! - `progress`: the terminal progress bar and the Actions log group.
+//! - `progress`: the terminal's progress bars and the Actions log group.
 //! - `reports`: `--json`, `--summary` and annotations, after a run.
 //! - `signals`: SIGINT/SIGTERM cancel the run.
 //! - `output`: stderr that no registry text can turn into a workflow command.
@@ -44,17 +44,19 @@ fn main() -> ExitCode {
     let level = match verbosity {
         // Failures are listed after the run.
         Verbosity::Quiet => "off",
-        // A progress bar says what the info lines would.
-        Verbosity::Normal if show_progress => "warn",
+        // One line per change; on a terminal they print above the bars.
         Verbosity::Normal => "info",
         Verbosity::Verbose => "debug",
         Verbosity::Headers => "trace",
     };
+    // The bars, drawn on stderr; log lines are written through them.
+    let bars = show_progress.then(indicatif::MultiProgress::new);
+    let stderr = output::NeutralStderr { bars: bars.clone() };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| output::NeutralStderr)
+        .with_writer(move || stderr.clone())
         .with_target(false)
         .without_time()
         .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli, show_progress)) {
+    match runtime.block_on(commands::run(cli, bars)) {
         Ok(code) => ExitCode::from(code),
         Err(commands::Failure { code, error }) => {
             eprintln!("{}", github::neutralize(&format!("error: {error:#}")));

@@ -35,6 +35,8 @@ pub enum Action {
     Headers(HeaderFn),
     /// Forward, leaving out this response header (lower case).
     StripHeader(&'static str),
+    /// Forward both bodies at this many bytes per second (a slow link).
+    Throttle(usize),
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -219,7 +221,11 @@ fn serve(
         _ => None,
     };
     let limit = cut_request.unwrap_or(content_length);
-    if std::io::copy(&mut (&mut reader).take(limit as u64), &mut server).is_err() {
+    let rate = match &action {
+        Some((Action::Throttle(rate), _)) => Some(*rate),
+        _ => None,
+    };
+    if paced_copy(&mut (&mut reader).take(limit as u64), &mut server, rate).is_err() {
         return;
     }
     if cut_request.is_some() {
@@ -277,6 +283,29 @@ fn serve(
         }
         _ => {}
     }
-    let _ = std::io::copy(&mut response, &mut client);
+    let _ = paced_copy(&mut response, &mut client, rate);
     let _ = client.shutdown(Shutdown::Write);
+}
+
+/// Copies `from` to `to`, at most `rate` bytes per second if given.
+fn paced_copy(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    rate: Option<usize>,
+) -> std::io::Result<u64> {
+    let Some(rate) = rate else {
+        return std::io::copy(from, to);
+    };
+    // Tenths of a second: a slow link moves steadily, never in bursts.
+    let mut chunk = vec![0; (rate / 10).max(1)];
+    let mut moved = 0;
+    loop {
+        let n = from.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(moved);
+        }
+        to.write_all(&chunk[..n])?;
+        moved += n as u64;
+        std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+    }
 }
