@@ -373,7 +373,7 @@ impl RegistryClient {
                     let chunks = crate::spool::read_chunks(file).inspect_ok(move |chunk| {
                         meter.add(chunk.len() as u64);
                     });
-                    reqwest::Body::wrap_stream(watch.body(chunks))
+                    reqwest::Body::wrap_stream(watch.body(chunks, size))
                 }
                 // Never an empty body standing in for the blob: the request fails.
                 Err(error) => reqwest::Body::wrap_stream(futures::stream::once(async move {

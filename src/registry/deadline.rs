@@ -86,8 +86,16 @@ impl Watch {
         }
     }
 
-    /// `body` (a streamed request body) reporting its progress here.
-    pub fn body<S>(self: &Arc<Self>, body: S) -> impl Stream<Item = std::io::Result<Bytes>> + use<S>
+    /// `body` (a streamed request body of `length` bytes) reporting its
+    /// progress here. The body counts as sent once `length` bytes passed:
+    /// with a `Content-Length`, hyper never asks a stream for more, so its
+    /// end is never seen (and a slow link may still be draining megabytes
+    /// of socket buffers by then).
+    pub fn body<S>(
+        self: &Arc<Self>,
+        body: S,
+        length: u64,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + use<S>
     where
         S: Stream<Item = std::io::Result<Bytes>>,
     {
@@ -99,9 +107,12 @@ impl Watch {
         .filter_map(futures::future::ready);
         body.inspect(move |chunk| {
             if let Ok(chunk) = chunk {
-                moving
+                let before = moving
                     .moved
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if before + chunk.len() as u64 >= length {
+                    moving.sent.store(true, Ordering::Relaxed);
+                }
             }
         })
         .chain(end)
@@ -239,8 +250,23 @@ mod tests {
         assert_eq!(start.elapsed(), window);
 
         let watch = Watch::new();
-        let body = watch.body(futures::stream::iter([Ok(Bytes::from_static(b"x"))]));
+        let body = watch.body(futures::stream::iter([Ok(Bytes::from_static(b"x"))]), 1);
         let _: Vec<_> = body.collect().await;
+        let start = Instant::now();
+        watch.stalled(window).await;
+        assert_eq!(start.elapsed(), window * WINDOWS_AFTER_UPLOAD);
+    }
+
+    /// hyper stops asking a body for more once `Content-Length` bytes came:
+    /// the body is sent then, though its stream never ended.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_sent_once_its_length_has_passed() {
+        let window = Duration::from_secs(30);
+        let watch = Watch::new();
+        let endless = futures::stream::iter([Ok(Bytes::from_static(b"xy"))])
+            .chain(futures::stream::pending());
+        let mut body = std::pin::pin!(watch.body(endless, 2));
+        assert!(body.next().await.is_some());
         let start = Instant::now();
         watch.stalled(window).await;
         assert_eq!(start.elapsed(), window * WINDOWS_AFTER_UPLOAD);

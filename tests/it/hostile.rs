@@ -498,6 +498,70 @@ async fn a_trickling_body_is_a_stall() {
     );
 }
 
+/// A layer whose upload takes several times the idle time-out, over a slow
+/// link that keeps moving, lands (issue 14: with reqwest's `read_timeout`,
+/// which runs from the request to the response head, reqwest#2784, a
+/// 48 MiB layer over a 320 KiB/s uplink never arrived). Here a 6 MiB layer
+/// goes at 1.5 MiB/s against a 1 s time-out: more than the kernel buffers,
+/// so the body is still being written long after the time-out has passed.
+#[tokio::test]
+async fn an_upload_longer_than_the_time_out_that_keeps_moving_lands() {
+    let upstream = Registry::start(Auth::None);
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        layer_size: 6 << 20,
+        attestations: false,
+        base: 401,
+        ..Spec::new("team/big", "v1", false)
+    });
+    images::push(&upstream.url(), "team/big", "v1", &image).await;
+    let target = Registry::start(Auth::None);
+    let slow = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                usize::MAX,
+                Action::Throttle(3 << 19),
+            )
+            .larger_than(1 << 20),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .registries(&format!("  {}:\n    timeout: 1s\n", slow.host))
+        .target("t0", &format!("{}/m", slow.host))
+        .image("big", &format!("{}/team/big", upstream.host), "[v1]")
+        .write(dir.path());
+    let started = Instant::now();
+    let run = regmirror(dir.path(), &["sync"], &[]);
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.all());
+    // Each blob was PUT once: no slow upload was cut and retried.
+    let puts = slow
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(puts, image.blobs.len(), "{}", run.all());
+    let large = image
+        .blobs
+        .iter()
+        .filter(|(_, b)| b.len() > 1 << 20)
+        .count();
+    assert!(
+        large >= 2 && slow.applied(0) == large,
+        "{large} large blobs"
+    );
+    // Several time-outs long: a total time-out of 1 s would have cut it.
+    assert!(took > Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        deep_check(&target.host, "m/team/big", "v1").await,
+        TagState::Complete(image.root.0.clone())
+    );
+}
+
 /// A report file that cannot be written is named on stderr and leaves the
 /// run's exit code as the copies made it.
 #[tokio::test]
