@@ -120,6 +120,12 @@ pub struct Defaults {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub require_platforms: Option<Vec<Spanned<String>>>,
+    /// Platforms (`os/arch[/variant]`) to keep of each multi-platform
+    /// image: targets get a new index holding only those (with their
+    /// attestations), whose digest differs from the source's.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `immutable`: every tag, or the tags a regular expression matches.
@@ -167,6 +173,10 @@ pub struct ImageEntry {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub require_platforms: Option<Vec<Spanned<String>>>,
+    /// Platforms to keep of this image, instead of `defaults.platforms`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// The JSON Schema of `mirror.yaml`, pretty-printed, for editors

@@ -18,6 +18,9 @@
 //!    One writer per (registry, repository, object): two tags of one
 //!    repository sharing layers wait for each other instead of racing.
 //! 5. **Verify.** HEAD the tag again; it must name the source digest.
+//!
+//! A job with `platforms` writes the index cut from the source's instead,
+//! and compares the targets with that (`platforms`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -41,6 +44,7 @@ use crate::report::{Failure, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
+mod platforms;
 mod referrers;
 mod write;
 
@@ -325,6 +329,36 @@ impl Engine {
                 Err(error) => return fail_all(error),
             },
         };
+        // With `platforms`, the targets should hold the index cut from the
+        // source's; reports still name the source's digest.
+        let upstream = source_digest.clone();
+        let (source_digest, root) = if job.platforms.is_empty() {
+            (source_digest, root)
+        } else {
+            match self.cut(job, &source_digest, root, &befores).await {
+                Ok(platforms::Cut::Index(index)) => (index.digest.clone(), Some(*index)),
+                Ok(platforms::Cut::Current) => {
+                    return job
+                        .destinations
+                        .iter()
+                        .zip(befores)
+                        .map(|(d, held)| Outcome {
+                            source_digest: Some(upstream.clone()),
+                            after: held.ok().flatten(),
+                            duration: started.elapsed(),
+                            ..Outcome::new(
+                                &job.image,
+                                &d.tag,
+                                &d.name,
+                                d.reference(),
+                                Status::Present,
+                            )
+                        })
+                        .collect();
+                }
+                Err(error) => return fail_all(error),
+            }
+        };
         let source = Some(&source_digest);
 
         let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
@@ -368,6 +402,10 @@ impl Engine {
         results
             .into_iter()
             .map(|o| o.expect("every destination got an outcome"))
+            .map(|o| Outcome {
+                source_digest: o.source_digest.map(|_| upstream.clone()),
+                ..o
+            })
             .collect()
     }
 

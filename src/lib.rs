@@ -7,7 +7,9 @@
 //! Pure data and rules (no I/O, no HTTP client):
 //!
 //! - [`reference`](mod@reference), [`digest`], [`manifest`]: the OCI nouns. A manifest keeps
-//!   its exact bytes; digests are checked as bytes stream.
+//!   its exact bytes; digests are checked as bytes stream. The one manifest
+//!   regmirror writes itself is an index cut to `platforms`
+//!   ([`manifest::platforms`]).
 //! - [`config`]: `mirror.yaml` as written, with line and column of each value.
 //! - [`plan`]: the file resolved into jobs (image × tag → destinations), or
 //!   every problem with its place; `--only`/`--target` selection;
@@ -26,8 +28,8 @@
 //! - [`verify`]: digest equality across source and targets, optionally deep,
 //!   optionally by content.
 //! - [`registry`]: the HTTP client every request passes through (options,
-//!   auth, deadlines, limits, retries, the manifest and blob verbs, ECR
-//!   Public repositories).
+//!   auth, deadlines, limits, retries, the manifest and blob verbs, a
+//!   meter of each transfer for progress bars, ECR Public repositories).
 //! - [`source`], [`layout`]: where images are read from (a registry, or an
 //!   OCI layout directory); [`spool`]: blobs on disk while jobs need them.
 //! - [`github`]: a GitHub project's release tags (octocrab).

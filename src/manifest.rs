@@ -4,6 +4,8 @@
 //! push, so the digest never changes. We parse only what the copy needs: the
 //! media type, the children of an index, and the blobs of an image.
 
+pub mod platforms;
+
 use std::fmt;
 
 use bytes::Bytes;

@@ -62,6 +62,8 @@ pub struct Job {
     pub immutable: bool,
     /// Platforms the image must publish (`require_platforms`).
     pub require_platforms: Vec<Platform>,
+    /// Platforms to keep of an index (`platforms`); empty keeps all.
+    pub platforms: Vec<Platform>,
 }
 
 /// Which tags of an image are immutable (`immutable` in `mirror.yaml`).
@@ -107,6 +109,8 @@ pub struct TagQuery {
     pub immutable: Immutable,
     /// Platforms each image must publish.
     pub require_platforms: Vec<Platform>,
+    /// Platforms to keep of each index; empty keeps all.
+    pub platforms: Vec<Platform>,
 }
 
 impl TagQuery {
@@ -130,6 +134,7 @@ impl TagQuery {
                 referrers: self.referrers,
                 immutable: self.immutable.covers(tag),
                 require_platforms: self.require_platforms.clone(),
+                platforms: self.platforms.clone(),
             })
             .collect()
     }
@@ -146,6 +151,8 @@ pub struct Plan {
     pub registries: HashMap<String, RegistryOptions>,
     /// Target names defined in the file.
     pub target_names: Vec<String>,
+    /// What `check` should say of settings with consequences (`platforms`).
+    pub notes: Vec<String>,
 }
 
 /// What the command line selected: `--only` globs and `--target` names.

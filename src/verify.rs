@@ -16,6 +16,7 @@ use futures::{StreamExt, stream};
 
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
+use crate::manifest::platforms;
 use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::{Intent, RegistryClient};
@@ -52,6 +53,9 @@ pub struct Check {
     pub destination: String,
     /// The source's digest, when known.
     pub source: Option<Digest>,
+    /// The index `platforms` cut from the source's, which the target
+    /// should hold instead, when it differs from the source's.
+    pub cut: Option<Digest>,
     /// The target's digest, when it has the tag.
     pub found: Option<Digest>,
     /// The verdict.
@@ -105,6 +109,7 @@ async fn verify_job(
             target: d.name.clone(),
             destination: d.reference(),
             source: source.cloned(),
+            cut: None,
             found,
             state,
         };
@@ -132,6 +137,32 @@ async fn verify_job(
                 .collect();
         }
     };
+    // With `platforms`, the target should hold the index cut from the source's.
+    let mut image: Option<Result<Image>> = None;
+    let mut cut = None;
+    if !job.platforms.is_empty() {
+        let index = match job.source.manifest(client, &source, None).await {
+            Ok(root) => platforms::select(&root, &job.platforms),
+            Err(error) => Err(error),
+        };
+        match index {
+            Ok(index) if index.digest != source => {
+                cut = Some(index.digest.clone());
+                if depth != Depth::Tag {
+                    image = Some(job.source.read_tree(client, index).await);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return job
+                    .destinations
+                    .iter()
+                    .map(|d| check(d, Some(&source), None, error_state(&error)))
+                    .collect();
+            }
+        }
+    }
+    let wanted = cut.clone().unwrap_or_else(|| source.clone());
     let founds = join_all(
         job.destinations
             .iter()
@@ -140,12 +171,10 @@ async fn verify_job(
     .await;
     let any_match = founds
         .iter()
-        .any(|f| matches!(f, Ok(Some(d)) if *d == source));
-    let image: Option<Result<Image>> = if depth != Depth::Tag && any_match {
-        Some(job.source.read_image(client, &source).await)
-    } else {
-        None
-    };
+        .any(|f| matches!(f, Ok(Some(d)) if *d == wanted));
+    if image.is_none() && depth != Depth::Tag && any_match {
+        image = Some(job.source.read_image(client, &source).await);
+    }
 
     let mut checks = Vec::new();
     for (destination, found) in job.destinations.iter().zip(founds) {
@@ -155,7 +184,7 @@ async fn verify_job(
             }
             (Err(error), _) => error_state(error),
             (Ok(None), _) => State::Missing,
-            (Ok(Some(digest)), _) if *digest != source => State::Mismatch,
+            (Ok(Some(digest)), _) if *digest != wanted => State::Mismatch,
             (Ok(Some(_)), Some(Err(error))) => error_state(error),
             (Ok(Some(_)), Some(Ok(image))) => {
                 let lacking = match depth {
@@ -170,12 +199,10 @@ async fn verify_job(
             }
             (Ok(Some(_)), None) => State::Match,
         };
-        checks.push(check(
-            destination,
-            Some(&source),
-            found.ok().flatten(),
-            state,
-        ));
+        checks.push(Check {
+            cut: cut.clone(),
+            ..check(destination, Some(&source), found.ok().flatten(), state)
+        });
     }
     checks
 }
@@ -279,10 +306,14 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                 State::Mismatch => failure(
                     FailureKind::Verification,
                     format!(
-                        "`{}` serves `{}` but the source has `{}`",
+                        "`{}` serves `{}` but the source has `{}`{}",
                         c.destination,
                         c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
-                        c.source.as_ref().map(Digest::as_str).unwrap_or("-")
+                        c.source.as_ref().map(Digest::as_str).unwrap_or("-"),
+                        c.cut
+                            .as_ref()
+                            .map(|cut| format!(", cut by `platforms` to `{cut}`"))
+                            .unwrap_or_default()
                     ),
                 ),
                 State::Incomplete(parts) => failure(

@@ -240,6 +240,7 @@ impl Engine {
                     referrers: false,
                     immutable: false,
                     require_platforms: Vec::new(),
+                    platforms: Vec::new(),
                 };
                 outcomes.extend(self.copy_job(&sub).await);
             }

@@ -12,7 +12,7 @@ use super::tags::{Releases, TagFilter, anchored, semver_range};
 use super::{Destination, Immutable, Job, Plan, TagQuery};
 use crate::config::{ConfigFile, ImmutableTags, Problem, Problems, TagSelector, Tags, problem_at};
 use crate::digest::Digest;
-use crate::manifest::Platform;
+use crate::manifest::{self, Platform};
 use crate::reference::{Reference, Repository, valid_tag};
 use crate::source::Source;
 
@@ -66,6 +66,7 @@ fn valid_name(name: &str) -> bool {
 /// Checks a parsed file and resolves it into a plan, or returns every problem.
 pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     if file.version.value != 1 {
         problems.push(problem_at(
             &file.version,
@@ -310,6 +311,26 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
             (None, Some(list)) => platforms(list, "defaults.require_platforms", &mut problems),
             (None, None) => Vec::new(),
         };
+        let keep = match (&entry.platforms, &file.defaults.platforms) {
+            (Some(list), _) => platforms(list, &place("platforms"), &mut problems),
+            (None, Some(list)) => platforms(list, "defaults.platforms", &mut problems),
+            (None, None) => Vec::new(),
+        };
+        if !keep.is_empty() {
+            for wanted in &require_platforms {
+                if !keep.iter().any(|kept| wanted.satisfies(kept)) {
+                    problems.push(problem_at(
+                        &entry.source,
+                        place("platforms"),
+                        format!("`require_platforms` wants {wanted}, which `platforms` leaves out; add it to `platforms`"),
+                    ));
+                }
+            }
+            notes.push(format!(
+                "{name}: `platforms` keeps {} of each multi-platform image: its targets get a new index holding only those (and their attestations), so their digest differs from the source's; `verify` compares them with the index cut from the source",
+                manifest::platforms::list(&keep)
+            ));
+        }
         let source = Arc::new(Source::Registry(reference.repository.clone()));
         if let Some(filter) = filter {
             queries.push(TagQuery {
@@ -321,6 +342,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 referrers,
                 immutable: immutable.clone(),
                 require_platforms: require_platforms.clone(),
+                platforms: keep.clone(),
             });
         }
         for tag in tags {
@@ -345,6 +367,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 referrers,
                 immutable: immutable.covers(&tag.value),
                 require_platforms: require_platforms.clone(),
+                platforms: keep.clone(),
             });
         }
     }
@@ -361,6 +384,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         queries,
         registries,
         target_names: file.targets.keys().cloned().collect(),
+        notes,
     })
 }
 
@@ -730,6 +754,47 @@ images:
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].line, 12);
         assert_eq!(problems[0].place, "images[1].require_platforms[1]");
+    }
+
+    #[test]
+    fn kept_platforms_come_with_a_note_and_must_keep_the_required_ones() {
+        let config = HEAD.to_string()
+            + "  platforms: [linux/amd64, linux/arm64]\n"
+            + "\
+images:
+  - source: docker.io/a/b
+    tags: [v1]
+  - name: c
+    source: docker.io/a/c
+    tags: [v1]
+    platforms: [linux/arm64]
+";
+        let plan = load("m.yaml", &config).unwrap();
+        let kept: Vec<String> = plan
+            .jobs
+            .iter()
+            .map(|job| crate::manifest::platforms::list(&job.platforms))
+            .collect();
+        assert_eq!(kept, ["linux/amd64,linux/arm64", "linux/arm64"]);
+        assert_eq!(plan.notes.len(), 2);
+        assert!(
+            plan.notes[1]
+                .starts_with("c: `platforms` keeps linux/arm64 of each multi-platform image"),
+            "{:?}",
+            plan.notes
+        );
+        let left_out = config.replace(
+            "    platforms: [linux/arm64]\n",
+            "    platforms: [linux/arm64]\n    require_platforms: [linux/amd64]\n",
+        );
+        let problems = load("m.yaml", &left_out).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].place, "images[1].platforms");
+        assert!(
+            problems[0]
+                .message
+                .contains("wants linux/amd64, which `platforms` leaves out")
+        );
     }
 
     #[test]

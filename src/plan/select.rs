@@ -131,6 +131,7 @@ impl Plan {
                 referrers,
                 immutable: false,
                 require_platforms: Vec::new(),
+                platforms: Vec::new(),
             }],
             ..Plan::default()
         })

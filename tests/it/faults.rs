@@ -368,6 +368,177 @@ async fn require_platforms_fails_an_image_that_lacks_one() {
     );
 }
 
+/// `platforms`: an OCI index and a Docker manifest list are cut to the
+/// wanted platforms. The target's tag names a new index holding the kept
+/// entries as the source wrote them (BuildKit attestations of kept
+/// platforms kept), every part present, the rest not copied; `check` says
+/// so; reports name both digests. Run again, the OCI index is known current
+/// from its annotations without a manifest GET at the source, the Docker
+/// list by reading the source's list once; `verify` and `verify --deep`
+/// compare the targets with the cut index.
+#[tokio::test]
+async fn platforms_cut_an_index_and_the_next_run_knows_it_current() {
+    let setup = Setup::new(0, 1).await;
+    let up = setup.upstream.url();
+    // amd64, arm64, arm/v7, each with an attestation entry (unknown/unknown).
+    let oci = images::generate(&Spec::new("team/oci", "v1", false));
+    images::push(&up, "team/oci", "v1", &oci).await;
+    let docker = images::generate(&Spec {
+        base: 7,
+        ..Spec::new("team/docker", "v1", true)
+    });
+    images::push(&up, "team/docker", "v1", &docker).await;
+    let host = &setup.upstream.host;
+    let target = &setup.targets[0].host;
+    MirrorYaml::new()
+        .target("t0", &format!("{target}/m"))
+        .image_with(
+            "oci",
+            &format!("{host}/team/oci"),
+            "[v1]",
+            "    platforms: [linux/amd64, linux/arm64]\n",
+        )
+        .image_with(
+            "docker",
+            &format!("{host}/team/docker"),
+            "[v1]",
+            "    platforms: [linux/arm/v7]\n",
+        )
+        .write(setup.dir.path());
+    let check = regmirror(setup.dir.path(), &["check"], &[]);
+    assert_eq!(check.code, 0, "{}", check.all());
+    assert!(
+        check.stdout.contains("note: oci: `platforms` keeps linux/amd64,linux/arm64 of each multi-platform image: its targets get a new index"),
+        "{}",
+        check.stdout
+    );
+
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let result = |image: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["image"] == image)
+            .unwrap()
+            .clone()
+    };
+    let http = reqwest::Client::new();
+    for (name, image, kept) in [
+        (
+            "oci",
+            &oci,
+            &[
+                "linux/amd64",
+                "unknown/unknown",
+                "linux/arm64",
+                "unknown/unknown",
+            ][..],
+        ),
+        ("docker", &docker, &["linux/arm/v7"][..]),
+    ] {
+        let result = result(name);
+        assert_eq!(result["outcome"], "copied", "{result:#}");
+        assert_eq!(result["source_digest"], image.root.0.as_str());
+        let cut = result["target_digest_after"].as_str().unwrap().to_string();
+        assert_ne!(cut, image.root.0);
+        assert_eq!(
+            deep_check(target, &format!("m/team/{name}"), "v1").await,
+            TagState::Complete(cut.clone())
+        );
+        let index: Value = http
+            .get(format!("http://{target}/v2/m/team/{name}/manifests/{cut}"))
+            .header("accept", crate::support::check::ACCEPT)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let source: Value = serde_json::from_slice(&image.root.2).unwrap();
+        let entries = index["manifests"].as_array().unwrap();
+        let platforms: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                let p = &e["platform"];
+                let variant = p["variant"]
+                    .as_str()
+                    .map(|v| format!("/{v}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}/{}{variant}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(platforms, kept, "{index:#}");
+        for entry in entries {
+            assert!(
+                source["manifests"].as_array().unwrap().contains(entry),
+                "an entry the source did not write: {entry:#}"
+            );
+        }
+        // What was cut away was not copied.
+        for left in source["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !entries.contains(e))
+        {
+            let digest = left["digest"].as_str().unwrap();
+            let status = http
+                .head(format!(
+                    "http://{target}/v2/m/team/{name}/manifests/{digest}"
+                ))
+                .header("accept", crate::support::check::ACCEPT)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 404, "{digest} was copied");
+        }
+        assert_eq!(
+            index["annotations"]["dev.regmirror.source.digest"].as_str(),
+            (name == "oci").then_some(image.root.0.as_str()),
+            "{index:#}"
+        );
+    }
+
+    // Up to date: the OCI index is known from the target; the Docker list
+    // makes the source's list be read again (one GET).
+    let mark = setup.upstream.mark();
+    let (again, report) = setup.sync(&[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(outcome(&report, "oci", "t0"), "present");
+    assert_eq!(outcome(&report, "docker", "t0"), "present");
+    let source_gets: Vec<String> = setup
+        .upstream
+        .requests()
+        .into_iter()
+        .skip(mark)
+        .filter(|r| r.method == "GET" && r.is_manifest())
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        source_gets,
+        [format!("/v2/team/docker/manifests/{}", docker.root.0)],
+        "manifest GETs at the source"
+    );
+
+    for args in [&["verify"][..], &["verify", "--deep"]] {
+        let verify = regmirror(setup.dir.path(), args, &[]);
+        assert_eq!(verify.code, 0, "{args:?}: {}", verify.all());
+        assert_eq!(
+            verify.all().matches("ok (platforms)").count(),
+            2,
+            "{}",
+            verify.all()
+        );
+    }
+}
+
 /// GHCR's answers to writes, from a proxy in front of a real target:
 /// - a 429 whose wait is in the body, not in `Retry-After`
 ///   (`retry-after: 1.889377ms, allowed: 2000/minute` on a GHCR blob

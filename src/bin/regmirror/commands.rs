@@ -124,6 +124,9 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
             println!("{}: ok; {}", config.config.display(), plan.size());
+            for note in &plan.notes {
+                println!("note: {note}");
+            }
             Ok(0)
         }
         Command::Sync {

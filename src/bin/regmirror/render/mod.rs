@@ -224,6 +224,7 @@ pub fn verify_table(checks: &[Check]) -> String {
         .iter()
         .map(|c| {
             let state = match &c.state {
+                State::Match if c.cut.is_some() => "ok (platforms)".to_string(),
                 State::Match => "ok".to_string(),
                 State::Mismatch => "MISMATCH".to_string(),
                 State::Missing => "MISSING".to_string(),
@@ -263,10 +264,14 @@ pub fn verify_table(checks: &[Check]) -> String {
                 c.destination
             )),
             State::Mismatch => out.push_str(&format!(
-                "  {} has {} but the source has {}\n",
+                "  {} has {} but the source has {}{}\n",
                 c.destination,
                 c.found.as_ref().map(Digest::as_str).unwrap_or("-"),
-                c.source.as_ref().map(Digest::as_str).unwrap_or("-")
+                c.source.as_ref().map(Digest::as_str).unwrap_or("-"),
+                c.cut
+                    .as_ref()
+                    .map(|cut| format!(", cut by `platforms` to {cut}"))
+                    .unwrap_or_default()
             )),
             _ => {}
         }
