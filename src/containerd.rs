@@ -84,7 +84,7 @@ fn secret_for(auth: &Auth, registry: &str) -> Option<Secret> {
     match auth {
         Auth::None => None,
         Auth::Placeholder(text) => Some(Secret::Placeholder(text.clone())),
-        Auth::Credentials => match auth::lookup(registry)? {
+        Auth::Credentials => match auth::lookup(registry).credential()?.clone() {
             Credential::Basic { username, password } => {
                 Some(Secret::Credential { username, password })
             }

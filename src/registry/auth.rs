@@ -1,10 +1,11 @@
 //! Who we are at each registry, and the tokens that say so.
 //!
 //! Credentials come, in order, from `REGMIRROR_AUTH_<HOST>` (`user:secret`),
-//! `GITHUB_TOKEN` for `ghcr.io`, and the Docker credential chain
-//! (`$DOCKER_CONFIG/config.json`: `auths`, `credHelpers`, `credsStore`), as
-//! `docker/login-action` leaves it. They are redacted from `Debug` and never
-//! put into an error message.
+//! the Docker credential chain (`$DOCKER_CONFIG/config.json`: `auths`,
+//! `credHelpers`, `credsStore`) as `docker login` and `docker/login-action`
+//! leave it, and for `ghcr.io` the job's `GITHUB_TOKEN` as a fallback. An
+//! error says where they were looked for, or which helper failed. They are
+//! redacted from `Debug` and never put into an error message.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -68,29 +69,79 @@ pub fn env_var_name(registry: &str) -> String {
     format!("REGMIRROR_AUTH_{host}")
 }
 
+/// What the credential lookup found for a registry.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// A credential, and where it came from.
+    Found(Credential, String),
+    /// None: where it looked.
+    Missing(Vec<String>),
+    /// A credential helper failed (not the same as none configured).
+    Failed(String),
+}
+
+impl Lookup {
+    /// The credential, if one was found.
+    pub fn credential(&self) -> Option<&Credential> {
+        match self {
+            Lookup::Found(credential, _) => Some(credential),
+            _ => None,
+        }
+    }
+
+    /// Why requests to `registry` went without credentials, and how to add
+    /// them; for an error that a registry refused them.
+    pub fn explain(&self, registry: &str) -> String {
+        match self {
+            Lookup::Found(_, from) => format!("the credentials from {from} were refused"),
+            Lookup::Missing(looked) => format!(
+                "no credentials found (looked at {}): run `docker login {registry}`, or set `{}=user:token`",
+                looked.join(", "),
+                env_var_name(registry)
+            ),
+            Lookup::Failed(why) => format!("{why}, so no credentials were sent"),
+        }
+    }
+}
+
 /// Finds credentials for `registry` (as written: `docker.io`, `ghcr.io`).
 /// Blocking: credential helpers are programs; call it on a blocking thread.
-pub fn lookup(registry: &str) -> Option<Credential> {
-    if let Ok(value) = std::env::var(env_var_name(registry)) {
+pub fn lookup(registry: &str) -> Lookup {
+    lookup_in(registry, &|name| std::env::var(name).ok(), &|key| {
+        docker_credential::get_credential(key)
+    })
+}
+
+/// [`lookup`], with the environment and the Docker credential chain given.
+/// The order is the ecosystem's: `REGMIRROR_AUTH_<HOST>`, then what
+/// `docker login` (or `docker/login-action`) stored, then for `ghcr.io`
+/// the job's `GITHUB_TOKEN` as a fallback only.
+fn lookup_in(
+    registry: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    docker: &dyn Fn(
+        &str,
+    ) -> Result<
+        docker_credential::DockerCredential,
+        docker_credential::CredentialRetrievalError,
+    >,
+) -> Lookup {
+    let variable = env_var_name(registry);
+    if let Some(value) = env(&variable) {
         let (username, password) = value
             .split_once(':')
             .unwrap_or(("regmirror", value.as_str()));
-        return Some(Credential::Basic {
+        let credential = Credential::Basic {
             username: username.to_string(),
             password: password.to_string(),
-        });
+        };
+        return Lookup::Found(credential, format!("`{variable}`"));
     }
-    if registry == "ghcr.io"
-        && let Ok(token) = std::env::var("GITHUB_TOKEN")
-        && !token.is_empty()
-    {
-        let username =
-            std::env::var("GITHUB_ACTOR").unwrap_or_else(|_| "x-access-token".to_string());
-        return Some(Credential::Basic {
-            username,
-            password: token,
-        });
-    }
+    let config = match (env("DOCKER_CONFIG"), env("HOME")) {
+        (Some(dir), _) => format!("{dir}/config.json"),
+        (None, Some(home)) => format!("{home}/.docker/config.json"),
+        (None, None) => "~/.docker/config.json".to_string(),
+    };
     // Docker stores Docker Hub under its v1 index URL, never under `docker.io`
     // (with `credsStore` only the URL form is found).
     let keys: &[&str] = if registry == DOCKER_HUB {
@@ -103,16 +154,71 @@ pub fn lookup(registry: &str) -> Option<Credential> {
     } else {
         &[registry]
     };
-    keys.iter()
-        .find_map(|key| match docker_credential::get_credential(key) {
-            Ok(docker_credential::DockerCredential::UsernamePassword(username, password)) => {
-                Some(Credential::Basic { username, password })
+    let mut failed = None;
+    for key in keys {
+        use docker_credential::{CredentialRetrievalError as Why, DockerCredential};
+        let from = || format!("the Docker config (`{config}`)");
+        match docker(key) {
+            Ok(DockerCredential::UsernamePassword(username, password)) => {
+                return Lookup::Found(Credential::Basic { username, password }, from());
             }
-            Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
-                Some(Credential::IdentityToken(token))
+            Ok(DockerCredential::IdentityToken(token)) => {
+                return Lookup::Found(Credential::IdentityToken(token), from());
             }
-            Err(_) => None,
-        })
+            // Helpers answer "credentials not found in native keychain" for
+            // a server they hold nothing for (docker/docker-credential-helpers):
+            // that is none, not a failure.
+            Err(Why::HelperFailure {
+                helper,
+                stdout,
+                stderr,
+            }) => {
+                let said = if stdout.trim().is_empty() {
+                    stderr
+                } else {
+                    stdout
+                };
+                if !said.contains("credentials not found") {
+                    let said = said.lines().next().unwrap_or_default().trim().to_string();
+                    failed.get_or_insert(format!(
+                        "the credential helper `{helper}` named in `{config}` failed: {}",
+                        super::body::neutral(&said)
+                    ));
+                }
+            }
+            // A config file that is not there is no credentials; one that
+            // is there and cannot be read is a failure to say.
+            Err(Why::ConfigReadError) if !std::path::Path::new(&config).exists() => {}
+            Err(
+                why @ (Why::HelperCommunicationError
+                | Why::MalformedHelperResponse
+                | Why::ConfigReadError),
+            ) => {
+                failed.get_or_insert(format!(
+                    "reading credentials for `{registry}` from `{config}` failed: {why}"
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    if registry == "ghcr.io"
+        && let Some(token) = env("GITHUB_TOKEN").filter(|token| !token.is_empty())
+    {
+        let username = env("GITHUB_ACTOR").unwrap_or_else(|| "x-access-token".to_string());
+        let credential = Credential::Basic {
+            username,
+            password: token,
+        };
+        return Lookup::Found(credential, "`GITHUB_TOKEN`".into());
+    }
+    if let Some(failed) = failed {
+        return Lookup::Failed(failed);
+    }
+    let mut looked = vec![format!("`{variable}`"), format!("`{config}`")];
+    if registry == "ghcr.io" {
+        looked.push("`GITHUB_TOKEN`".into());
+    }
+    Lookup::Missing(looked)
 }
 
 /// How a registry asked us to authenticate (`WWW-Authenticate`).
@@ -281,19 +387,29 @@ pub(super) fn checked_challenge(
 
 impl RegistryClient {
     pub(super) async fn credential(&self, host: &Host) -> Option<Credential> {
-        if self.anonymous {
-            return None;
-        }
+        self.lookup(host).await.credential().cloned()
+    }
+
+    /// What the credential lookup found for `host`, once per run; a
+    /// failing credential helper is warned about then.
+    pub(super) async fn lookup<'a>(&self, host: &'a Host) -> &'a Lookup {
         host.credential
             .get_or_init(|| async {
+                if self.anonymous {
+                    return Lookup::Missing(vec!["nothing (`--anonymous`)".into()]);
+                }
                 let registry = host.registry.clone();
-                tokio::task::spawn_blocking(move || lookup(&registry))
+                let found = tokio::task::spawn_blocking(move || lookup(&registry))
                     .await
-                    .ok()
-                    .flatten()
+                    .unwrap_or_else(|e| {
+                        Lookup::Failed(format!("the credential lookup failed: {e}"))
+                    });
+                if let Lookup::Failed(why) = &found {
+                    tracing::warn!("{}: {why}", host.registry);
+                }
+                found
             })
             .await
-            .clone()
     }
 
     /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
@@ -459,10 +575,9 @@ impl RegistryClient {
         host.health.answered();
         if !response.status().is_success() {
             let status = response.status().as_u16();
-            let identity = if credential.is_some() {
-                "with the configured credentials"
-            } else {
-                "anonymously (no credentials found)"
+            let identity = match self.lookup(host).await {
+                Lookup::Found(_, from) => format!("with the credentials from {from}"),
+                other => format!("without credentials: {}", other.explain(&host.registry)),
             };
             return Err(auth_error(format!(
                 "token request to `{realm}` {identity} answered {status}"
@@ -494,6 +609,94 @@ impl RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use docker_credential::{CredentialRetrievalError as Why, DockerCredential};
+
+    /// An environment of `vars`.
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        }
+    }
+
+    fn source(lookup: &Lookup) -> String {
+        match lookup {
+            Lookup::Found(_, from) => from.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// `REGMIRROR_AUTH_<HOST>`, then `docker login`'s, then (ghcr.io only)
+    /// `GITHUB_TOKEN`: a token in the job's environment does not shadow a
+    /// login the workflow made on purpose.
+    #[test]
+    fn credentials_are_looked_up_in_the_ecosystem_order() {
+        let logged_in = |_: &str| Ok(DockerCredential::UsernamePassword("u".into(), "p".into()));
+        let none = |_: &str| Err(Why::NoCredentialConfigured);
+        let all = env(&[
+            ("REGMIRROR_AUTH_GHCR_IO", "a:b"),
+            ("GITHUB_TOKEN", "t"),
+            ("HOME", "/home/me"),
+        ]);
+        let token_only = env(&[("GITHUB_TOKEN", "t"), ("HOME", "/home/me")]);
+        assert_eq!(
+            source(&lookup_in("ghcr.io", &all, &logged_in)),
+            "`REGMIRROR_AUTH_GHCR_IO`"
+        );
+        assert_eq!(
+            source(&lookup_in("ghcr.io", &token_only, &logged_in)),
+            "the Docker config (`/home/me/.docker/config.json`)"
+        );
+        assert_eq!(
+            source(&lookup_in("ghcr.io", &token_only, &none)),
+            "`GITHUB_TOKEN`"
+        );
+        // GITHUB_TOKEN is for GHCR only.
+        assert!(matches!(
+            lookup_in("quay.io", &token_only, &none),
+            Lookup::Missing(_)
+        ));
+    }
+
+    /// None found: the error says where it looked and how to add them. A
+    /// helper that fails says so; one that holds nothing for the server is
+    /// none (docker-credential-helpers' "credentials not found").
+    #[test]
+    fn a_missing_credential_names_where_it_looked_and_a_failed_helper_says_so() {
+        let config = env(&[("DOCKER_CONFIG", "/ci/docker")]);
+        let none = |_: &str| Err(Why::ConfigNotFound);
+        let missing = lookup_in("ghcr.io", &config, &none).explain("ghcr.io");
+        assert_eq!(
+            missing,
+            "no credentials found (looked at `REGMIRROR_AUTH_GHCR_IO`, `/ci/docker/config.json`, `GITHUB_TOKEN`): run `docker login ghcr.io`, or set `REGMIRROR_AUTH_GHCR_IO=user:token`"
+        );
+        let failing = |_: &str| {
+            Err(Why::HelperFailure {
+                helper: "docker-credential-pass".into(),
+                stdout: String::new(),
+                stderr: "gpg: decryption failed: No secret key\nmore".into(),
+            })
+        };
+        let failed = lookup_in("quay.io", &config, &failing);
+        assert!(matches!(failed, Lookup::Failed(_)));
+        assert_eq!(
+            failed.explain("quay.io"),
+            "the credential helper `docker-credential-pass` named in `/ci/docker/config.json` failed: gpg: decryption failed: No secret key, so no credentials were sent"
+        );
+        let holds_nothing = |_: &str| {
+            Err(Why::HelperFailure {
+                helper: "docker-credential-desktop".into(),
+                stdout: "credentials not found in native keychain\n".into(),
+                stderr: String::new(),
+            })
+        };
+        assert!(matches!(
+            lookup_in("quay.io", &config, &holds_nothing),
+            Lookup::Missing(_)
+        ));
+    }
 
     #[test]
     fn parses_challenges() {

@@ -42,7 +42,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::{Repository, valid_path_component, valid_tag};
-use auth::{Access, Challenge, Credential, Tokens, checked_challenge};
+use auth::{Access, Challenge, Tokens, checked_challenge};
 use body::{Answer, Build, header, neutral, retry_after};
 use deadline::{Fault, Health, Watch};
 use http::{cause_of, http_client, is_certificate_error, origin};
@@ -75,7 +75,7 @@ struct Host {
     /// instead of each sending their own.
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
-    credential: OnceCell<Option<Credential>>,
+    credential: OnceCell<auth::Lookup>,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,
     /// The idle window of every request and body (`timeout`).
@@ -407,11 +407,7 @@ impl RegistryClient {
                 });
             }
             if refreshed {
-                let identity = if self.credential(&host).await.is_some() {
-                    "the configured credentials were refused"
-                } else {
-                    "no credentials found"
-                };
+                let identity = self.lookup(&host).await.explain(&host.registry);
                 return Err(Error::Auth {
                     registry: host.registry.clone(),
                     reason: format!("`{method} {url}` answered 401: {identity}"),
