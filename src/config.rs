@@ -101,7 +101,8 @@ pub struct RateLimitEntry {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
-    /// Target names used by images without `targets`.
+    /// Target names used by images without `targets` (without this, every
+    /// target the file defines).
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub targets: Option<Vec<Spanned<String>>>,
@@ -153,7 +154,7 @@ pub struct ImageEntry {
     /// list, or a selector applied to the source's tags at run time.
     #[serde(default)]
     pub tags: Option<Tags>,
-    /// Target names, instead of `defaults.targets`.
+    /// Target names, instead of `defaults.targets` (or every target).
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub targets: Option<Vec<Spanned<String>>>,

@@ -115,6 +115,12 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
     let mut names = HashSet::new();
     // Who writes each target repository:tag.
     let mut writers: HashMap<(Repository, String), String> = HashMap::new();
+    // What an image without `targets` gets when `defaults` names none.
+    let every_target: Vec<Spanned<String>> = file
+        .targets
+        .iter()
+        .map(|(name, prefix)| Spanned::new(name.clone(), prefix.referenced, prefix.defined))
+        .collect();
     for (i, entry) in file.images.iter().enumerate() {
         let place = |key: &str| format!("images[{i}].{key}");
         let reference = match entry.source.value.parse::<Reference>() {
@@ -212,11 +218,13 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 own
             }
             (None, Some(defaults)) => defaults,
+            // Without `defaults.targets`, every target the file defines.
+            (None, None) if !every_target.is_empty() => &every_target,
             (None, None) => {
                 problems.push(problem_at(
                     &entry.source,
                     place("targets"),
-                    "no targets: set `targets` here or `defaults.targets`",
+                    "no targets: define some under `targets:`",
                 ));
                 continue;
             }
@@ -691,6 +699,18 @@ images:
 
     /// A file's start: one target, the default for every image.
     const HEAD: &str = "version: 1\ntargets:\n  ghcr: ghcr.io/acme\ndefaults:\n  targets: [ghcr]\n";
+
+    #[test]
+    fn without_default_targets_an_image_goes_to_every_target() {
+        let config = "version: 1\ntargets: {a: ghcr.io/x, b: quay.io/y}\nimages: [{source: docker.io/library/alpine, tags: ['3.20']}]\n";
+        let plan = load("m.yaml", config).unwrap();
+        let targets: Vec<&str> = plan.jobs[0]
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(targets, ["a", "b"]);
+    }
 
     #[test]
     fn a_docker_hub_target_deeper_than_namespace_and_name_is_refused() {

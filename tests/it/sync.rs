@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
-use crate::support::{Auth, Registry, Request, auth_env, regmirror, token};
+use crate::support::{Auth, Registry, Request, auth_env, auth_var, regmirror, token};
 use base64::Engine as _;
 
 /// An upstream and three targets: plain, htpasswd, and token auth.
@@ -864,8 +864,8 @@ fn bad_configs_exit_2_naming_the_line() {
             ],
         ),
         (
-            "version: 1\ntargets:\n  a: ghcr.io/x\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
-            &["bad.yaml:5:", "no targets"],
+            "version: 1\nimages:\n  - source: docker.io/a/b\n    tags: [v1]\n",
+            &["bad.yaml:3:", "no targets: define some under `targets:`"],
         ),
         (
             "version: 1\ntargets: {a: ghcr.io/x}\ndefaults: {targets: [a]}\nimages:\n  - source: docker.io/a/b\n    tags:\n      regex: 'v1.(('\n      semver: '>= banana'\n      latest: 0\n  - source: docker.io/c/d\n    tags: {}\n",
@@ -1369,6 +1369,79 @@ async fn credentials_from_a_docker_credential_helper() {
         skopeo_raw(&target.host, "team/app", "v1", target.credentials()).as_deref(),
         Some(image.root.2.as_slice())
     );
+}
+
+/// A credential helper that fails (a locked keychain, `pass` without its
+/// GPG key) is named with its error, as a warning and in the failure (exit
+/// 3), instead of being taken for "no credentials"; with none at all, the
+/// failure says where they were looked for and how to add them.
+#[tokio::test]
+async fn a_failing_helper_is_named_and_missing_credentials_say_where_they_were_looked_for() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Registry::start(Auth::None);
+    let target = Registry::start(Auth::Htpasswd {
+        user: "someone".into(),
+        password: "s3cret-Qx".into(),
+    });
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        ..Spec::new("team/app", "v1", false)
+    });
+    images::push(&upstream.url(), "team/app", "v1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-broken");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\necho 'gpg: decryption failed: No secret key' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), r#"{"credsStore": "broken"}"#).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let copy = |docker: &std::path::Path| {
+        let env = [
+            ("DOCKER_CONFIG".to_string(), docker.display().to_string()),
+            ("PATH".to_string(), path.clone()),
+        ];
+        let source = format!("{}/team/app:v1", upstream.host);
+        let destination = format!("{}/team/app", target.host);
+        regmirror(dir.path(), &["copy", &source, &destination], &env)
+    };
+
+    let run = copy(&broken);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let failed = format!(
+        "the credential helper `docker-credential-broken` named in `{}/config.json` failed: gpg: decryption failed: No secret key",
+        broken.display()
+    );
+    assert_eq!(
+        run.stderr.matches(&failed).count(),
+        3,
+        "warned once, then in the log line and the table's failure:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("no credentials found"),
+        "{}",
+        run.stderr
+    );
+
+    let run = copy(&empty);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let missing = format!(
+        "no credentials found (looked at `{}`, `{}/config.json`): run `docker login {}`, or set `{}=user:token`",
+        auth_var(&target),
+        empty.display(),
+        target.host,
+        auth_var(&target)
+    );
+    assert!(run.stderr.contains(&missing), "{}", run.stderr);
 }
 
 /// `plan --matrix N` feeds `--shard`: the matrix's shards, run as `plan
