@@ -573,6 +573,25 @@ impl RegistryClient {
             .await
             .map_err(|fault| host.fault(&method, realm, fault))?;
         host.health.answered();
+        if response.status() == StatusCode::BAD_REQUEST {
+            // Not the credentials: the request. Docker Hub's token service
+            // refuses a name of more than two components this way
+            // (google/go-containerregistry#1687).
+            let chunks = deadline::body(response, host.window, ())
+                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault)));
+            let mut body = super::body::error_text(chunks).await;
+            if body.contains("invalid repository name") {
+                body.push_str(
+                    " (Docker Hub takes repositories of two components, namespace/name: set `path:` on the image)",
+                );
+            }
+            return Err(Error::Status {
+                method: method.to_string(),
+                url: format!("{realm} (token for {})", access.scopes().join(" ")),
+                status: 400,
+                body,
+            });
+        }
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let identity = match self.lookup(host).await {

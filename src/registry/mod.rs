@@ -54,6 +54,10 @@ pub use body::MAX_JSON_SIZE;
 pub use http::MAX_TAG_PAGES;
 pub use options::{RegistryOptions, is_loopback};
 
+/// How long a secondary rate limit (GitHub) defers a write: longer than
+/// any wait within a run ([`retry::MAX_DELAY`]), as GitHub asks.
+const SECONDARY_PAUSE: Duration = Duration::from_secs(5 * 60);
+
 /// One registry host: its limits and what we learned about its auth.
 struct Host {
     /// The registry name as written (`docker.io`): the key for credentials.
@@ -509,6 +513,18 @@ impl RegistryClient {
         } else {
             None
         };
+        // GitHub's secondary rate limit, on GHCR pushes too: a 403 that
+        // asks for a pause of at least a minute, and may ban a client that
+        // keeps asking (markrussinovich/refchecker#67; GitHub's REST
+        // documentation, "secondary rate limits"). Not waited for in this
+        // run: the image is deferred to the next one.
+        if status == StatusCode::FORBIDDEN && body.contains("secondary rate limit") {
+            return Err(Error::RateLimited {
+                registry: self.host(repository).registry.clone(),
+                until: Some(SystemTime::now() + SECONDARY_PAUSE),
+                reason: format!("`{method} {url}` answered 403: {body}"),
+            });
+        }
         if let (StatusCode::FORBIDDEN, Some(hint)) = (status, ghcr_hint) {
             return Err(Error::Auth {
                 registry: self.host(repository).registry.clone(),

@@ -871,13 +871,15 @@ async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
 #[tokio::test]
 async fn destination_checks_use_the_push_scope_docker_hub_needs() {
     let setup = Setup::new(1, 0).await;
-    let issuer = crate::support::token::Issuer::start_docker_hub_like("robot", "hub-pass-R2d");
+    let issuer = crate::support::token::Issuer::start_docker_hub("robot", "hub-pass-R2d", 300);
     let hub = Registry::start(Auth::Token(issuer));
     one_target(&hub.host)
-        .image(
+        // Two components, as Docker Hub takes them.
+        .image_with(
             "app0",
             &format!("{}/team/app0", setup.upstream.host),
             "[v1]",
+            "    path: app0\n",
         )
         .write(setup.dir.path());
     let run = regmirror(

@@ -321,7 +321,7 @@ async fn referrers_from_real_layouts_reach_a_registry_without_the_api() {
 
 /// A cosign-style signature of `subject`: a manifest whose layer is a
 /// simple-signing payload, with cosign's signature annotation.
-fn cosign_signature(subject: &str) -> images::Generated {
+pub(crate) fn cosign_signature(subject: &str) -> images::Generated {
     let payload = serde_json::json!({
         "critical": {"identity": {"docker-reference": "registry/image"},
                      "image": {"docker-manifest-digest": subject},

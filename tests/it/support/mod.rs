@@ -148,6 +148,9 @@ impl Registry {
             .stdin(Stdio::null())
             .spawn()
             .expect("start docker-registry");
+        if let Auth::Token(issuer) = &auth {
+            *issuer.storage.lock().unwrap() = Some(dir.path().join("data"));
+        }
         let mut registry = Registry {
             child,
             dir,
@@ -185,6 +188,14 @@ impl Registry {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.host)
+    }
+
+    /// The token service this registry trusts, if it uses token auth.
+    pub fn issuer(&self) -> Option<&token::Issuer> {
+        match &self.auth {
+            Auth::Token(issuer) => Some(issuer),
+            _ => None,
+        }
     }
 
     /// The credentials, if any, as `user:password`.

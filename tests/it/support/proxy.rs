@@ -37,6 +37,11 @@ pub enum Action {
     StripHeader(&'static str),
     /// Forward both bodies at this many bytes per second (a slow link).
     Throttle(usize),
+    /// Answer 307 to the same path on `host`, with `query` added (a CDN's
+    /// signed URL).
+    RedirectTo { host: String, query: String },
+    /// Forward, making an absolute `Location` relative (`/v2/…`).
+    RelativeLocation,
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -208,6 +213,15 @@ fn serve(
         let _ = client.shutdown(Shutdown::Write);
         return;
     }
+    if let Some((Action::RedirectTo { host, query }, _)) = &action {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let answer = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nConnection: close\r\nLocation: http://{host}{path}{separator}{query}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = client.write_all(answer.as_bytes());
+        let _ = client.shutdown(Shutdown::Write);
+        return;
+    }
     if let Some((Action::Delay(wait), _)) = &action {
         std::thread::sleep(*wait);
     }
@@ -255,6 +269,20 @@ fn serve(
         if let Some((Action::StripHeader(name), _)) = &action
             && lower.starts_with(format!("{name}:").as_bytes())
         {
+            continue;
+        }
+        if let Some((Action::RelativeLocation, _)) = &action
+            && lower.starts_with(b"location: http")
+        {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let url = text["location: ".len()..].trim();
+            let relative = url::Url::parse(url)
+                .map(|u| match u.query() {
+                    Some(query) => format!("{}?{query}", u.path()),
+                    None => u.path().to_string(),
+                })
+                .unwrap_or_else(|_| url.to_string());
+            response_head.extend_from_slice(format!("Location: {relative}\r\n").as_bytes());
             continue;
         }
         response_head.extend_from_slice(&line);

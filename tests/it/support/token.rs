@@ -9,6 +9,13 @@ use base64::Engine as _;
 
 use super::standin::StandIn;
 
+/// How much of Docker Hub's token service to play.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hub {
+    No,
+    Yes,
+}
+
 pub const SERVICE: &str = "regmirror-test-registry";
 pub const ISSUER: &str = "regmirror-test-issuer";
 
@@ -20,6 +27,10 @@ pub struct Issuer {
     pub password: String,
     /// Every token issued, to check none leaks into output.
     pub issued: Arc<Mutex<Vec<String>>>,
+    /// The storage root of the registry trusting this issuer, set when it
+    /// starts: Docker Hub mode grants pull-only scopes on repositories that
+    /// exist there.
+    pub storage: Arc<Mutex<Option<PathBuf>>>,
     _dir: tempfile::TempDir,
     server: StandIn,
 }
@@ -46,19 +57,25 @@ struct Claims {
 
 impl Issuer {
     pub fn start(user: &str, password: &str) -> Issuer {
-        Issuer::start_with(user, password, false)
+        Issuer::start_with(user, password, Hub::No, 300)
     }
 
-    /// Docker Hub's token service for repositories that do not exist yet:
-    /// a pull-only scope grants nothing, so the registry answers 401 where
-    /// distribution alone would say 404 (jupyterhub/binderhub#1664,
-    /// distribution#1291); a push scope is granted (the repository is
-    /// created on push).
-    pub fn start_docker_hub_like(user: &str, password: &str) -> Issuer {
-        Issuer::start_with(user, password, true)
+    /// Docker Hub's token service (`auth.docker.io`), as its users meet it:
+    /// - a pull-only scope grants nothing on a repository that does not
+    ///   exist yet, so the registry answers 401 where distribution alone
+    ///   would say 404 (jupyterhub/binderhub#1664, distribution#1291), and
+    ///   pull on one that does; a push scope is granted (the repository is
+    ///   created on push);
+    /// - a name of more than two components is refused with 400
+    ///   `{"details":"invalid repository name"}`
+    ///   (google/go-containerregistry#1687);
+    /// - tokens expire: `expires_in` 300 there; `expires_in` seconds here, so
+    ///   a test run outlives its tokens.
+    pub fn start_docker_hub(user: &str, password: &str, expires_in: u64) -> Issuer {
+        Issuer::start_with(user, password, Hub::Yes, expires_in)
     }
 
-    fn start_with(user: &str, password: &str, pull_only_grants_nothing: bool) -> Issuer {
+    fn start_with(user: &str, password: &str, hub: Hub, expires_in: u64) -> Issuer {
         let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec![ISSUER.to_string()]).unwrap();
@@ -75,6 +92,8 @@ impl Issuer {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let issued_in = issued.clone();
+        let storage: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+        let storage_in = storage.clone();
         let count = std::sync::atomic::AtomicUsize::new(0);
         let json = |status: u16, body: String| {
             (
@@ -89,6 +108,22 @@ impl Issuer {
             if request.header("authorization") != Some(expected.as_str()) {
                 return json(401, r#"{"details":"bad credentials"}"#.to_string());
             }
+            let too_deep = requested
+                .iter()
+                .flat_map(|scope| scope.split(' '))
+                .filter_map(|scope| scope.split(':').nth(1))
+                .any(|name| name.split('/').count() > 2);
+            if hub == Hub::Yes && too_deep {
+                return json(400, r#"{"details":"invalid repository name"}"#.to_string());
+            }
+            let exists = |name: &str| {
+                storage_in.lock().unwrap().as_ref().is_some_and(|root| {
+                    root.join("docker/registry/v2/repositories")
+                        .join(name)
+                        .join("_manifests")
+                        .exists()
+                })
+            };
             let access = requested
                 .iter()
                 .flat_map(|scope| scope.split(' '))
@@ -98,7 +133,11 @@ impl Issuer {
                     let name = parts.next()?.to_string();
                     let actions: Vec<String> =
                         parts.next()?.split(',').map(str::to_string).collect();
-                    if pull_only_grants_nothing && actions == ["pull"] {
+                    let grants_nothing = match hub {
+                        Hub::No => false,
+                        Hub::Yes => !exists(&name),
+                    };
+                    if grants_nothing && actions == ["pull"] {
                         return None;
                     }
                     Some(Access {
@@ -116,7 +155,7 @@ impl Issuer {
                 iss: ISSUER.into(),
                 sub: "tester".into(),
                 aud: SERVICE.into(),
-                exp: now + 300,
+                exp: now + expires_in,
                 nbf: now - 10,
                 iat: now,
                 jti: format!("token-{n}"),
@@ -126,7 +165,10 @@ impl Issuer {
             header.x5c = Some(vec![x5c.clone()]);
             let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
             issued_in.lock().unwrap().push(token.clone());
-            json(200, format!(r#"{{"token":"{token}","expires_in":300}}"#))
+            json(
+                200,
+                format!(r#"{{"token":"{token}","expires_in":{expires_in}}}"#),
+            )
         });
         let url = server.url.clone();
         Issuer {
@@ -135,6 +177,7 @@ impl Issuer {
             user: user.into(),
             password: password.into(),
             issued,
+            storage,
             _dir: dir,
             server,
         }

@@ -1,0 +1,375 @@
+//! Registry personalities: what Docker Hub, GHCR and ECR Public do that
+//! CNCF distribution 2.8 does not, played by the fault proxy (and the test
+//! token service) in front of a real `docker-registry`, each behaviour with
+//! its source. One end-to-end test per registry: a fresh target, a
+//! multi-arch image with shared layers and a cosign signature, sync, sync
+//! again (nothing to do), verify; and that registry's failures, each ending
+//! with the outcome a user should see.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::seeds::cosign_signature;
+use crate::support::config::MirrorYaml;
+use crate::support::images::{self, Generated, Spec, skopeo_raw};
+use crate::support::proxy::{Action, Proxy, Rule};
+use crate::support::token::Issuer;
+use crate::support::{Auth, Registry, Run, regmirror};
+
+/// The image every personality gets: three platforms sharing a base layer,
+/// and a cosign signature tag (`sha256-<hex>.sig`).
+struct Signed {
+    image: Generated,
+    signature: Generated,
+    sig_tag: String,
+}
+
+async fn signed_image(registry: &Registry, repo: &str, docker: bool) -> Signed {
+    let image = images::generate(&Spec::new(repo, "v1", docker));
+    images::push(&registry.url(), repo, "v1", &image).await;
+    let signature = cosign_signature(&image.root.0);
+    let sig_tag = format!("{}.sig", image.root.0.replace(':', "-"));
+    images::push(&registry.url(), repo, &sig_tag, &signature).await;
+    Signed {
+        image,
+        signature,
+        sig_tag,
+    }
+}
+
+/// `REGMIRROR_AUTH_<HOST>` for each (host, registry) pair.
+fn auth_for(pairs: &[(&str, &Registry)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(host, registry)| {
+            let (user, password) = registry.credentials().expect("a registry with credentials");
+            let name: String = host
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            (
+                format!("REGMIRROR_AUTH_{name}"),
+                format!("{user}:{password}"),
+            )
+        })
+        .collect()
+}
+
+fn sync(dir: &Path, args: &[&str], env: &[(String, String)]) -> (Run, Value) {
+    let mut all = vec!["sync", "--json", "report.json"];
+    all.extend_from_slice(args);
+    let run = regmirror(dir, &all, env);
+    let report = std::fs::read(dir.join("report.json"))
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{}", run.all()));
+    (run, serde_json::from_slice(&report).unwrap())
+}
+
+/// The outcome and error message of `image`'s row for `tag`.
+fn row(report: &Value, image: &str, tag: &str) -> (String, String) {
+    let row = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["image"] == image && r["tag"] == tag)
+        .unwrap_or_else(|| panic!("no row {image}:{tag}: {report:#}"));
+    (
+        row["outcome"].as_str().unwrap().to_string(),
+        row["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Docker Hub, as a source and as a target:
+/// - a token service at a separate realm (`auth.docker.io`), whose tokens
+///   expire (300 s there, 1 s here: the run outlives them);
+/// - a pull-only scope on a repository that does not exist yet grants
+///   nothing, so a HEAD there is 401, not 404 (jupyterhub/binderhub#1664,
+///   distribution#1291);
+/// - a name of more than two components is refused by the token service
+///   with 400 `invalid repository name` (google/go-containerregistry#1687);
+/// - `ratelimit-limit` / `ratelimit-remaining: N;w=21600` on manifest GETs
+///   and HEADs (Docker's "Docker Hub rate limit" documentation; the
+///   fixtures' real responses);
+/// - blob GETs redirected (307) to a CDN on another host with a signed
+///   query (`production.cloudflare.docker.com`), which must get no
+///   credentials;
+/// - upload `Location`s absolute with a `_state` query (distribution, which
+///   Docker Hub runs, does this itself).
+#[tokio::test]
+async fn docker_hub() {
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "library/app", true).await;
+    let hub = Registry::start(Auth::Token(Issuer::start_docker_hub(
+        "hubuser",
+        "hub-pass-Z1k",
+        1,
+    )));
+    let cdn_store = Registry::start(Auth::None);
+    let cdn_copy = signed_image(&cdn_store, "library/app", true).await;
+    assert_eq!(cdn_copy.image.root.0, signed.image.root.0);
+    // A slow CDN: the run outlives the target's one-second tokens.
+    let cdn = Proxy::start(
+        &cdn_store.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(400)),
+        )],
+    );
+    let ratelimit: crate::support::proxy::HeaderFn = Arc::new(|n| {
+        vec![
+            ("ratelimit-limit".into(), "100;w=21600".into()),
+            (
+                "ratelimit-remaining".into(),
+                format!("{};w=21600", 90usize.saturating_sub(n)),
+            ),
+            ("docker-ratelimit-source".into(), "203.0.113.7".into()),
+        ]
+    });
+    let hub_front = Proxy::start(
+        &hub.host,
+        vec![
+            Rule::new(
+                "GET",
+                "/blobs/sha256:",
+                usize::MAX,
+                Action::RedirectTo {
+                    host: cdn.host.clone(),
+                    query: "expires=1767225600&signature=cdn-signed".into(),
+                },
+            ),
+            Rule::new("", "/manifests/", usize::MAX, Action::Headers(ratelimit)),
+        ],
+    );
+    let target = Registry::start(Auth::Token(Issuer::start_docker_hub(
+        "pusher",
+        "push-pass-Y2m",
+        1,
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    // Seed the source: Docker Hub holds the image and its signature.
+    let seed_env = auth_for(&[(&hub.host, &hub)]);
+    for reference in ["v1", signed.sig_tag.as_str()] {
+        let seeded = regmirror(
+            dir.path(),
+            &[
+                "copy",
+                "--no-referrers",
+                &format!("{}/library/app:{reference}", staging.host),
+                &format!("{}/library/app:{reference}", hub.host),
+            ],
+            &seed_env,
+        );
+        assert_eq!(seeded.code, 0, "{}", seeded.all());
+    }
+
+    let source = format!("{}/library/app", hub_front.host);
+    MirrorYaml::new()
+        .target("hub", &format!("{}/acmemirror", target.host))
+        .image_with("app", &source, "[v1]", "    path: app\n")
+        // Three components on Docker Hub: the token service refuses it.
+        .image_with("deep", &source, "[v1]", "    path: library/app\n")
+        .write(dir.path());
+    let env = auth_for(&[(&hub_front.host, &hub), (&target.host, &target)]);
+    let hub_blob_gets = || {
+        hub.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.is_blob())
+            .count()
+    };
+    let before = hub_blob_gets();
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied", "{}", run.all());
+    let (outcome, message) = row(&report, "deep", "v1");
+    assert_eq!(outcome, "failed");
+    assert!(
+        message.contains("answered 400: {\"details\":\"invalid repository name\"}")
+            && message.contains("set `path:`"),
+        "{message}"
+    );
+    // The signature came along, by tag.
+    let creds = target.credentials();
+    assert_eq!(
+        skopeo_raw(&target.host, "acmemirror/app", "v1", creds.clone()).as_deref(),
+        Some(signed.image.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(
+            &target.host,
+            "acmemirror/app",
+            &signed.sig_tag,
+            creds.clone()
+        )
+        .as_deref(),
+        Some(signed.signature.root.2.as_slice())
+    );
+    // Every blob came from the CDN, each once; the registry served none.
+    assert_eq!(hub_blob_gets(), before, "blob GETs reached the registry");
+    let cdn_gets = cdn.seen().iter().filter(|s| s.method == "GET").count();
+    let unique = signed.image.blobs.len() + signed.signature.blobs.len();
+    assert_eq!(cdn_gets, unique, "each blob from the CDN once");
+
+    // Tokens lasting a second were fetched again as they expired, and the
+    // run did not notice.
+    let scopes = target.issuer().unwrap().scopes_requested();
+    let push = "repository:acmemirror/app:pull,push";
+    assert!(
+        scopes.iter().filter(|s| s.contains(push)).count() >= 2,
+        "{scopes:#?}"
+    );
+
+    // Up to date: nothing written, and no metered GET at Docker Hub.
+    let mark = hub.mark();
+    let writes = target.mark();
+    let (again, report) = sync(dir.path(), &["--only", "app"], &env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(row(&report, "app", "v1").0, "present");
+    assert_eq!(hub.count_since(mark, "GET", |r| r.is_manifest()), 0);
+    for method in ["PUT", "POST", "PATCH"] {
+        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
+    }
+    let verify = regmirror(dir.path(), &["verify", "--deep", "--only", "app"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
+
+/// An error body in the registry's JSON form.
+fn refusal(status: u16, code: &str, message: &str) -> Action {
+    Action::Respond {
+        status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"}}]}}"#).into_bytes(),
+    }
+}
+
+/// GHCR, as a source and as a target:
+/// - blob GETs redirected to another host (`pkg-containers.githubusercontent.com`,
+///   which Trivy's documentation lists beside ghcr.io for firewalls);
+/// - a relative upload `Location` (`/v2/…/blobs/upload/…`:
+///   hpc/charliecloud#1501, apple/swift-container-plugin#44);
+/// - 429 on writes with the wait in the body, not in `Retry-After`
+///   (gardenlinux/gardenlinux#2585);
+/// - 403 `DENIED` `permission_denied: write_package` for a package that has
+///   not granted the workflow's repository write access
+///   (Snowfork/snowbridge#1272);
+/// - 403 "You have exceeded a secondary rate limit" on a push
+///   (markrussinovich/refchecker#67);
+/// - no referrers API (404, as distribution 2.8 answers itself): cosign's
+///   tags carry the signature.
+#[tokio::test]
+async fn ghcr() {
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "upstream/app", false).await;
+    let cdn = Proxy::start(&staging.host, Vec::new());
+    let source = Proxy::start(
+        &staging.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/sha256:",
+            usize::MAX,
+            Action::RedirectTo {
+                host: cdn.host.clone(),
+                query: "jwt=signed-by-ghcr".into(),
+            },
+        )],
+    );
+    let target = Registry::start(Auth::Token(Issuer::start("ghcr-bot", "ghcr-pass-W3n")));
+    let ghcr = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "POST",
+                "/acme/denied/blobs/uploads/",
+                usize::MAX,
+                refusal(403, "DENIED", "permission_denied: write_package"),
+            ),
+            Rule::new(
+                "POST",
+                "/blobs/uploads/",
+                usize::MAX,
+                Action::RelativeLocation,
+            ),
+            Rule::new(
+                "PUT",
+                "/acme/busy/manifests/",
+                usize::MAX,
+                refusal(
+                    403,
+                    "DENIED",
+                    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                ),
+            ),
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                1,
+                refusal(
+                    429,
+                    "TOOMANYREQUESTS",
+                    "toomanyrequests: retry-after: 10.3ms, allowed: 2000/minute",
+                ),
+            ),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/upstream/app", source.host);
+    MirrorYaml::new()
+        .target("ghcr", &format!("{}/acme", ghcr.host))
+        .image_with("app", &from, "[v1]", "    path: app\n")
+        .image_with("denied", &from, "[v1]", "    path: denied\n")
+        .image_with("busy", &from, "[v1]", "    path: busy\n")
+        .write(dir.path());
+    let env = auth_for(&[(&ghcr.host, &target)]);
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    // A permission problem is an authentication failure (exit 3).
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied", "{}", run.all());
+    assert_eq!(row(&report, "app", &signed.sig_tag).0, "copied");
+    let (outcome, message) = row(&report, "denied", "v1");
+    assert_eq!(outcome, "failed");
+    assert!(message.contains("\"Manage Actions access\""), "{message}");
+    let (outcome, message) = row(&report, "busy", "v1");
+    assert_eq!(outcome, "deferred", "{message}");
+    assert!(message.contains("secondary rate limit"), "{message}");
+    // The 429 was waited out and the upload sent again; every upload went
+    // to the relative `Location` it was given.
+    assert_eq!(ghcr.applied(3), 1, "the 429");
+    assert!(ghcr.applied(1) >= 1, "relative upload locations");
+    let creds = target.credentials();
+    assert_eq!(
+        skopeo_raw(&target.host, "acme/app", "v1", creds.clone()).as_deref(),
+        Some(signed.image.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds.clone()).as_deref(),
+        Some(signed.signature.root.2.as_slice())
+    );
+    assert!(skopeo_raw(&target.host, "acme/busy", "v1", creds.clone()).is_none());
+    assert!(skopeo_raw(&target.host, "acme/denied", "v1", creds).is_none());
+    // Blobs came from the other host, each once.
+    assert!(source.applied(0) >= 1);
+    let cdn_gets = cdn.seen().iter().filter(|s| s.method == "GET").count();
+    assert_eq!(
+        cdn_gets,
+        signed.image.blobs.len() + signed.signature.blobs.len()
+    );
+
+    // Up to date: nothing written.
+    let writes = target.mark();
+    let (again, report) = sync(dir.path(), &["--only", "app"], &env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(row(&report, "app", "v1").0, "present");
+    for method in ["PUT", "POST", "PATCH"] {
+        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
+    }
+    let verify = regmirror(dir.path(), &["verify", "--deep", "--only", "app"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+}
