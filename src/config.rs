@@ -72,6 +72,12 @@ pub struct RegistryEntry {
     /// first path component of a target is the registry alias.
     #[serde(default)]
     pub create_repositories: bool,
+    /// Amazon ECR Public: when no credentials are configured for this
+    /// registry, get them from the AWS credential chain (GetAuthorizationToken),
+    /// as `aws ecr-public get-login-password` would. Default: true for
+    /// `public.ecr.aws`.
+    #[serde(default)]
+    pub ecr_login: Option<bool>,
     /// Idle time-out (`30s`, `2m`): a request or body that moves less than
     /// 1 KiB in this long has stalled and is retried; a registry that
     /// stalls 3 times in a row is marked down for the run. Never a limit

@@ -62,6 +62,9 @@ pub(crate) fn resolve(
         options.insecure = entry.insecure;
         options.tls = entry.tls;
         options.create_repositories = entry.create_repositories;
+        options.ecr_login = entry
+            .ecr_login
+            .unwrap_or(registry == crate::registry::ecr::PUBLIC);
         let place = |key: &str| format!("registries.{host}.{key}");
         if let Some(concurrency) = &entry.concurrency {
             if concurrency.value == 0 {

@@ -69,6 +69,9 @@ pub fn env_var_name(registry: &str) -> String {
     format!("REGMIRROR_AUTH_{host}")
 }
 
+/// Where an ECR Public login comes from, for messages.
+const ECR_LOGIN: &str = "ECR Public GetAuthorizationToken (the AWS credential chain)";
+
 /// What the credential lookup found for a registry.
 #[derive(Clone, Debug)]
 pub enum Lookup {
@@ -387,7 +390,39 @@ pub(super) fn checked_challenge(
 
 impl RegistryClient {
     pub(super) async fn credential(&self, host: &Host) -> Option<Credential> {
-        self.lookup(host).await.credential().cloned()
+        if let Some(found) = self.lookup(host).await.credential() {
+            return Some(found.clone());
+        }
+        // Amazon ECR Public: a login from the AWS credential chain.
+        let ecr_login = match self.options.get(&host.registry) {
+            Some(options) => options.ecr_login,
+            None => host.registry == super::ecr::PUBLIC,
+        };
+        if !ecr_login || self.anonymous {
+            return None;
+        }
+        match self.ecr.login().await {
+            Ok(credential) => Some(credential),
+            Err(error) => {
+                if !host
+                    .ecr_login_failed
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!("{}: {error}", host.registry);
+                }
+                None
+            }
+        }
+    }
+
+    /// Why `host` refused us: the credentials it was sent and where they
+    /// came from, or why there were none and how to add them.
+    pub(super) async fn refused_identity(&self, host: &Host) -> String {
+        let lookup = self.lookup(host).await;
+        match (lookup, self.credential(host).await) {
+            (Lookup::Found(..), _) | (_, None) => lookup.explain(&host.registry),
+            (_, Some(_)) => format!("the credentials from {ECR_LOGIN} were refused"),
+        }
     }
 
     /// What the credential lookup found for `host`, once per run; a
@@ -594,9 +629,10 @@ impl RegistryClient {
         }
         if !response.status().is_success() {
             let status = response.status().as_u16();
-            let identity = match self.lookup(host).await {
-                Lookup::Found(_, from) => format!("with the credentials from {from}"),
-                other => format!("without credentials: {}", other.explain(&host.registry)),
+            let identity = match (self.lookup(host).await, &credential) {
+                (Lookup::Found(_, from), _) => format!("with the credentials from {from}"),
+                (_, Some(_)) => format!("with the credentials from {ECR_LOGIN}"),
+                (other, None) => format!("without credentials: {}", other.explain(&host.registry)),
             };
             return Err(auth_error(format!(
                 "token request to `{realm}` {identity} answered {status}"

@@ -80,6 +80,8 @@ struct Host {
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<auth::Lookup>,
+    /// An ECR Public login failed once: warned about, not again.
+    ecr_login_failed: std::sync::atomic::AtomicBool,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,
     /// The idle window of every request and body (`timeout`).
@@ -249,6 +251,7 @@ impl RegistryClient {
                         .clone(),
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
+                    ecr_login_failed: Default::default(),
                     referrers_api: tokio::sync::Mutex::new(None),
                     window: options.timeout,
                     health: Health::default(),
@@ -411,7 +414,7 @@ impl RegistryClient {
                 });
             }
             if refreshed {
-                let identity = self.lookup(&host).await.explain(&host.registry);
+                let identity = self.refused_identity(&host).await;
                 return Err(Error::Auth {
                     registry: host.registry.clone(),
                     reason: format!("`{method} {url}` answered 401: {identity}"),

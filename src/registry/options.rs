@@ -39,6 +39,9 @@ pub struct RegistryOptions {
     pub ca: Option<PathBuf>,
     /// Create missing repositories through the ECR Public API before pushing.
     pub create_repositories: bool,
+    /// Without configured credentials, log in through the ECR Public API
+    /// (GetAuthorizationToken).
+    pub ecr_login: bool,
     /// Idle window: a request that moves less than 1 KiB in it has stalled
     /// (see [`deadline`]).
     pub timeout: Duration,
@@ -54,6 +57,7 @@ impl Default for RegistryOptions {
             min_remaining: None,
             ca: None,
             create_repositories: false,
+            ecr_login: false,
             timeout: deadline::DEFAULT_WINDOW,
         }
     }

@@ -373,3 +373,147 @@ async fn ghcr() {
     let verify = regmirror(dir.path(), &["verify", "--deep", "--only", "app"], &env);
     assert_eq!(verify.code, 0, "{}", verify.all());
 }
+
+/// Amazon ECR Public (and private ECR), as a source and as a target:
+/// - manifest GETs without `Docker-Content-Digest` (HEADs have it):
+///   aws/containers-roadmap#1931, distribution/distribution#3792,
+///   oras-project/oras-java#522;
+/// - manifest PUTs answered without `Location` (rust-oci-client's ECR fix);
+/// - 429 `Rate exceeded` on manifest PUTs, with no `Retry-After` (ECR's
+///   API throttling; "ThrottlingException: Rate exceeded" in AWS's error
+///   reference);
+/// - credentials: `AWS` and a password from GetAuthorizationToken, sent as
+///   Basic to the registry's `/token` (what `aws ecr-public
+///   get-login-password | docker login --username AWS` does), here from the
+///   AWS API stand-in, with no login step; a repository must exist before
+///   a push (CreateRepository, the same stand-in).
+#[tokio::test]
+async fn ecr_public() {
+    use crate::seeds::{ECR_PASSWORD, ecr_public};
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "upstream/app", false).await;
+    let no_digest_on_get = || {
+        Rule::new(
+            "GET",
+            "/manifests/",
+            usize::MAX,
+            Action::StripHeader("docker-content-digest"),
+        )
+    };
+    let source = Proxy::start(&staging.host, vec![no_digest_on_get()]);
+    let target = Registry::start(Auth::Token(Issuer::start("AWS", ECR_PASSWORD)));
+    let ecr = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/manifests/",
+                2,
+                refusal(429, "TOOMANYREQUESTS", "Rate exceeded"),
+            ),
+            Rule::new(
+                "PUT",
+                "/manifests/",
+                usize::MAX,
+                Action::StripHeader("location"),
+            ),
+            no_digest_on_get(),
+        ],
+    );
+    let api = ecr_public(&[], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .registries(&format!(
+            "  {}:\n    create_repositories: true\n    ecr_login: true\n",
+            ecr.host
+        ))
+        .target("ecr", &format!("{}/acme", ecr.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", source.host),
+            "[v1]",
+            "    path: app\n",
+        )
+        .write(dir.path());
+    let aws = |key: &str| {
+        vec![
+            ("AWS_ENDPOINT_URL_ECR_PUBLIC".to_string(), api.url.clone()),
+            ("AWS_ACCESS_KEY_ID".to_string(), key.to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                "ecr-secret-Hk2".to_string(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+            ("AWS_CONFIG_FILE".to_string(), "/nonexistent".to_string()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+                "/nonexistent".to_string(),
+            ),
+        ]
+    };
+    let env = aws("AKIDECRTEST");
+    let calls = || -> Vec<String> {
+        api.requests()
+            .iter()
+            .map(|r| r.header("x-amz-target").unwrap_or_default().to_string())
+            .collect()
+    };
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied");
+    assert_eq!(row(&report, "app", &signed.sig_tag).0, "copied");
+    assert!(!run.all().contains(ECR_PASSWORD) && !run.all().contains("ecr-secret-Hk2"));
+    // One login, one repository created; the throttled PUTs were retried.
+    assert_eq!(
+        calls(),
+        [
+            "SpencerFrontendService.GetAuthorizationToken",
+            "SpencerFrontendService.CreateRepository"
+        ],
+        "one login, then one repository created"
+    );
+    assert_eq!(ecr.applied(0), 2, "the throttled PUTs");
+    let creds = Some(("AWS".to_string(), ECR_PASSWORD.to_string()));
+    assert_eq!(
+        skopeo_raw(&target.host, "acme/app", "v1", creds.clone()).as_deref(),
+        Some(signed.image.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds).as_deref(),
+        Some(signed.signature.root.2.as_slice())
+    );
+
+    // Up to date: nothing written, nothing created.
+    let writes = target.mark();
+    let (again, report) = sync(dir.path(), &[], &env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(row(&report, "app", "v1").0, "present");
+    for method in ["PUT", "POST", "PATCH"] {
+        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
+    }
+    assert!(
+        !calls()
+            .iter()
+            .skip(2)
+            .any(|c| c.ends_with("CreateRepository"))
+    );
+    let verify = regmirror(dir.path(), &["verify", "--deep"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+
+    // No AWS credentials at all: the login fails, says so once, and the
+    // registry's refusal is an authentication failure (exit 3).
+    let mut bare = aws("");
+    bare.retain(|(key, _)| !key.starts_with("AWS_ACCESS_KEY_ID") && !key.starts_with("AWS_SECRET"));
+    let (failed, _) = sync(dir.path(), &[], &bare);
+    assert_eq!(failed.code, 3, "{}", failed.all());
+    assert_eq!(
+        failed
+            .stderr
+            .matches("ECR Public GetAuthorizationToken")
+            .count(),
+        1,
+        "{}",
+        failed.stderr
+    );
+}

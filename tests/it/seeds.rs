@@ -359,13 +359,32 @@ pub(crate) fn cosign_signature(subject: &str) -> images::Generated {
 /// An ECR Public API stand-in (AWS JSON 1.1, as the SDK speaks it):
 /// CreateRepository succeeds, says a repository in `existing` exists, and
 /// denies those in `denied`.
-fn ecr_public(existing: &'static [&'static str], denied: &'static [&'static str]) -> StandIn {
+/// The password GetAuthorizationToken gives (user `AWS`).
+pub(crate) const ECR_PASSWORD: &str = "ecr-login-Vq4";
+
+pub(crate) fn ecr_public(
+    existing: &'static [&'static str],
+    denied: &'static [&'static str],
+) -> StandIn {
     StandIn::start(move |request: &Recorded, _base: &str| {
         let headers = vec![(
             "Content-Type".to_string(),
             "application/x-amz-json-1.1".to_string(),
         )];
         let action = request.header("x-amz-target").unwrap_or_default();
+        if action == "SpencerFrontendService.GetAuthorizationToken" {
+            use base64::Engine as _;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("AWS:{ECR_PASSWORD}"));
+            let expires = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 12 * 3600;
+            let body = serde_json::json!({"authorizationData": {
+                "authorizationToken": token, "expiresAt": expires}});
+            return (200, headers, body.to_string().into_bytes());
+        }
         if action != "SpencerFrontendService.CreateRepository" {
             let body = serde_json::json!({"__type": "UnknownOperationException"});
             return (400, headers, body.to_string().into_bytes());
