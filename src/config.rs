@@ -53,6 +53,11 @@ pub struct RegistryEntry {
     /// counts as pulls).
     #[serde(default)]
     pub rate_limit: Option<RateLimitEntry>,
+    /// Our own pace of writes to this registry (PUTs: each blob's upload
+    /// completion and each manifest). Defaults: GHCR 2000 a minute, ECR
+    /// Public 10 a second (their documented limits).
+    #[serde(default)]
+    pub write_rate_limit: Option<RateLimitEntry>,
     /// Stop starting pulls from this registry when its `ratelimit-remaining`
     /// (or `x-ratelimit-remaining`) falls to this; the images left are
     /// deferred to the next run.

@@ -26,6 +26,34 @@ pub(crate) fn docker_hub_defaults() -> RegistryOptions {
     }
 }
 
+/// GHCR's defaults: writes paced at its limit, 2000 a minute
+/// (`toomanyrequests: … allowed: 2000/minute`, gardenlinux/gardenlinux#2585).
+pub(crate) fn ghcr_defaults() -> RegistryOptions {
+    RegistryOptions {
+        write_rate_limit: Some(RateLimit {
+            requests: NonZeroU32::new(2000).expect("not zero"),
+            per: Duration::from_secs(60),
+            burst: NonZeroU32::new(100),
+        }),
+        ..RegistryOptions::default()
+    }
+}
+
+/// ECR Public's defaults: writes paced at 10 a second (CompleteLayerUpload
+/// and PutImage, "Amazon ECR Public service quotas"), and a login from the
+/// AWS credential chain.
+pub(crate) fn ecr_public_defaults() -> RegistryOptions {
+    RegistryOptions {
+        write_rate_limit: Some(RateLimit {
+            requests: NonZeroU32::new(10).expect("not zero"),
+            per: Duration::from_secs(1),
+            burst: NonZeroU32::new(10),
+        }),
+        ecr_login: true,
+        ..RegistryOptions::default()
+    }
+}
+
 /// Most requests in flight to one registry that `concurrency` takes.
 const MAX_CONCURRENCY: usize = 1024;
 
@@ -45,6 +73,11 @@ pub(crate) fn resolve(
 ) -> HashMap<String, RegistryOptions> {
     let mut registries = HashMap::new();
     registries.insert("docker.io".to_string(), docker_hub_defaults());
+    registries.insert("ghcr.io".to_string(), ghcr_defaults());
+    registries.insert(
+        crate::registry::ecr::PUBLIC.to_string(),
+        ecr_public_defaults(),
+    );
     for (host, entry) in entries {
         if !crate::reference::valid_registry(host) {
             problems.push(Problem {
@@ -85,6 +118,9 @@ pub(crate) fn resolve(
         }
         if let Some(entry) = &entry.rate_limit {
             options.rate_limit = rate_limit(entry, &place("rate_limit"), problems);
+        }
+        if let Some(entry) = &entry.write_rate_limit {
+            options.write_rate_limit = rate_limit(entry, &place("write_rate_limit"), problems);
         }
         if let Some(timeout) = &entry.timeout {
             match humantime::parse_duration(&timeout.value) {
@@ -214,6 +250,31 @@ mod tests {
         let options = resolve("mirror.yaml", &file.registries, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         options
+    }
+
+    #[test]
+    fn ghcr_and_ecr_public_pace_writes_unless_told_otherwise() {
+        let all = options("  quay.io: {}\n");
+        let per_second = |o: &RegistryOptions| {
+            o.write_rate_limit
+                .map(|r| r.requests.get() as f64 / r.per.as_secs_f64())
+        };
+        assert_eq!(
+            per_second(&all["ghcr.io"]).map(|r| (r * 60.0).round()),
+            Some(2000.0)
+        );
+        assert_eq!(per_second(&all["public.ecr.aws"]), Some(10.0));
+        assert!(all["public.ecr.aws"].ecr_login);
+        assert_eq!(per_second(&all["quay.io"]), None);
+        let mine = options(
+            "  ghcr.io:\n    write_rate_limit: {requests: 100, per: 1m}\n  public.ecr.aws:\n    ecr_login: false\n",
+        );
+        assert_eq!(
+            per_second(&mine["ghcr.io"]).map(|r| (r * 60.0).round()),
+            Some(100.0)
+        );
+        assert!(!mine["public.ecr.aws"].ecr_login);
+        assert_eq!(per_second(&mine["public.ecr.aws"]), Some(10.0));
     }
 
     #[test]

@@ -213,6 +213,44 @@ pub(crate) fn log_response(
 mod tests {
     use super::*;
 
+    /// Every relative form an upload `Location` takes, resolved as RFC 3986
+    /// §5.4 resolves it against the request URL (GHCR sends absolute paths;
+    /// the spec allows any relative reference: distribution-spec#80).
+    #[test]
+    fn upload_locations_resolve_in_every_relative_form() {
+        let post = "https://r.example/v2/acme/app/blobs/uploads/";
+        for (location, resolved) in [
+            (
+                "/v2/acme/app/blobs/uploads/u1?_state=s",
+                "https://r.example/v2/acme/app/blobs/uploads/u1?_state=s",
+            ),
+            ("u1", "https://r.example/v2/acme/app/blobs/uploads/u1"),
+            (
+                "./u1?x=1",
+                "https://r.example/v2/acme/app/blobs/uploads/u1?x=1",
+            ),
+            (
+                "../uploads/u1",
+                "https://r.example/v2/acme/app/blobs/uploads/u1",
+            ),
+            (
+                "?_state=s",
+                "https://r.example/v2/acme/app/blobs/uploads/?_state=s",
+            ),
+            ("//storage.example/up/u1", "https://storage.example/up/u1"),
+            (
+                "https://storage.example/up/u1",
+                "https://storage.example/up/u1",
+            ),
+        ] {
+            assert_eq!(
+                resolve_link(post, location, "upload").unwrap(),
+                resolved,
+                "{location}"
+            );
+        }
+    }
+
     #[test]
     fn links_resolve_against_their_request_and_never_downgrade() {
         let current = "https://r.example/v2/a/tags/list?n=2";

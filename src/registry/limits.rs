@@ -72,17 +72,32 @@ pub fn budget(headers: &HeaderMap, now: SystemTime) -> Option<Budget> {
 /// The limits of one registry host.
 pub struct Limits {
     quota: Option<DefaultDirectRateLimiter>,
+    /// Our own pace of writes (`write_rate_limit`).
+    writes: Option<DefaultDirectRateLimiter>,
     min_remaining: Option<u64>,
     budget: Mutex<Option<Budget>>,
 }
 
 impl Limits {
-    /// Our quota (if any) and the budget floor (`min_remaining`).
-    pub fn new(rate_limit: Option<RateLimit>, min_remaining: Option<u64>) -> Limits {
+    /// Our quotas on pulls and writes (if any) and the budget floor
+    /// (`min_remaining`).
+    pub fn new(
+        rate_limit: Option<RateLimit>,
+        write_rate_limit: Option<RateLimit>,
+        min_remaining: Option<u64>,
+    ) -> Limits {
         Limits {
             quota: rate_limit.map(|r| DefaultDirectRateLimiter::direct(quota(r))),
+            writes: write_rate_limit.map(|r| DefaultDirectRateLimiter::direct(quota(r))),
             min_remaining,
             budget: Mutex::new(None),
+        }
+    }
+
+    /// Before a write (a PUT): waits for our own pace of writes.
+    pub async fn before_write(&self) {
+        if let Some(writes) = &self.writes {
+            writes.until_ready().await;
         }
     }
 
@@ -225,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn defers_pulls_once_the_budget_is_at_the_minimum() {
-        let limits = Limits::new(None, Some(2));
+        let limits = Limits::new(None, None, Some(2));
         limits.before_pull("docker.io").await.unwrap();
         limits.observe(&headers_of("ratelimit-remaining: 3;w=3600"));
         limits.before_pull("docker.io").await.unwrap();

@@ -243,7 +243,11 @@ impl RegistryClient {
                     base: format!("{scheme}://{api_host}"),
                     origin: origin(&format!("{scheme}://{api_host}")),
                     permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
-                    limits: Limits::new(options.rate_limit, options.min_remaining),
+                    limits: Limits::new(
+                        options.rate_limit,
+                        options.write_rate_limit,
+                        options.min_remaining,
+                    ),
                     http: self
                         .own_ca
                         .get(&repository.registry)
@@ -494,6 +498,9 @@ impl RegistryClient {
         expected: fn(StatusCode) -> bool,
     ) -> Result<Answer> {
         let access = Access::Push(&repository.path);
+        if method == Method::PUT {
+            self.host(repository).limits.before_write().await;
+        }
         let answer = self
             .send(repository, access, method.clone(), url, build, idempotent)
             .await?;

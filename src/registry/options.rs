@@ -32,6 +32,8 @@ pub struct RegistryOptions {
     pub concurrency: usize,
     /// Our own quota on metered requests (manifest GETs).
     pub rate_limit: Option<RateLimit>,
+    /// Our own pace of writes (PUTs).
+    pub write_rate_limit: Option<RateLimit>,
     /// Stop starting pulls when the registry says this many are left.
     pub min_remaining: Option<u64>,
     /// A PEM file of CA certificates to trust for this registry, besides
@@ -54,6 +56,7 @@ impl Default for RegistryOptions {
             tls: false,
             concurrency: 8,
             rate_limit: None,
+            write_rate_limit: None,
             min_remaining: None,
             ca: None,
             create_repositories: false,

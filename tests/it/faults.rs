@@ -862,6 +862,38 @@ async fn the_quota_paces_manifest_gets() {
     }
 }
 
+/// `write_rate_limit` paces writes (GHCR allows 2000 a minute, ECR Public
+/// 10 completions a second): with 5 per second and no burst, the PUTs
+/// reaching the target (blob completions and manifests) are a fifth of a
+/// second apart, and everything lands.
+#[tokio::test]
+async fn the_write_quota_paces_puts() {
+    let setup = Setup::new(2, 1).await;
+    let proxy = Proxy::start(&setup.targets[0].host, vec![]);
+    let registries = format!(
+        "  {}:\n    write_rate_limit: {{ requests: 5, per: 1s, burst: 1 }}\n",
+        proxy.host
+    );
+    setup.config(&setup.upstream.host, &[&proxy.host], &registries);
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let puts: Vec<Instant> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .map(|s| s.at)
+        .collect();
+    assert!(puts.len() >= 6, "{} PUTs", puts.len());
+    for pair in puts.windows(2) {
+        let gap = pair[1] - pair[0];
+        // The proxy stamps a request when it reads it: a little early or late.
+        assert!(gap >= Duration::from_millis(180), "PUTs {gap:?} apart");
+    }
+    for (name, _) in &setup.images {
+        assert_eq!(outcome(&report, name, "t0"), "copied");
+    }
+}
+
 /// A download cut in the middle of a layer is fetched again, and only that
 /// layer; uploads cut in the middle are retried from the spool; 5xx bursts
 /// on both sides are retried. Everything ends complete.
