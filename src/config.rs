@@ -77,12 +77,14 @@ pub struct RegistryEntry {
     /// first path component of a target is the registry alias.
     #[serde(default)]
     pub create_repositories: bool,
-    /// Amazon ECR Public: when no credentials are configured for this
-    /// registry, get them from the AWS credential chain (GetAuthorizationToken),
-    /// as `aws ecr-public get-login-password` would. Default: true for
-    /// `public.ecr.aws`.
+    /// Amazon ECR: when no credentials are configured for this registry,
+    /// get them from the AWS credential chain (GetAuthorizationToken), as
+    /// `aws ecr get-login-password` would. `true` (ECR Public, or private
+    /// ECR for an `<account>.dkr.ecr.<region>.amazonaws.com` host), `public`,
+    /// `private` (region from the host, else the AWS configuration), or
+    /// `false`. Default: true for ECR hosts.
     #[serde(default)]
-    pub ecr_login: Option<bool>,
+    pub ecr_login: Option<EcrLoginEntry>,
     /// Idle time-out (`30s`, `2m`): a request or body that moves less than
     /// 1 KiB in this long has stalled and is retried; a registry that
     /// stalls 3 times in a row is marked down for the run. Never a limit
@@ -138,6 +140,26 @@ pub struct Defaults {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub platforms: Option<Vec<Spanned<String>>>,
+}
+
+/// `ecr_login`: on or off, or which ECR API to log in through.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EcrLoginEntry {
+    /// `true`: as the host says (ECR Public unless a private ECR host); `false`: off.
+    Flag(bool),
+    /// `public` or `private`.
+    Api(EcrApi),
+}
+
+/// Which ECR API issues a registry's credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EcrApi {
+    /// `ecr-public` (us-east-1).
+    Public,
+    /// `ecr`, in the registry's region.
+    Private,
 }
 
 /// `immutable`: every tag, or the tags a regular expression matches.

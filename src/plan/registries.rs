@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{Problem, RateLimitEntry, RegistryEntry, problem_at};
+use crate::config::{EcrApi, EcrLoginEntry, Problem, RateLimitEntry, RegistryEntry, problem_at};
 use crate::registry::options::RateLimit;
 use crate::registry::options::RegistryOptions;
 
@@ -49,7 +49,7 @@ pub(crate) fn ecr_public_defaults() -> RegistryOptions {
             per: Duration::from_secs(1),
             burst: NonZeroU32::new(10),
         }),
-        ecr_login: true,
+        ecr_login: Some(EcrApi::Public),
         ..RegistryOptions::default()
     }
 }
@@ -95,9 +95,13 @@ pub(crate) fn resolve(
         options.insecure = entry.insecure;
         options.tls = entry.tls;
         options.create_repositories = entry.create_repositories;
-        options.ecr_login = entry
-            .ecr_login
-            .unwrap_or(registry == crate::registry::ecr::PUBLIC);
+        let by_host = crate::registry::ecr::api_for(&registry);
+        options.ecr_login = match &entry.ecr_login {
+            None => by_host,
+            Some(EcrLoginEntry::Flag(true)) => by_host.or(Some(EcrApi::Public)),
+            Some(EcrLoginEntry::Flag(false)) => None,
+            Some(EcrLoginEntry::Api(api)) => Some(*api),
+        };
         let place = |key: &str| format!("registries.{host}.{key}");
         if let Some(concurrency) = &entry.concurrency {
             if concurrency.value == 0 {
@@ -264,7 +268,7 @@ mod tests {
             Some(2000.0)
         );
         assert_eq!(per_second(&all["public.ecr.aws"]), Some(10.0));
-        assert!(all["public.ecr.aws"].ecr_login);
+        assert_eq!(all["public.ecr.aws"].ecr_login, Some(EcrApi::Public));
         assert_eq!(per_second(&all["quay.io"]), None);
         let mine = options(
             "  ghcr.io:\n    write_rate_limit: {requests: 100, per: 1m}\n  public.ecr.aws:\n    ecr_login: false\n",
@@ -273,7 +277,7 @@ mod tests {
             per_second(&mine["ghcr.io"]).map(|r| (r * 60.0).round()),
             Some(100.0)
         );
-        assert!(!mine["public.ecr.aws"].ecr_login);
+        assert_eq!(mine["public.ecr.aws"].ecr_login, None);
         assert_eq!(per_second(&mine["public.ecr.aws"]), Some(10.0));
     }
 

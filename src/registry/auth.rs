@@ -70,7 +70,7 @@ pub fn env_var_name(registry: &str) -> String {
 }
 
 /// Where an ECR Public login comes from, for messages.
-const ECR_LOGIN: &str = "ECR Public GetAuthorizationToken (the AWS credential chain)";
+const ECR_LOGIN: &str = "ECR GetAuthorizationToken (the AWS credential chain)";
 
 /// What the credential lookup found for a registry.
 #[derive(Clone, Debug)]
@@ -393,15 +393,13 @@ impl RegistryClient {
         if let Some(found) = self.lookup(host).await.credential() {
             return Some(found.clone());
         }
-        // Amazon ECR Public: a login from the AWS credential chain.
-        let ecr_login = match self.options.get(&host.registry) {
+        // Amazon ECR: a login from the AWS credential chain.
+        let api = match self.options.get(&host.registry) {
             Some(options) => options.ecr_login,
-            None => host.registry == super::ecr::PUBLIC,
+            None => super::ecr::api_for(&host.registry),
         };
-        if !ecr_login || self.anonymous {
-            return None;
-        }
-        match self.ecr.login().await {
+        let api = api.filter(|_| !self.anonymous)?;
+        match self.ecr.login(&host.registry, api).await {
             Ok(credential) => Some(credential),
             Err(error) => {
                 if !host

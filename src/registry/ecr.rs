@@ -11,12 +11,13 @@
 //! `public.ecr.aws/acme/sigstore/fulcio` is repository `sigstore/fulcio` of
 //! the registry aliased `acme`.
 //!
-//! Credentials: where none are configured, `public.ecr.aws` (or a host with
-//! `ecr_login: true`) gets them from GetAuthorizationToken with the same
-//! AWS chain, as `aws ecr-public get-login-password | docker login` would,
-//! so a workflow needs no login step. The token (`AWS:<password>`, Basic,
-//! exchanged at the registry's `/token`) lasts 12 hours; it is asked for
-//! again 10 minutes before it expires.
+//! Credentials: where none are configured, `public.ecr.aws` and private ECR
+//! hosts (`<account>.dkr.ecr.<region>.amazonaws.com`), or a host with
+//! `ecr_login`, get them from GetAuthorizationToken with the same AWS
+//! chain, as `aws ecr[-public] get-login-password | docker login` would, so
+//! a workflow needs no login step. The token (`AWS:<password>`; Basic at a
+//! private registry, exchanged at `/token` on ECR Public) lasts 12 hours;
+//! it is asked for again 10 minutes before it expires.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
 use super::auth::Credential;
+use crate::config::EcrApi;
 use crate::error::{Error, Result};
 use crate::reference::Repository;
 
@@ -34,14 +36,44 @@ pub const PUBLIC: &str = "public.ecr.aws";
 /// A login token is asked for again this long before it expires.
 const RENEW_BEFORE: Duration = Duration::from_secs(10 * 60);
 
+/// The region of a private ECR registry host:
+/// `123456789012.dkr.ecr.eu-west-1.amazonaws.com` → `eu-west-1` (also the
+/// `dkr.ecr-fips` and `.amazonaws.com.cn` forms).
+pub fn private_region(registry: &str) -> Option<&str> {
+    let host = registry.split(':').next()?;
+    let rest = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let (account, rest) = rest.split_once('.')?;
+    let region = rest
+        .strip_prefix("dkr.ecr.")
+        .or_else(|| rest.strip_prefix("dkr.ecr-fips."))?;
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    (account.len() == 12 && account.chars().all(|c| c.is_ascii_digit()) && word(region))
+        .then_some(region)
+}
+
+/// The ECR API that issues `registry`'s credentials, by its name.
+pub fn api_for(registry: &str) -> Option<EcrApi> {
+    if registry == PUBLIC {
+        Some(EcrApi::Public)
+    } else {
+        private_region(registry).map(|_| EcrApi::Private)
+    }
+}
+
 /// Creates repositories, each at most once per run, and logs in.
 #[derive(Default)]
 pub struct Repositories {
     #[cfg(feature = "ecr")]
     client: OnceCell<aws_sdk_ecrpublic::Client>,
     created: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
-    /// The login and when it expires; one caller asks at a time.
-    login: tokio::sync::Mutex<Option<(Credential, SystemTime)>>,
+    /// Logins per registry and when they expire; one caller asks at a time.
+    logins: tokio::sync::Mutex<HashMap<String, (Credential, SystemTime)>>,
 }
 
 /// The repository name ECR Public knows `repository` by: its path without
@@ -72,66 +104,94 @@ impl Repositories {
         Ok(())
     }
 
-    /// Registry credentials from GetAuthorizationToken, until shortly
-    /// before they expire.
-    pub async fn login(&self) -> Result<Credential> {
-        let mut login = self.login.lock().await;
-        if let Some((credential, expires)) = login.as_ref()
+    /// Credentials for `registry` from `api`'s GetAuthorizationToken,
+    /// until shortly before they expire.
+    pub async fn login(&self, registry: &str, api: EcrApi) -> Result<Credential> {
+        let mut logins = self.logins.lock().await;
+        if let Some((credential, expires)) = logins.get(registry)
             && SystemTime::now() + RENEW_BEFORE < *expires
         {
             return Ok(credential.clone());
         }
-        let (credential, expires) = self.authorization_token().await?;
-        *login = Some((credential.clone(), expires));
+        let service = match api {
+            EcrApi::Public => "ECR Public GetAuthorizationToken".to_string(),
+            EcrApi::Private => format!("ECR GetAuthorizationToken for `{registry}`"),
+        };
+        let (token, expires) = self
+            .authorization_token(registry, api)
+            .await
+            .map_err(|reason| Error::Api {
+                service: service.clone(),
+                reason,
+            })?;
+        let credential = decode(&token).ok_or_else(|| Error::Api {
+            service,
+            reason: "the token is not base64 of `user:password`".into(),
+        })?;
+        // 12 hours when ECR does not say (its documented lifetime).
+        let expires = expires.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(12 * 3600));
+        tracing::debug!("{registry}: logged in through GetAuthorizationToken");
+        logins.insert(registry.to_string(), (credential.clone(), expires));
         Ok(credential)
     }
 
     #[cfg(not(feature = "ecr"))]
-    async fn authorization_token(&self) -> Result<(Credential, SystemTime)> {
-        Err(Error::Api {
-            service: "ECR Public GetAuthorizationToken".into(),
-            reason: "this regmirror was built without the `ecr` feature; log in with `aws ecr-public get-login-password | docker login`".into(),
-        })
+    async fn authorization_token(
+        &self,
+        _registry: &str,
+        _api: EcrApi,
+    ) -> std::result::Result<(String, Option<SystemTime>), String> {
+        Err("this regmirror was built without the `ecr` feature; log in with `aws ecr get-login-password | docker login`".into())
     }
 
+    /// The token (base64 `AWS:<password>`) and when it expires.
     #[cfg(feature = "ecr")]
-    async fn authorization_token(&self) -> Result<(Credential, SystemTime)> {
-        use base64::Engine as _;
-        let api = |reason: String| Error::Api {
-            service: "ECR Public GetAuthorizationToken".into(),
-            reason,
+    async fn authorization_token(
+        &self,
+        registry: &str,
+        api: EcrApi,
+    ) -> std::result::Result<(String, Option<SystemTime>), String> {
+        let expiry = |at: Option<&aws_sdk_ecr::primitives::DateTime>| {
+            at.and_then(|at| SystemTime::try_from(*at).ok())
         };
-        let answer = self
-            .client()
-            .await
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|e| api(aws_sdk_ecrpublic::error::DisplayErrorContext(&e).to_string()))?;
-        let data = answer
-            .authorization_data()
-            .ok_or_else(|| api("the answer holds no authorization data".into()))?;
-        let decoded = data
-            .authorization_token()
-            .and_then(|token| base64::engine::general_purpose::STANDARD.decode(token).ok())
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| api("the token is not base64 text".into()))?;
-        let (username, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| api("the token is not `user:password`".into()))?;
-        // 12 hours when ECR does not say (its documented lifetime).
-        let expires = data
-            .expires_at()
-            .and_then(|at| SystemTime::try_from(*at).ok())
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(12 * 3600));
-        tracing::debug!("ECR Public: logged in through GetAuthorizationToken");
-        Ok((
-            Credential::Basic {
-                username: username.to_string(),
-                password: password.to_string(),
-            },
-            expires,
-        ))
+        match api {
+            EcrApi::Public => {
+                let answer = self
+                    .client()
+                    .await
+                    .get_authorization_token()
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_ecrpublic::error::DisplayErrorContext(&e).to_string())?;
+                let data = answer
+                    .authorization_data()
+                    .ok_or("the answer holds no authorization data")?;
+                let token = data
+                    .authorization_token()
+                    .ok_or("the answer holds no token")?;
+                Ok((token.to_string(), expiry(data.expires_at())))
+            }
+            EcrApi::Private => {
+                let mut config = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(region) = private_region(registry) {
+                    config = config.region(aws_config::Region::new(region.to_string()));
+                }
+                let client = aws_sdk_ecr::Client::new(&config.load().await);
+                let answer = client
+                    .get_authorization_token()
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_ecr::error::DisplayErrorContext(&e).to_string())?;
+                let data = answer
+                    .authorization_data()
+                    .first()
+                    .ok_or("the answer holds no authorization data")?;
+                let token = data
+                    .authorization_token()
+                    .ok_or("the answer holds no token")?;
+                Ok((token.to_string(), expiry(data.expires_at())))
+            }
+        }
     }
 
     /// The SDK client, made once (region us-east-1, ECR Public's only one).
@@ -187,9 +247,60 @@ impl Repositories {
     }
 }
 
+/// `AWS:<password>` from a GetAuthorizationToken token (base64).
+fn decode(token: &str) -> Option<Credential> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (username, password) = text.split_once(':')?;
+    Some(Credential::Basic {
+        username: username.to_string(),
+        password: password.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_registries_are_known_by_their_host() {
+        for (host, region) in [
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                Some("eu-west-1"),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com",
+                Some("us-east-1"),
+            ),
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                Some("cn-north-1"),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com:443",
+                Some("eu-west-1"),
+            ),
+            ("12345.dkr.ecr.eu-west-1.amazonaws.com", None),
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com.evil.example",
+                None,
+            ),
+            ("public.ecr.aws", None),
+            ("ghcr.io", None),
+        ] {
+            assert_eq!(private_region(host), region, "{host}");
+        }
+        assert_eq!(api_for("public.ecr.aws"), Some(EcrApi::Public));
+        assert_eq!(
+            api_for("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(EcrApi::Private)
+        );
+        assert_eq!(api_for("quay.io"), None);
+    }
 
     #[test]
     fn the_alias_is_not_part_of_the_name() {

@@ -41,9 +41,9 @@ pub struct RegistryOptions {
     pub ca: Option<PathBuf>,
     /// Create missing repositories through the ECR Public API before pushing.
     pub create_repositories: bool,
-    /// Without configured credentials, log in through the ECR Public API
+    /// Without configured credentials, log in through this ECR API
     /// (GetAuthorizationToken).
-    pub ecr_login: bool,
+    pub ecr_login: Option<crate::config::EcrApi>,
     /// Idle window: a request that moves less than 1 KiB in it has stalled
     /// (see [`deadline`]).
     pub timeout: Duration,
@@ -60,7 +60,7 @@ impl Default for RegistryOptions {
             min_remaining: None,
             ca: None,
             create_repositories: false,
-            ecr_login: false,
+            ecr_login: None,
             timeout: deadline::DEFAULT_WINDOW,
         }
     }

@@ -386,9 +386,11 @@ async fn ghcr() {
 ///   Basic to the registry's `/token` (what `aws ecr-public
 ///   get-login-password | docker login --username AWS` does), here from the
 ///   AWS API stand-in, with no login step; a repository must exist before
-///   a push (CreateRepository, the same stand-in).
+///   a push (CreateRepository, the same stand-in);
+/// - private ECR: the same login from the `ecr` API (in the registry's
+///   region), sent as Basic on every request.
 #[tokio::test]
-async fn ecr_public() {
+async fn ecr() {
     use crate::seeds::{ECR_PASSWORD, ecr_public};
     let staging = Registry::start(Auth::None);
     let signed = signed_image(&staging, "upstream/app", false).await;
@@ -420,14 +422,20 @@ async fn ecr_public() {
             no_digest_on_get(),
         ],
     );
+    // Private ECR takes the login as Basic credentials on every request.
+    let private = Registry::start(Auth::Htpasswd {
+        user: "AWS".into(),
+        password: ECR_PASSWORD.into(),
+    });
     let api = ecr_public(&[], &[]);
     let dir = tempfile::tempdir().unwrap();
     MirrorYaml::new()
         .registries(&format!(
-            "  {}:\n    create_repositories: true\n    ecr_login: true\n",
-            ecr.host
+            "  {}:\n    create_repositories: true\n    ecr_login: true\n  {}:\n    ecr_login: private\n",
+            ecr.host, private.host
         ))
         .target("ecr", &format!("{}/acme", ecr.host))
+        .target("private", &format!("{}/mirror", private.host))
         .image_with(
             "app",
             &format!("{}/upstream/app", source.host),
@@ -438,6 +446,8 @@ async fn ecr_public() {
     let aws = |key: &str| {
         vec![
             ("AWS_ENDPOINT_URL_ECR_PUBLIC".to_string(), api.url.clone()),
+            ("AWS_ENDPOINT_URL_ECR".to_string(), api.url.clone()),
+            ("AWS_REGION".to_string(), "eu-west-1".to_string()),
             ("AWS_ACCESS_KEY_ID".to_string(), key.to_string()),
             (
                 "AWS_SECRET_ACCESS_KEY".to_string(),
@@ -461,17 +471,27 @@ async fn ecr_public() {
 
     let (run, report) = sync(dir.path(), &[], &env);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(row(&report, "app", "v1").0, "copied");
-    assert_eq!(row(&report, "app", &signed.sig_tag).0, "copied");
-    assert!(!run.all().contains(ECR_PASSWORD) && !run.all().contains("ecr-secret-Hk2"));
-    // One login, one repository created; the throttled PUTs were retried.
+    let results = report["results"].as_array().unwrap();
     assert_eq!(
-        calls(),
+        results.len(),
+        4,
+        "app and its signature, to both: {report:#}"
+    );
+    for result in results {
+        assert_eq!(result["outcome"], "copied", "{result:#}");
+    }
+    assert!(!run.all().contains(ECR_PASSWORD) && !run.all().contains("ecr-secret-Hk2"));
+    // One login per registry, one repository created (ECR Public's); the
+    // throttled PUTs were retried.
+    let mut made = calls();
+    made.sort();
+    assert_eq!(
+        made,
         [
+            "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+            "SpencerFrontendService.CreateRepository",
             "SpencerFrontendService.GetAuthorizationToken",
-            "SpencerFrontendService.CreateRepository"
-        ],
-        "one login, then one repository created"
+        ]
     );
     assert_eq!(ecr.applied(0), 2, "the throttled PUTs");
     let creds = Some(("AWS".to_string(), ECR_PASSWORD.to_string()));
@@ -480,22 +500,28 @@ async fn ecr_public() {
         Some(signed.image.root.2.as_slice())
     );
     assert_eq!(
-        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds).as_deref(),
+        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds.clone()).as_deref(),
         Some(signed.signature.root.2.as_slice())
+    );
+    assert_eq!(
+        skopeo_raw(&private.host, "mirror/app", "v1", creds).as_deref(),
+        Some(signed.image.root.2.as_slice())
     );
 
     // Up to date: nothing written, nothing created.
     let writes = target.mark();
     let (again, report) = sync(dir.path(), &[], &env);
     assert_eq!(again.code, 0, "{}", again.all());
-    assert_eq!(row(&report, "app", "v1").0, "present");
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["outcome"], "present", "{result:#}");
+    }
     for method in ["PUT", "POST", "PATCH"] {
         assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
     }
     assert!(
         !calls()
             .iter()
-            .skip(2)
+            .skip(3)
             .any(|c| c.ends_with("CreateRepository"))
     );
     let verify = regmirror(dir.path(), &["verify", "--deep"], &env);
@@ -512,6 +538,13 @@ async fn ecr_public() {
             .stderr
             .matches("ECR Public GetAuthorizationToken")
             .count(),
+        1,
+        "{}",
+        failed.stderr
+    );
+    let private_login = format!("ECR GetAuthorizationToken for `{}`", private.host);
+    assert_eq!(
+        failed.stderr.matches(&private_login).count(),
         1,
         "{}",
         failed.stderr

@@ -372,7 +372,9 @@ pub(crate) fn ecr_public(
             "application/x-amz-json-1.1".to_string(),
         )];
         let action = request.header("x-amz-target").unwrap_or_default();
-        if action == "SpencerFrontendService.GetAuthorizationToken" {
+        // GetAuthorizationToken: ECR Public's answers one authorization,
+        // private ECR's a list of them.
+        let login = || {
             use base64::Engine as _;
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("AWS:{ECR_PASSWORD}"));
@@ -381,8 +383,14 @@ pub(crate) fn ecr_public(
                 .unwrap()
                 .as_secs()
                 + 12 * 3600;
-            let body = serde_json::json!({"authorizationData": {
-                "authorizationToken": token, "expiresAt": expires}});
+            serde_json::json!({"authorizationToken": token, "expiresAt": expires})
+        };
+        if action == "SpencerFrontendService.GetAuthorizationToken" {
+            let body = serde_json::json!({"authorizationData": login()});
+            return (200, headers, body.to_string().into_bytes());
+        }
+        if action == "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken" {
+            let body = serde_json::json!({"authorizationData": [login()]});
             return (200, headers, body.to_string().into_bytes());
         }
         if action != "SpencerFrontendService.CreateRepository" {

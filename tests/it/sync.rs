@@ -1394,7 +1394,8 @@ async fn a_failing_helper_is_named_and_missing_credentials_say_where_they_were_l
     let helper = bin.join("docker-credential-broken");
     std::fs::write(
         &helper,
-        "#!/bin/sh\necho 'gpg: decryption failed: No secret key' >&2\nexit 1\n",
+        // As helpers do: read the server asked for, then fail.
+        "#!/bin/sh\nread server\necho 'gpg: decryption failed: No secret key' >&2\nexit 1\n",
     )
     .unwrap();
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
