@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::seeds::cosign_signature;
+use crate::support::check::{TagState, deep_check};
 use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
 use crate::support::proxy::{Action, Proxy, Rule};
@@ -549,4 +550,93 @@ async fn ecr() {
         "{}",
         failed.stderr
     );
+}
+
+/// Registries behind a body limit, and Harbor's mounts:
+/// - a whole layer in one PUT refused with 413 above about 20 MB (ACR, or
+///   Harbor behind a proxy with a body limit): the blob goes up in 5 MiB
+///   parts instead (here the limit is 5 MiB);
+/// - each PATCH answered 201, not the spec's 202 (ECR does: jdx/mise#11376,
+///   openai/tart#273);
+/// - a cross-repository mount refused with 401 when the credentials cannot
+///   see the source project (goharbor/harbor#17097): the blob is uploaded.
+#[tokio::test]
+async fn body_limits_and_refused_mounts() {
+    let staging = Registry::start(Auth::None);
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None), ("arm64", None)],
+        layer_size: 6 << 20,
+        base: 501,
+        ..Spec::new("upstream/big", "v1", false)
+    });
+    images::push(&staging.url(), "upstream/big", "v1", &image).await;
+    let signature = cosign_signature(&image.root.0);
+    let sig_tag = format!("{}.sig", image.root.0.replace(':', "-"));
+    images::push(&staging.url(), "upstream/big", &sig_tag, &signature).await;
+    let target = Registry::start(Auth::None);
+    let limited = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "POST",
+                "mount=",
+                usize::MAX,
+                refusal(401, "UNAUTHORIZED", "project upstream not found"),
+            ),
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                usize::MAX,
+                refusal(413, "SIZE_INVALID", "request entity too large"),
+            )
+            .larger_than(5 << 20),
+            Rule::new(
+                "PATCH",
+                "/blobs/uploads/",
+                usize::MAX,
+                Action::ReplaceStatus(201),
+            ),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("{}/upstream/big", staging.host);
+    // Two repositories of one registry: the second would mount from the first.
+    MirrorYaml::new()
+        .target("acr", &format!("{}/mirror", limited.host))
+        .image_with("one", &from, "[v1]", "    path: one/big\n")
+        .image_with("two", &from, "[v1]", "    path: two/big\n")
+        .write(dir.path());
+
+    let (run, report) = sync(dir.path(), &["--jobs", "1"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["outcome"], "copied", "{result:#}");
+    }
+    assert!(limited.applied(0) >= 1, "no mount was refused");
+    assert!(limited.applied(1) >= 1, "no PUT was refused for its size");
+    assert!(limited.applied(2) >= 2, "no blob went up in parts");
+    for repo in ["mirror/one/big", "mirror/two/big"] {
+        assert_eq!(
+            deep_check(&target.host, repo, "v1").await,
+            TagState::Complete(image.root.0.clone()),
+            "{repo}"
+        );
+        assert_eq!(
+            skopeo_raw(&target.host, repo, &sig_tag, None).as_deref(),
+            Some(signature.root.2.as_slice())
+        );
+    }
+
+    // Up to date: nothing written.
+    let writes = target.mark();
+    let (again, report) = sync(dir.path(), &[], &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["outcome"], "present", "{result:#}");
+    }
+    for method in ["PUT", "POST", "PATCH"] {
+        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
+    }
+    let verify = regmirror(dir.path(), &["verify", "--deep"], &[]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
 }

@@ -42,6 +42,8 @@ pub enum Action {
     RedirectTo { host: String, query: String },
     /// Forward, making an absolute `Location` relative (`/v2/…`).
     RelativeLocation,
+    /// Forward, answering with this status instead of the registry's.
+    ReplaceStatus(u16),
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -261,6 +263,12 @@ fn serve(
         }
         if line == b"\r\n" {
             break;
+        }
+        if let Some((Action::ReplaceStatus(status), _)) = &action
+            && line.starts_with(b"HTTP/1.1 ")
+        {
+            response_head.extend_from_slice(format!("HTTP/1.1 {status} Replaced\r\n").as_bytes());
+            continue;
         }
         let lower = line.to_ascii_lowercase();
         if lower.starts_with(b"content-length: 0") {
