@@ -328,8 +328,9 @@ mod tests {
         assert!(manifest.blobs.len() >= 2);
     }
 
-    #[test]
-    fn reads_postgres_index_with_attestations() {
+    /// A real manifest from `../shared/fixtures/real/manifests/dockerhub-raw`,
+    /// by the start of its file name.
+    pub(super) fn dockerhub_raw(prefix: &str) -> Manifest {
         let dir = format!(
             "{}/../shared/fixtures/real/manifests/dockerhub-raw",
             env!("CARGO_MANIFEST_DIR")
@@ -337,15 +338,16 @@ mod tests {
         let entry = std::fs::read_dir(&dir)
             .expect("shared fixtures")
             .filter_map(|e| e.ok())
-            .find(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("postgres-17.11-index")
-            })
-            .expect("postgres index fixture");
+            .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .expect("fixture");
         let bytes = Bytes::from(std::fs::read(entry.path()).unwrap());
         let digest = Digest::sha256(&bytes);
-        let index = Manifest::parse(bytes, &digest, None).unwrap();
+        Manifest::parse(bytes, &digest, None).unwrap()
+    }
+
+    #[test]
+    fn reads_postgres_index_with_attestations() {
+        let index = dockerhub_raw("postgres-17.11-index");
         assert!(index.is_index());
         assert_eq!(index.children.len(), 16);
         let attestations = index

@@ -137,21 +137,7 @@ pub fn made_from(target: &Manifest, source: &Digest, wanted: &[Platform]) -> boo
 mod tests {
     use super::*;
 
-    /// A real manifest from `../shared/fixtures/real/manifests/dockerhub-raw`.
-    fn fixture(prefix: &str) -> Manifest {
-        let dir = format!(
-            "{}/../shared/fixtures/real/manifests/dockerhub-raw",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let entry = std::fs::read_dir(&dir)
-            .expect("shared fixtures")
-            .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
-            .expect("fixture");
-        let bytes = Bytes::from(std::fs::read(entry.path()).unwrap());
-        let digest = Digest::sha256(&bytes);
-        Manifest::parse(bytes, &digest, None).unwrap()
-    }
+    use crate::manifest::tests::dockerhub_raw as fixture;
 
     fn platforms(list: &[&str]) -> Vec<Platform> {
         list.iter().map(|p| Platform::parse(p).unwrap()).collect()

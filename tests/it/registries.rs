@@ -68,6 +68,30 @@ fn sync(dir: &Path, args: &[&str], env: &[(String, String)]) -> (Run, Value) {
     (run, serde_json::from_slice(&report).unwrap())
 }
 
+/// Syncs again with `args` (`--only …`): every row present, no write at
+/// any of `targets`.
+fn nothing_left_to_do(dir: &Path, args: &[&str], env: &[(String, String)], targets: &[&Registry]) {
+    let marks: Vec<usize> = targets.iter().map(|t| t.mark()).collect();
+    let (again, report) = sync(dir, args, env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for result in report["results"].as_array().unwrap() {
+        assert_eq!(result["outcome"], "present", "{result:#}");
+    }
+    for (target, mark) in targets.iter().zip(marks) {
+        for method in ["PUT", "POST", "PATCH"] {
+            assert_eq!(target.count_since(mark, method, |_| true), 0, "{method}");
+        }
+    }
+}
+
+/// `verify --deep` with `args` passes.
+fn verified(dir: &Path, args: &[&str], env: &[(String, String)]) {
+    let mut verify = vec!["verify", "--deep"];
+    verify.extend_from_slice(args);
+    let run = regmirror(dir, &verify, env);
+    assert_eq!(run.code, 0, "{}", run.all());
+}
+
 /// The outcome and error message of `image`'s row for `tag`.
 fn row(report: &Value, image: &str, tag: &str) -> (String, String) {
     let row = report["results"]
@@ -229,16 +253,9 @@ async fn docker_hub() {
 
     // Up to date: nothing written, and no metered GET at Docker Hub.
     let mark = hub.mark();
-    let writes = target.mark();
-    let (again, report) = sync(dir.path(), &["--only", "app"], &env);
-    assert_eq!(again.code, 0, "{}", again.all());
-    assert_eq!(row(&report, "app", "v1").0, "present");
+    nothing_left_to_do(dir.path(), &["--only", "app"], &env, &[&target]);
     assert_eq!(hub.count_since(mark, "GET", |r| r.is_manifest()), 0);
-    for method in ["PUT", "POST", "PATCH"] {
-        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
-    }
-    let verify = regmirror(dir.path(), &["verify", "--deep", "--only", "app"], &env);
-    assert_eq!(verify.code, 0, "{}", verify.all());
+    verified(dir.path(), &["--only", "app"], &env);
 }
 
 /// An error body in the registry's JSON form.
@@ -364,15 +381,8 @@ async fn ghcr() {
     );
 
     // Up to date: nothing written.
-    let writes = target.mark();
-    let (again, report) = sync(dir.path(), &["--only", "app"], &env);
-    assert_eq!(again.code, 0, "{}", again.all());
-    assert_eq!(row(&report, "app", "v1").0, "present");
-    for method in ["PUT", "POST", "PATCH"] {
-        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
-    }
-    let verify = regmirror(dir.path(), &["verify", "--deep", "--only", "app"], &env);
-    assert_eq!(verify.code, 0, "{}", verify.all());
+    nothing_left_to_do(dir.path(), &["--only", "app"], &env, &[&target]);
+    verified(dir.path(), &["--only", "app"], &env);
 }
 
 /// Amazon ECR Public (and private ECR), as a source and as a target:
@@ -510,23 +520,14 @@ async fn ecr() {
     );
 
     // Up to date: nothing written, nothing created.
-    let writes = target.mark();
-    let (again, report) = sync(dir.path(), &[], &env);
-    assert_eq!(again.code, 0, "{}", again.all());
-    for result in report["results"].as_array().unwrap() {
-        assert_eq!(result["outcome"], "present", "{result:#}");
-    }
-    for method in ["PUT", "POST", "PATCH"] {
-        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
-    }
+    nothing_left_to_do(dir.path(), &[], &env, &[&target, &private]);
+    verified(dir.path(), &[], &env);
     assert!(
         !calls()
             .iter()
             .skip(3)
             .any(|c| c.ends_with("CreateRepository"))
     );
-    let verify = regmirror(dir.path(), &["verify", "--deep"], &env);
-    assert_eq!(verify.code, 0, "{}", verify.all());
 
     // No AWS credentials at all: the login fails, says so once, and the
     // registry's refusal is an authentication failure (exit 3).
@@ -628,15 +629,6 @@ async fn body_limits_and_refused_mounts() {
     }
 
     // Up to date: nothing written.
-    let writes = target.mark();
-    let (again, report) = sync(dir.path(), &[], &[]);
-    assert_eq!(again.code, 0, "{}", again.all());
-    for result in report["results"].as_array().unwrap() {
-        assert_eq!(result["outcome"], "present", "{result:#}");
-    }
-    for method in ["PUT", "POST", "PATCH"] {
-        assert_eq!(target.count_since(writes, method, |_| true), 0, "{method}");
-    }
-    let verify = regmirror(dir.path(), &["verify", "--deep"], &[]);
-    assert_eq!(verify.code, 0, "{}", verify.all());
+    nothing_left_to_do(dir.path(), &[], &[], &[&target]);
+    verified(dir.path(), &[], &[]);
 }
