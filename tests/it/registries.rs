@@ -405,6 +405,18 @@ async fn ecr() {
     use crate::seeds::{ECR_PASSWORD, ecr_public};
     let staging = Registry::start(Auth::None);
     let signed = signed_image(&staging, "upstream/app", false).await;
+    // An SBOM known only by its subject, as `oras attach` leaves one.
+    let sbom = images::sbom_of(&signed.image);
+    images::push(&staging.url(), "upstream/app", &sbom.root.0, &sbom).await;
+    // ECR has the OCI referrers API (distribution 2.8 behind does not).
+    let api_of = |registry: &Registry| {
+        Rule::new(
+            "GET",
+            "/referrers/",
+            usize::MAX,
+            Action::Referrers(registry.storage()),
+        )
+    };
     let no_digest_on_get = || {
         Rule::new(
             "GET",
@@ -413,7 +425,7 @@ async fn ecr() {
             Action::StripHeader("docker-content-digest"),
         )
     };
-    let source = Proxy::start(&staging.host, vec![no_digest_on_get()]);
+    let source = Proxy::start(&staging.host, vec![api_of(&staging), no_digest_on_get()]);
     let target = Registry::start(Auth::Token(Issuer::start("AWS", ECR_PASSWORD)));
     let ecr = Proxy::start(
         &target.host,
@@ -431,6 +443,7 @@ async fn ecr() {
                 Action::StripHeader("location"),
             ),
             no_digest_on_get(),
+            api_of(&target),
         ],
     );
     // Private ECR takes the login as Basic credentials on every request.
@@ -483,11 +496,9 @@ async fn ecr() {
     let (run, report) = sync(dir.path(), &[], &env);
     assert_eq!(run.code, 0, "{}", run.all());
     let results = report["results"].as_array().unwrap();
-    assert_eq!(
-        results.len(),
-        4,
-        "app and its signature, to both: {report:#}"
-    );
+    // App, signature and SBOM to both, and a fallback index where there
+    // is no referrers API.
+    assert_eq!(results.len(), 7, "{report:#}");
     for result in results {
         assert_eq!(result["outcome"], "copied", "{result:#}");
     }
@@ -515,9 +526,31 @@ async fn ecr() {
         Some(signed.signature.root.2.as_slice())
     );
     assert_eq!(
-        skopeo_raw(&private.host, "mirror/app", "v1", creds).as_deref(),
+        skopeo_raw(&private.host, "mirror/app", "v1", creds.clone()).as_deref(),
         Some(signed.image.root.2.as_slice())
     );
+    // The SBOM was found through the source's referrers API and pushed by
+    // digest; ECR lists it by its subject, so no fallback tag is written
+    // there, while the registry without the API gets one.
+    assert!(
+        source.applied(0) >= 1,
+        "the source's referrers API was not asked"
+    );
+    let fallback = signed.image.root.0.replace(':', "-");
+    for (registry, repo, has_fallback) in
+        [(&target, "acme/app", false), (&private, "mirror/app", true)]
+    {
+        assert_eq!(
+            skopeo_raw(&registry.host, repo, &sbom.root.0, creds.clone()).as_deref(),
+            Some(sbom.root.2.as_slice()),
+            "{repo}"
+        );
+        assert_eq!(
+            skopeo_raw(&registry.host, repo, &fallback, creds.clone()).is_some(),
+            has_fallback,
+            "{repo}: fallback tag"
+        );
+    }
 
     // Up to date: nothing written, nothing created.
     nothing_left_to_do(dir.path(), &[], &env, &[&target, &private]);

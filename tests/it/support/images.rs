@@ -194,6 +194,36 @@ pub async fn push(registry_url: &str, repo: &str, tag: &str, image: &Generated) 
     put_manifest(&http, registry_url, repo, tag, media_type, bytes).await;
 }
 
+/// An SBOM attached to `subject` the OCI 1.1 way (`subject`, an
+/// `artifactType`, the empty config), as `oras attach` writes one: known
+/// only by its digest, never tagged.
+pub fn sbom_of(subject: &Generated) -> Generated {
+    let (digest, media_type, bytes) = &subject.root;
+    let empty = b"{}".to_vec();
+    let document =
+        format!(r#"{{"spdxVersion":"SPDX-2.3","name":"sbom of {digest}"}}"#).into_bytes();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/spdx+json",
+        "config": descriptor("application/vnd.oci.empty.v1+json", &empty),
+        "layers": [descriptor("application/spdx+json", &document)],
+        "subject": {"mediaType": media_type, "digest": digest, "size": bytes.len()},
+        "annotations": {"org.opencontainers.image.created": "2026-11-27T00:00:00Z"},
+    })
+    .to_string()
+    .into_bytes();
+    Generated {
+        blobs: vec![(sha256(&empty), empty), (sha256(&document), document)],
+        children: Vec::new(),
+        root: (
+            sha256(&manifest),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest,
+        ),
+    }
+}
+
 /// Uploads one blob (`body`, `size` bytes) as `digest`: a POST for the
 /// session, one monolithic PUT, over plain HTTP (not regmirror's client).
 pub async fn push_blob(

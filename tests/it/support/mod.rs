@@ -246,6 +246,11 @@ impl Registry {
             .count()
     }
 
+    /// The registry's storage root (distribution's `rootdirectory`).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The storage path of a blob's data file.
     pub fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");

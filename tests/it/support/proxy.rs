@@ -44,6 +44,10 @@ pub enum Action {
     RelativeLocation,
     /// Forward, answering with this status instead of the registry's.
     ReplaceStatus(u16),
+    /// Answer `GET /v2/<name>/referrers/<digest>` as a registry with the
+    /// OCI 1.1 referrers API does, from the storage of the distribution 2.8
+    /// behind (rooted here), which keeps every manifest but has no API.
+    Referrers(std::path::PathBuf),
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -224,6 +228,20 @@ fn serve(
         let _ = client.shutdown(Shutdown::Write);
         return;
     }
+    if let Some((Action::Referrers(root), _)) = &action {
+        let _ = std::io::copy(
+            &mut (&mut reader).take(content_length as u64),
+            &mut std::io::sink(),
+        );
+        let body = referrers(root, &path).to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(answer.as_bytes());
+        let _ = client.shutdown(Shutdown::Write);
+        return;
+    }
     if let Some((Action::Delay(wait), _)) = &action {
         std::thread::sleep(*wait);
     }
@@ -344,4 +362,58 @@ fn paced_copy(
         moved += n as u64;
         std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
     }
+}
+
+/// The referrers list of `path` (`/v2/<name>/referrers/<digest>`): every
+/// manifest of the repository, in the registry's storage under `root`,
+/// whose `subject` is that digest, described as the OCI 1.1 spec says.
+fn referrers(root: &std::path::Path, path: &str) -> serde_json::Value {
+    let path = path.split('?').next().unwrap_or_default();
+    let (name, subject) = path
+        .trim_start_matches("/v2/")
+        .split_once("/referrers/")
+        .unwrap_or_default();
+    let v2 = root.join("docker/registry/v2");
+    let revisions = v2
+        .join("repositories")
+        .join(name)
+        .join("_manifests/revisions/sha256");
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(revisions).into_iter().flatten().flatten() {
+        let hex = entry.file_name().to_string_lossy().into_owned();
+        let data = v2
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex)
+            .join("data");
+        let Ok(bytes) = std::fs::read(data) else {
+            continue;
+        };
+        let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if manifest["subject"]["digest"] != subject {
+            continue;
+        }
+        let mut descriptor = serde_json::json!({
+            "mediaType": manifest["mediaType"],
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+        });
+        let kind = manifest
+            .get("artifactType")
+            .or(manifest["config"].get("mediaType"));
+        if let Some(kind) = kind {
+            descriptor["artifactType"] = kind.clone();
+        }
+        if let Some(annotations) = manifest.get("annotations") {
+            descriptor["annotations"] = annotations.clone();
+        }
+        manifests.push(descriptor);
+    }
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    })
 }
