@@ -291,18 +291,22 @@ impl Engine {
         // as possible. An immutable tag every destination has is done
         // without asking the source at all.
         let befores = self.head_destinations(job).await;
-        let everywhere = befores.iter().all(|head| matches!(head, Ok(Some(_))));
-        if everywhere && job.immutable && job.pinned.is_none() && !self.options.deep {
-            return job
-                .destinations
+        // Every destination holds what it should: each tag as it is.
+        let all_present = |befores: Vec<Result<Option<Digest>>>, source: Option<Digest>| {
+            job.destinations
                 .iter()
                 .zip(befores)
                 .map(|(d, head)| Outcome {
+                    source_digest: source.clone(),
                     after: head.ok().flatten(),
                     duration: started.elapsed(),
                     ..Outcome::new(&job.image, &d.tag, &d.name, d.reference(), Status::Present)
                 })
-                .collect();
+                .collect::<Vec<_>>()
+        };
+        let everywhere = befores.iter().all(|head| matches!(head, Ok(Some(_))));
+        if everywhere && job.immutable && job.pinned.is_none() && !self.options.deep {
+            return all_present(befores, None);
         }
         // A destination answered that it lacks the tag, so the image will be
         // read: one GET of the tag gives its digest and its bytes (a HEAD
@@ -337,25 +341,7 @@ impl Engine {
         } else {
             match self.cut(job, &source_digest, root, &befores).await {
                 Ok(platforms::Cut::Index(index)) => (index.digest.clone(), Some(*index)),
-                Ok(platforms::Cut::Current) => {
-                    return job
-                        .destinations
-                        .iter()
-                        .zip(befores)
-                        .map(|(d, held)| Outcome {
-                            source_digest: Some(upstream.clone()),
-                            after: held.ok().flatten(),
-                            duration: started.elapsed(),
-                            ..Outcome::new(
-                                &job.image,
-                                &d.tag,
-                                &d.name,
-                                d.reference(),
-                                Status::Present,
-                            )
-                        })
-                        .collect();
-                }
+                Ok(platforms::Cut::Current) => return all_present(befores, Some(upstream)),
                 Err(error) => return fail_all(error),
             }
         };
