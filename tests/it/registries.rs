@@ -258,6 +258,56 @@ async fn docker_hub() {
     verified(dir.path(), &["--only", "app"], &env);
 }
 
+/// An ECR login about to expire is asked for again: with logins that last
+/// a minute (less than the 10 minutes of margin) and registry tokens that
+/// last a second, the run logs in more than once and notices nothing. (The
+/// `ecr` test shows a 12-hour login asked for once.)
+#[tokio::test]
+async fn an_ecr_login_about_to_expire_is_renewed() {
+    use crate::seeds::{ECR_PASSWORD, ecr_api};
+    let staging = Registry::start(Auth::None);
+    signed_image(&staging, "upstream/app", false).await;
+    let slow = Proxy::start(
+        &staging.host,
+        vec![Rule::new(
+            "GET",
+            "/blobs/",
+            usize::MAX,
+            Action::Delay(Duration::from_millis(300)),
+        )],
+    );
+    let target = Registry::start(Auth::Token(Issuer::start_docker_hub(
+        "AWS",
+        ECR_PASSWORD,
+        1,
+    )));
+    let api = ecr_api(&[], &[], 60);
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .registries(&format!("  {}:\n    ecr_login: public\n", target.host))
+        .target("ecr", &format!("{}/acme", target.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", slow.host),
+            "[v1]",
+            "    path: app\n",
+        )
+        .write(dir.path());
+    let env = [
+        ("AWS_ENDPOINT_URL_ECR_PUBLIC", api.url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIDECRTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "ecr-secret-Hk2"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied");
+    assert!(api.requests().len() >= 2, "{} logins", api.requests().len());
+}
+
 /// An error body in the registry's JSON form.
 fn refusal(status: u16, code: &str, message: &str) -> Action {
     Action::Respond {

@@ -366,6 +366,15 @@ pub(crate) fn ecr_public(
     existing: &'static [&'static str],
     denied: &'static [&'static str],
 ) -> StandIn {
+    ecr_api(existing, denied, 12 * 3600)
+}
+
+/// The ECR APIs' stand-in, whose logins last `lifetime` seconds.
+pub(crate) fn ecr_api(
+    existing: &'static [&'static str],
+    denied: &'static [&'static str],
+    lifetime: u64,
+) -> StandIn {
     StandIn::start(move |request: &Recorded, _base: &str| {
         let headers = vec![(
             "Content-Type".to_string(),
@@ -382,7 +391,7 @@ pub(crate) fn ecr_public(
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_secs()
-                + 12 * 3600;
+                + lifetime;
             serde_json::json!({"authorizationToken": token, "expiresAt": expires})
         };
         if action == "SpencerFrontendService.GetAuthorizationToken" {
