@@ -633,7 +633,7 @@ impl RegistryClient {
                 (other, None) => format!("without credentials: {}", other.explain(&host.registry)),
             };
             return Err(auth_error(format!(
-                "token request to `{realm}` {identity} answered {status}"
+                "token request to `{realm}` answered {status} {identity}"
             )));
         }
         #[derive(serde::Deserialize)]
