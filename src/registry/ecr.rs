@@ -72,8 +72,35 @@ pub struct Repositories {
     #[cfg(feature = "ecr")]
     client: OnceCell<aws_sdk_ecrpublic::Client>,
     created: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
-    /// Logins per registry and when they expire; one caller asks at a time.
-    logins: tokio::sync::Mutex<HashMap<String, (Credential, SystemTime)>>,
+    /// Logins per registry; one caller asks at a time.
+    logins: tokio::sync::Mutex<HashMap<String, Login>>,
+}
+
+/// What GetAuthorizationToken gave for a registry this run.
+enum Login {
+    /// Credentials, until this time.
+    Valid(Credential, SystemTime),
+    /// A refusal (no AWS credentials, access denied): it would be refused
+    /// again, so it is not asked again this run.
+    Refused {
+        /// The call, as errors name it.
+        service: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl Login {
+    /// The credentials, or the refusal as an error.
+    fn answer(&self) -> Result<Credential> {
+        match self {
+            Login::Valid(credential, _) => Ok(credential.clone()),
+            Login::Refused { service, reason } => Err(Error::Api {
+                service: service.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
 }
 
 /// The repository name ECR Public knows `repository` by: its path without
@@ -108,31 +135,37 @@ impl Repositories {
     /// until shortly before they expire.
     pub async fn login(&self, registry: &str, api: EcrApi) -> Result<Credential> {
         let mut logins = self.logins.lock().await;
-        if let Some((credential, expires)) = logins.get(registry)
-            && SystemTime::now() + RENEW_BEFORE < *expires
-        {
-            return Ok(credential.clone());
+        match logins.get(registry) {
+            Some(Login::Valid(credential, expires))
+                if SystemTime::now() + RENEW_BEFORE < *expires =>
+            {
+                return Ok(credential.clone());
+            }
+            Some(refused @ Login::Refused { .. }) => return refused.answer(),
+            _ => {}
         }
         let service = match api {
             EcrApi::Public => "ECR Public GetAuthorizationToken".to_string(),
             EcrApi::Private => format!("ECR GetAuthorizationToken for `{registry}`"),
         };
-        let (token, expires) = self
-            .authorization_token(registry, api)
-            .await
-            .map_err(|reason| Error::Api {
-                service: service.clone(),
-                reason,
-            })?;
-        let credential = decode(&token).ok_or_else(|| Error::Api {
-            service,
-            reason: "the token is not base64 of `user:password`".into(),
-        })?;
-        // 12 hours when ECR does not say (its documented lifetime).
-        let expires = expires.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(12 * 3600));
-        tracing::debug!("{registry}: logged in through GetAuthorizationToken");
-        logins.insert(registry.to_string(), (credential.clone(), expires));
-        Ok(credential)
+        let login = match self.authorization_token(registry, api).await {
+            Ok((token, expires)) => match decode(&token) {
+                // 12 hours when ECR does not say (its documented lifetime).
+                Some(credential) => Login::Valid(
+                    credential,
+                    expires.unwrap_or_else(|| SystemTime::now() + Duration::from_secs(12 * 3600)),
+                ),
+                None => Login::Refused {
+                    service,
+                    reason: "the token is not base64 of `user:password`".into(),
+                },
+            },
+            Err(reason) => Login::Refused { service, reason },
+        };
+        tracing::debug!("{registry}: asked GetAuthorizationToken for a login");
+        let answer = login.answer();
+        logins.insert(registry.to_string(), login);
+        answer
     }
 
     #[cfg(not(feature = "ecr"))]

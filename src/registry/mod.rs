@@ -80,7 +80,7 @@ struct Host {
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<auth::Lookup>,
-    /// An ECR Public login failed once: warned about, not again.
+    /// An ECR login failed: warned about once, and not asked for again.
     ecr_login_failed: std::sync::atomic::AtomicBool,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,

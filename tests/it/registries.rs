@@ -92,6 +92,23 @@ fn verified(dir: &Path, args: &[&str], env: &[(String, String)]) {
     assert_eq!(run.code, 0, "{}", run.all());
 }
 
+/// AWS credentials for the SDK, pointed at the API stand-in at `api`; no
+/// configuration file or instance metadata of the machine is read.
+fn aws_env(api: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL_ECR_PUBLIC", api),
+        ("AWS_ENDPOINT_URL_ECR", api),
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDECRTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "ecr-secret-Hk2"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec()
+}
+
 /// The outcome and error message of `image`'s row for `tag`.
 fn row(report: &Value, image: &str, tag: &str) -> (String, String) {
     let row = report["results"]
@@ -293,19 +310,48 @@ async fn an_ecr_login_about_to_expire_is_renewed() {
             "    path: app\n",
         )
         .write(dir.path());
-    let env = [
-        ("AWS_ENDPOINT_URL_ECR_PUBLIC", api.url.as_str()),
-        ("AWS_ACCESS_KEY_ID", "AKIDECRTEST"),
-        ("AWS_SECRET_ACCESS_KEY", "ecr-secret-Hk2"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("AWS_CONFIG_FILE", "/nonexistent"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-    ]
-    .map(|(k, v)| (k.to_string(), v.to_string()));
-    let (run, report) = sync(dir.path(), &[], &env);
+    let (run, report) = sync(dir.path(), &[], &aws_env(&api.url));
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(row(&report, "app", "v1").0, "copied");
     assert!(api.requests().len() >= 2, "{} logins", api.requests().len());
+}
+
+/// A refused ECR login (the role may not call GetAuthorizationToken) is
+/// asked for once a run and said once, not again before every token; the
+/// registry's refusal is an authentication failure (exit 3).
+#[tokio::test]
+async fn a_refused_ecr_login_is_asked_for_once() {
+    use crate::seeds::{ECR_PASSWORD, ecr_api};
+    let staging = Registry::start(Auth::None);
+    signed_image(&staging, "upstream/app", false).await;
+    let target = Registry::start(Auth::Token(Issuer::start("AWS", ECR_PASSWORD)));
+    let api = ecr_api(&[], &["GetAuthorizationToken"], 3600);
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .registries(&format!("  {}:\n    ecr_login: public\n", target.host))
+        .target("ecr", &format!("{}/acme", target.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", staging.host),
+            "[v1]",
+            "    path: app\n",
+        )
+        .image_with(
+            "other",
+            &format!("{}/upstream/app", staging.host),
+            "[v1]",
+            "    path: other\n",
+        )
+        .write(dir.path());
+    let (run, _) = sync(dir.path(), &[], &aws_env(&api.url));
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert_eq!(api.requests().len(), 1, "logins asked for");
+    let warned = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(" WARN") && l.contains("AccessDeniedException"))
+        .count();
+    assert_eq!(warned, 1, "{}", run.stderr);
 }
 
 /// An error body in the registry's JSON form.
@@ -517,25 +563,7 @@ async fn ecr() {
             "    path: app\n",
         )
         .write(dir.path());
-    let aws = |key: &str| {
-        vec![
-            ("AWS_ENDPOINT_URL_ECR_PUBLIC".to_string(), api.url.clone()),
-            ("AWS_ENDPOINT_URL_ECR".to_string(), api.url.clone()),
-            ("AWS_REGION".to_string(), "eu-west-1".to_string()),
-            ("AWS_ACCESS_KEY_ID".to_string(), key.to_string()),
-            (
-                "AWS_SECRET_ACCESS_KEY".to_string(),
-                "ecr-secret-Hk2".to_string(),
-            ),
-            ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
-            ("AWS_CONFIG_FILE".to_string(), "/nonexistent".to_string()),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE".to_string(),
-                "/nonexistent".to_string(),
-            ),
-        ]
-    };
-    let env = aws("AKIDECRTEST");
+    let env = aws_env(&api.url);
     let calls = || -> Vec<String> {
         api.requests()
             .iter()
@@ -614,8 +642,8 @@ async fn ecr() {
 
     // No AWS credentials at all: the login fails, says so once, and the
     // registry's refusal is an authentication failure (exit 3).
-    let mut bare = aws("");
-    bare.retain(|(key, _)| !key.starts_with("AWS_ACCESS_KEY_ID") && !key.starts_with("AWS_SECRET"));
+    let mut bare = env.clone();
+    bare.retain(|(key, _)| key != "AWS_ACCESS_KEY_ID" && key != "AWS_SECRET_ACCESS_KEY");
     let (failed, _) = sync(dir.path(), &[], &bare);
     assert_eq!(failed.code, 3, "{}", failed.all());
     assert_eq!(

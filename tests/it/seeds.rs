@@ -394,6 +394,12 @@ pub(crate) fn ecr_api(
                 + lifetime;
             serde_json::json!({"authorizationToken": token, "expiresAt": expires})
         };
+        let login_denied = denied.contains(&"GetAuthorizationToken");
+        if action.ends_with(".GetAuthorizationToken") && login_denied {
+            let body = serde_json::json!({"__type": "AccessDeniedException",
+                "message": "User is not authorized to perform: ecr-public:GetAuthorizationToken"});
+            return (400, headers, body.to_string().into_bytes());
+        }
         if action == "SpencerFrontendService.GetAuthorizationToken" {
             let body = serde_json::json!({"authorizationData": login()});
             return (200, headers, body.to_string().into_bytes());
