@@ -137,22 +137,16 @@ async fn verify_job(
                 .collect();
         }
     };
-    // With `platforms`, the target should hold the index cut from the source's.
-    let mut image: Option<Result<Image>> = None;
-    let mut cut = None;
+    // With `platforms`, the target should hold the index cut from the
+    // source's; the index read for it is the tree's root when going deep.
+    let mut root = None;
     if !job.platforms.is_empty() {
         let index = match job.source.manifest(client, &source, None).await {
-            Ok(root) => platforms::select(&root, &job.platforms),
+            Ok(read) => platforms::select(&read, &job.platforms),
             Err(error) => Err(error),
         };
         match index {
-            Ok(index) if index.digest != source => {
-                cut = Some(index.digest.clone());
-                if depth != Depth::Tag {
-                    image = Some(job.source.read_tree(client, index).await);
-                }
-            }
-            Ok(_) => {}
+            Ok(index) => root = Some(index),
             Err(error) => {
                 return job
                     .destinations
@@ -162,6 +156,10 @@ async fn verify_job(
             }
         }
     }
+    let cut = root
+        .as_ref()
+        .map(|index| index.digest.clone())
+        .filter(|digest| *digest != source);
     let wanted = cut.clone().unwrap_or_else(|| source.clone());
     let founds = join_all(
         job.destinations
@@ -172,9 +170,11 @@ async fn verify_job(
     let any_match = founds
         .iter()
         .any(|f| matches!(f, Ok(Some(d)) if *d == wanted));
-    if image.is_none() && depth != Depth::Tag && any_match {
-        image = Some(job.source.read_image(client, &source).await);
-    }
+    let image: Option<Result<Image>> = match root {
+        _ if depth == Depth::Tag || !any_match => None,
+        Some(root) => Some(job.source.read_tree(client, root).await),
+        None => Some(job.source.read_image(client, &source).await),
+    };
 
     let mut checks = Vec::new();
     for (destination, found) in job.destinations.iter().zip(founds) {
