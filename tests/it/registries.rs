@@ -18,7 +18,7 @@ use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
 use crate::support::proxy::{Action, Proxy, Rule};
 use crate::support::token::Issuer;
-use crate::support::{Auth, Registry, Run, regmirror};
+use crate::support::{Auth, Registry, Run, auth_var_for, regmirror};
 
 /// The image every personality gets: three platforms sharing a base layer,
 /// and a cosign signature tag (`sha256-<hex>.sig`).
@@ -47,14 +47,7 @@ fn auth_for(pairs: &[(&str, &Registry)]) -> Vec<(String, String)> {
         .iter()
         .map(|(host, registry)| {
             let (user, password) = registry.credentials().expect("a registry with credentials");
-            let name: String = host
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            (
-                format!("REGMIRROR_AUTH_{name}"),
-                format!("{user}:{password}"),
-            )
+            (auth_var_for(host), format!("{user}:{password}"))
         })
         .collect()
 }

@@ -18,13 +18,17 @@ const COLUMNS: u16 = 100;
 /// received, and the exit code.
 fn on_a_terminal(dir: &std::path::Path, args: &[&str]) -> (Vec<u8>, i32) {
     let inner = regmirror_command(dir, args, &[]);
+    // One shell line for `script`: every word quoted, so no path or
+    // argument is split or expanded.
+    let quoted =
+        |word: &std::ffi::OsStr| format!("'{}'", word.to_string_lossy().replace('\'', "'\\''"));
     let mut line = format!(
         "stty rows {ROWS} cols {COLUMNS}; exec {}",
-        inner.get_program().to_string_lossy()
+        quoted(inner.get_program())
     );
     for arg in inner.get_args() {
         line.push(' ');
-        line.push_str(&arg.to_string_lossy());
+        line.push_str(&quoted(arg));
     }
     let mut command = Command::new("script");
     command

@@ -319,8 +319,13 @@ pub fn regmirror_command(dir: &Path, args: &[&str], env: &[(String, String)]) ->
 
 /// The `REGMIRROR_AUTH_<HOST>` variable regmirror reads for `registry`.
 pub fn auth_var(registry: &Registry) -> String {
-    let host: String = registry
-        .host
+    auth_var_for(&registry.host)
+}
+
+/// The `REGMIRROR_AUTH_<HOST>` variable for `host` (a proxy in front of a
+/// registry is its own host).
+pub fn auth_var_for(host: &str) -> String {
+    let host: String = host
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
