@@ -309,21 +309,20 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         }
 
         let referrers = entry.referrers.or(file.defaults.referrers).unwrap_or(true);
-        let immutable = match (&entry.immutable, &file.defaults.immutable) {
-            (Some(value), _) => compile_immutable(value, &place("immutable"), &mut problems),
-            (None, Some(value)) => compile_immutable(value, "defaults.immutable", &mut problems),
-            (None, None) => Immutable::None,
-        };
-        let require_platforms = match (&entry.require_platforms, &file.defaults.require_platforms) {
-            (Some(list), _) => platforms(list, &place("require_platforms"), &mut problems),
-            (None, Some(list)) => platforms(list, "defaults.require_platforms", &mut problems),
-            (None, None) => Vec::new(),
-        };
-        let keep = match (&entry.platforms, &file.defaults.platforms) {
-            (Some(list), _) => platforms(list, &place("platforms"), &mut problems),
-            (None, Some(list)) => platforms(list, "defaults.platforms", &mut problems),
-            (None, None) => Vec::new(),
-        };
+        let defaults = &file.defaults;
+        let immutable = own_or_default(&entry.immutable, &defaults.immutable, &place, "immutable")
+            .map_or(Immutable::None, |(value, at)| {
+                compile_immutable(value, &at, &mut problems)
+            });
+        let require_platforms = own_or_default(
+            &entry.require_platforms,
+            &defaults.require_platforms,
+            &place,
+            "require_platforms",
+        )
+        .map_or_else(Vec::new, |(list, at)| platforms(list, &at, &mut problems));
+        let keep = own_or_default(&entry.platforms, &defaults.platforms, &place, "platforms")
+            .map_or_else(Vec::new, |(list, at)| platforms(list, &at, &mut problems));
         if !keep.is_empty() {
             for wanted in &require_platforms {
                 if !keep.iter().any(|kept| wanted.satisfies(kept)) {
@@ -394,6 +393,21 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
         target_names: file.targets.keys().cloned().collect(),
         notes,
     })
+}
+
+/// An image's own setting `key`, else the one in `defaults`: the value and
+/// its place, for problems (`images[2].platforms`, `defaults.platforms`).
+fn own_or_default<'a, T>(
+    own: &'a Option<T>,
+    default: &'a Option<T>,
+    place: &dyn Fn(&str) -> String,
+    key: &str,
+) -> Option<(&'a T, String)> {
+    match (own, default) {
+        (Some(value), _) => Some((value, place(key))),
+        (None, Some(value)) => Some((value, format!("defaults.{key}"))),
+        (None, None) => None,
+    }
 }
 
 /// Parses a list of `os/arch[/variant]`; each bad one is a problem (pushed)
