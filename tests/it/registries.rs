@@ -41,6 +41,22 @@ async fn signed_image(registry: &Registry, repo: &str, docker: bool) -> Signed {
     }
 }
 
+impl Signed {
+    /// `repo` at `host` serves the image and its signature byte for byte.
+    fn served_by(&self, host: &str, repo: &str, credentials: &Option<(String, String)>) {
+        for (reference, bytes) in [
+            ("v1", &self.image.root.2),
+            (self.sig_tag.as_str(), &self.signature.root.2),
+        ] {
+            assert_eq!(
+                skopeo_raw(host, repo, reference, credentials.clone()).as_deref(),
+                Some(bytes.as_slice()),
+                "{host}/{repo}:{reference}"
+            );
+        }
+    }
+}
+
 /// `REGMIRROR_AUTH_<HOST>` for each (host, registry) pair.
 fn auth_for(pairs: &[(&str, &Registry)]) -> Vec<(String, String)> {
     pairs
@@ -231,21 +247,7 @@ async fn docker_hub() {
         "{message}"
     );
     // The signature came along, by tag.
-    let creds = target.credentials();
-    assert_eq!(
-        skopeo_raw(&target.host, "acmemirror/app", "v1", creds.clone()).as_deref(),
-        Some(signed.image.root.2.as_slice())
-    );
-    assert_eq!(
-        skopeo_raw(
-            &target.host,
-            "acmemirror/app",
-            &signed.sig_tag,
-            creds.clone()
-        )
-        .as_deref(),
-        Some(signed.signature.root.2.as_slice())
-    );
+    signed.served_by(&target.host, "acmemirror/app", &target.credentials());
     // Every blob came from the CDN, each once; the registry served none.
     assert_eq!(hub_blob_gets(), before, "blob GETs reached the registry");
     let cdn_gets = cdn.seen().iter().filter(|s| s.method == "GET").count();
@@ -451,14 +453,7 @@ async fn ghcr() {
     assert_eq!(ghcr.applied(3), 1, "the 429");
     assert!(ghcr.applied(1) >= 1, "relative upload locations");
     let creds = target.credentials();
-    assert_eq!(
-        skopeo_raw(&target.host, "acme/app", "v1", creds.clone()).as_deref(),
-        Some(signed.image.root.2.as_slice())
-    );
-    assert_eq!(
-        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds.clone()).as_deref(),
-        Some(signed.signature.root.2.as_slice())
-    );
+    signed.served_by(&target.host, "acme/app", &creds);
     assert!(skopeo_raw(&target.host, "acme/busy", "v1", creds.clone()).is_none());
     assert!(skopeo_raw(&target.host, "acme/denied", "v1", creds).is_none());
     // Blobs came from the other host, each once.
@@ -588,18 +583,8 @@ async fn ecr() {
     );
     assert_eq!(ecr.applied(0), 2, "the throttled PUTs");
     let creds = Some(("AWS".to_string(), ECR_PASSWORD.to_string()));
-    assert_eq!(
-        skopeo_raw(&target.host, "acme/app", "v1", creds.clone()).as_deref(),
-        Some(signed.image.root.2.as_slice())
-    );
-    assert_eq!(
-        skopeo_raw(&target.host, "acme/app", &signed.sig_tag, creds.clone()).as_deref(),
-        Some(signed.signature.root.2.as_slice())
-    );
-    assert_eq!(
-        skopeo_raw(&private.host, "mirror/app", "v1", creds.clone()).as_deref(),
-        Some(signed.image.root.2.as_slice())
-    );
+    signed.served_by(&target.host, "acme/app", &creds);
+    signed.served_by(&private.host, "mirror/app", &creds);
     // The SBOM was found through the source's referrers API and pushed by
     // digest; ECR lists it by its subject, so no fallback tag is written
     // there, while the registry without the API gets one.
