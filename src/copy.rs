@@ -48,7 +48,7 @@ mod platforms;
 mod referrers;
 mod write;
 
-use write::{FirstWriter, WriteKey, Written};
+use write::{FirstWriter, Probe, WriteKey, Written};
 
 /// How a run behaves.
 #[derive(Clone, Debug)]
@@ -129,6 +129,10 @@ pub struct Engine {
     /// wait for it and mount from it instead of uploading the same bytes
     /// again. The first writer waits on no one, so there is no cycle.
     first_writers: Mutex<HashMap<(String, Digest), FirstWriter>>,
+    /// Per (api host, blob): the first HEAD this run sent for it in that
+    /// registry, as (repository, present). Asking one repository is enough
+    /// while the blob is being written: the others mount it from there.
+    probes: Mutex<HashMap<(String, Digest), Probe>>,
     /// Source tag lists for referrer discovery.
     source_tags: referrers::SourceTags,
 }
@@ -165,6 +169,7 @@ impl Engine {
             writes: Mutex::default(),
             holders: Mutex::default(),
             first_writers: Mutex::default(),
+            probes: Mutex::default(),
             source_tags: referrers::SourceTags::default(),
         })
     }
@@ -622,8 +627,11 @@ impl Engine {
 
     /// The blobs of `blobs` that `repository` lacks (HEAD, unless this run
     /// already knows it holds them). With `mount_unasked`, a blob another
-    /// repository of the registry holds counts as lacking without a HEAD:
-    /// it is mounted, and the mount costs the one request the HEAD would.
+    /// repository of the registry holds, or was asked about and lacks,
+    /// counts as lacking without a HEAD: it is mounted from there once
+    /// written (the mount costs the one request the HEAD would), so a
+    /// registry is asked about each blob once however many repositories
+    /// and jobs want it at the same moment.
     async fn missing_blobs(
         &self,
         repository: &Repository,
@@ -635,8 +643,10 @@ impl Engine {
                 if self.holds(repository, &blob.digest) {
                     return Ok(None);
                 }
-                if mount_unasked && self.mount_source(repository, &blob.digest).is_some() {
-                    return Ok(Some(blob.clone()));
+                if mount_unasked {
+                    let lacking = self.mount_source(repository, &blob.digest).is_some()
+                        || !self.probe(repository, &blob.digest).await?;
+                    return Ok(lacking.then(|| blob.clone()));
                 }
                 if self
                     .client

@@ -37,6 +37,9 @@ pub(super) enum Written {
 /// The repository path that began writing a blob first, and its write cell.
 pub(super) type FirstWriter = (String, Arc<OnceCell<Written>>);
 
+/// The first HEAD of a blob in a registry this run: (repository, present).
+pub(super) type Probe = Arc<OnceCell<(String, bool)>>;
+
 /// Identifies one object in one repository: (is manifest, api host, path, digest).
 pub(super) type WriteKey = (bool, String, String, Digest);
 
@@ -96,6 +99,35 @@ impl Engine {
             .iter()
             .find(|path| **path != repository.path)
             .cloned()
+    }
+
+    /// Whether `repository` may be taken to hold `digest`, asking its
+    /// registry once per blob this run (concurrent askers wait for the
+    /// first's answer). An answer for another repository of the registry
+    /// counts as "lacks": where it is present, it is mounted from there;
+    /// where it is absent, it is being written there, waited for and
+    /// mounted (or written here, if that write fails).
+    pub(super) async fn probe(&self, repository: &Repository, digest: &Digest) -> Result<bool> {
+        let probe = self
+            .probes
+            .lock()
+            .expect("probes lock poisoned")
+            .entry((repository.api_host().to_string(), digest.clone()))
+            .or_default()
+            .clone();
+        let (path, present) = probe
+            .get_or_try_init(|| async {
+                let present = self
+                    .client
+                    .blob_exists(repository, digest, Intent::Write)
+                    .await?;
+                if present {
+                    self.record(repository, digest);
+                }
+                Ok::<_, Error>((repository.path.clone(), present))
+            })
+            .await?;
+        Ok(*path == repository.path && *present)
     }
 
     /// The spooled file for `blob`, fetched from the job's source at most once.

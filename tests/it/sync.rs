@@ -322,43 +322,62 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
 
 /// A blob this run already put into another repository of the registry is
 /// mounted from there without a HEAD first (the mount answers whether it
-/// is there): with one job at a time, each target is asked about each
-/// distinct blob once, and the base layers the three repositories share
-/// are mounted into the second and third.
+/// is there), and a blob another repository is being asked about or
+/// written into is waited for and mounted, not asked about again: each
+/// target is asked about each distinct blob once, and the base layers the
+/// three repositories share are mounted into the second and third. Both
+/// with one job at a time and with the three jobs at once (the source's
+/// blobs slowed, so that every job has asked before any upload ends).
 #[tokio::test]
 async fn a_blob_another_repository_holds_is_mounted_without_a_head() {
-    let lab = Lab::start();
-    let mut generated = Vec::new();
-    let mut images_yaml = String::new();
-    for repo in ["team/one", "team/two", "team/three"] {
-        let spec = Spec::new(repo, "v1", false);
-        let image = images::generate(&spec);
-        images::push(&lab.upstream.url(), repo, "v1", &image).await;
-        generated.push(image);
-        let name = repo.trim_start_matches("team/");
-        images_yaml.push_str(&format!(
-            "  - name: {name}\n    source: {}/{repo}\n    tags: [v1]\n    referrers: false\n",
-            lab.upstream.host
-        ));
-    }
-    lab.write_config(&images_yaml);
-    let sync = lab.run(&["sync", "--jobs", "1"]);
-    assert_eq!(sync.code, 0, "{}", sync.all());
-    let unique = unique_blobs(&generated).len();
-    // The base layer of each of the three platforms.
-    let shared = 3;
-    for (name, target) in &lab.targets {
-        let requests = target.requests();
-        let heads = requests
-            .iter()
-            .filter(|r| r.method == "HEAD" && r.is_blob())
-            .count();
-        assert_eq!(heads, unique, "{name}: blob HEADs");
-        let mounts = requests
-            .iter()
-            .filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201)
-            .count();
-        assert_eq!(mounts, 2 * shared, "{name}: mounts");
+    for jobs in ["1", "3"] {
+        let lab = Lab::start();
+        let slow = crate::support::proxy::Proxy::start(
+            &lab.upstream.host,
+            vec![crate::support::proxy::Rule::new(
+                "GET",
+                "/blobs/",
+                usize::MAX,
+                crate::support::proxy::Action::Delay(std::time::Duration::from_millis(300)),
+            )],
+        );
+        let mut generated = Vec::new();
+        let mut images_yaml = String::new();
+        for repo in ["team/one", "team/two", "team/three"] {
+            let spec = Spec::new(repo, "v1", false);
+            let image = images::generate(&spec);
+            images::push(&lab.upstream.url(), repo, "v1", &image).await;
+            generated.push(image);
+            let name = repo.trim_start_matches("team/");
+            images_yaml.push_str(&format!(
+                "  - name: {name}\n    source: {}/{repo}\n    tags: [v1]\n    referrers: false\n",
+                slow.host
+            ));
+        }
+        lab.write_config(&images_yaml);
+        let sync = lab.run(&["sync", "--jobs", jobs]);
+        assert_eq!(sync.code, 0, "{}", sync.all());
+        let unique = unique_blobs(&generated).len();
+        // The base layer of each of the three platforms.
+        let shared = 3;
+        for (name, target) in &lab.targets {
+            let requests = target.requests();
+            let heads = requests
+                .iter()
+                .filter(|r| r.method == "HEAD" && r.is_blob())
+                .count();
+            assert_eq!(heads, unique, "{name}, --jobs {jobs}: blob HEADs");
+            let mounts = requests
+                .iter()
+                .filter(|r| r.method == "POST" && r.path.contains("mount=") && r.status == 201)
+                .count();
+            assert_eq!(mounts, 2 * shared, "{name}, --jobs {jobs}: mounts");
+            let uploads = requests
+                .iter()
+                .filter(|r| r.method == "PUT" && r.is_upload())
+                .count();
+            assert_eq!(uploads, unique, "{name}, --jobs {jobs}: uploads");
+        }
     }
 }
 
