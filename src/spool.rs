@@ -246,7 +246,7 @@ pub fn read_chunks(file: File) -> impl futures::Stream<Item = std::io::Result<by
             return Ok(None);
         };
         let (file, chunk) = match cached_chunk(&file, offset) {
-            Some(chunk) => (file, chunk),
+            Some(chunk) => (file, Ok(chunk)),
             None => tokio::task::spawn_blocking(move || {
                 let chunk = read_chunk(&file, offset);
                 (file, chunk)
@@ -263,27 +263,44 @@ pub fn read_chunks(file: File) -> impl futures::Stream<Item = std::io::Result<by
     })
 }
 
+/// Set once the kernel or the spool's filesystem refuses `RWF_NOWAIT`
+/// itself (not "would wait"): every later chunk then goes straight to the
+/// blocking pool instead of asking again.
+#[cfg(target_os = "linux")]
+static NOWAIT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Up to [`READ_CHUNK`] bytes of `file` from `offset` if the page cache
 /// holds them (short if it holds only some); `None` if reading would wait
 /// for the disk, or cannot be asked not to. Errors are left to the blocking
 /// read, which reports them.
 #[cfg(target_os = "linux")]
-fn cached_chunk(file: &File, offset: u64) -> Option<std::io::Result<Vec<u8>>> {
-    use rustix::io::{ReadWriteFlags, preadv2};
+fn cached_chunk(file: &File, offset: u64) -> Option<Vec<u8>> {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    use std::sync::atomic::Ordering;
+    if NOWAIT_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
     let mut chunk = vec![0; READ_CHUNK];
-    let read = preadv2(
+    match preadv2(
         file,
         &mut [std::io::IoSliceMut::new(&mut chunk)],
         offset,
         ReadWriteFlags::NOWAIT,
-    )
-    .ok()?;
-    chunk.truncate(read);
-    Some(Ok(chunk))
+    ) {
+        Ok(read) => {
+            chunk.truncate(read);
+            Some(chunk)
+        }
+        Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => {
+            NOWAIT_REFUSED.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn cached_chunk(_file: &File, _offset: u64) -> Option<std::io::Result<Vec<u8>>> {
+fn cached_chunk(_file: &File, _offset: u64) -> Option<Vec<u8>> {
     None
 }
 
@@ -442,15 +459,11 @@ mod tests {
         let data: Vec<u8> = (0..(READ_CHUNK + 10)).map(|i| (i % 13) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = File::open(&path).unwrap();
-        let first = cached_chunk(&file, 0).expect("read in place").unwrap();
+        let first = cached_chunk(&file, 0).expect("read in place");
         assert_eq!(first, data[..READ_CHUNK]);
-        let rest = cached_chunk(&file, READ_CHUNK as u64)
-            .expect("read in place")
-            .unwrap();
+        let rest = cached_chunk(&file, READ_CHUNK as u64).expect("read in place");
         assert_eq!(rest, data[READ_CHUNK..]);
-        let end = cached_chunk(&file, data.len() as u64)
-            .expect("read in place")
-            .unwrap();
+        let end = cached_chunk(&file, data.len() as u64).expect("read in place");
         assert!(end.is_empty());
     }
 
