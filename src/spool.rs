@@ -313,6 +313,7 @@ fn read_chunk(file: &File, offset: u64) -> std::io::Result<Vec<u8>> {
     file.take(READ_CHUNK as u64).read_to_end(&mut chunk)?;
     Ok(chunk)
 }
+
 /// A failed write to the spool, naming its directory and, for a full disk,
 /// how to move it.
 pub fn write_error(path: &Path, error: std::io::Error) -> Error {
