@@ -399,18 +399,8 @@ impl RegistryClient {
             None => super::ecr::api_for(&host.registry),
         };
         let api = api.filter(|_| !self.anonymous)?;
-        match self.ecr.login(&host.registry, api).await {
-            Ok(credential) => Some(credential),
-            Err(error) => {
-                if !host
-                    .ecr_login_failed
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-                {
-                    tracing::warn!("{}: {error}", host.registry);
-                }
-                None
-            }
-        }
+        // A refusal was warned about where it was first met (`ecr.rs`).
+        self.ecr.login(&host.registry, api).await.ok()
     }
 
     /// Why `host` refused us: the credentials it was sent and where they

@@ -164,6 +164,10 @@ impl Repositories {
         };
         tracing::debug!("{registry}: asked GetAuthorizationToken for a login");
         let answer = login.answer();
+        // Said once: a refusal is kept for the run and not asked again.
+        if let Err(error) = &answer {
+            tracing::warn!("{registry}: {error}");
+        }
         logins.insert(registry.to_string(), login);
         answer
     }

@@ -80,8 +80,6 @@ struct Host {
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
     credential: OnceCell<auth::Lookup>,
-    /// An ECR login failed: warned about once, and not asked for again.
-    ecr_login_failed: std::sync::atomic::AtomicBool,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,
     /// The idle window of every request and body (`timeout`).
@@ -255,7 +253,6 @@ impl RegistryClient {
                         .clone(),
                     challenge: tokio::sync::Mutex::new(None),
                     credential: OnceCell::new(),
-                    ecr_login_failed: Default::default(),
                     referrers_api: tokio::sync::Mutex::new(None),
                     window: options.timeout,
                     health: Health::default(),
