@@ -270,6 +270,25 @@ async fn docker_hub() {
     verified(dir.path(), &["--only", "app"], &env);
 }
 
+/// A config mirroring `<source>/upstream/app:v1` to `target`, an ECR Public
+/// stand-in (`ecr_login: public`), once per name in `names` (as `path:`).
+fn ecr_login_config(target: &Registry, source: &str, names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = MirrorYaml::new()
+        .registries(&format!("  {}:\n    ecr_login: public\n", target.host))
+        .target("ecr", &format!("{}/acme", target.host));
+    for name in names {
+        config = config.image_with(
+            name,
+            &format!("{source}/upstream/app"),
+            "[v1]",
+            &format!("    path: {name}\n"),
+        );
+    }
+    config.write(dir.path());
+    dir
+}
+
 /// An ECR login about to expire is asked for again: with logins that last
 /// a minute (less than the 10 minutes of margin) and registry tokens that
 /// last a second, the run logs in more than once and notices nothing. (The
@@ -294,17 +313,7 @@ async fn an_ecr_login_about_to_expire_is_renewed() {
         1,
     )));
     let api = ecr_api(&[], &[], 60);
-    let dir = tempfile::tempdir().unwrap();
-    MirrorYaml::new()
-        .registries(&format!("  {}:\n    ecr_login: public\n", target.host))
-        .target("ecr", &format!("{}/acme", target.host))
-        .image_with(
-            "app",
-            &format!("{}/upstream/app", slow.host),
-            "[v1]",
-            "    path: app\n",
-        )
-        .write(dir.path());
+    let dir = ecr_login_config(&target, &slow.host, &["app"]);
     let (run, report) = sync(dir.path(), &[], &aws_env(&api.url));
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(row(&report, "app", "v1").0, "copied");
@@ -321,23 +330,7 @@ async fn a_refused_ecr_login_is_asked_for_once() {
     signed_image(&staging, "upstream/app", false).await;
     let target = Registry::start(Auth::Token(Issuer::start("AWS", ECR_PASSWORD)));
     let api = ecr_api(&[], &["GetAuthorizationToken"], 3600);
-    let dir = tempfile::tempdir().unwrap();
-    MirrorYaml::new()
-        .registries(&format!("  {}:\n    ecr_login: public\n", target.host))
-        .target("ecr", &format!("{}/acme", target.host))
-        .image_with(
-            "app",
-            &format!("{}/upstream/app", staging.host),
-            "[v1]",
-            "    path: app\n",
-        )
-        .image_with(
-            "other",
-            &format!("{}/upstream/app", staging.host),
-            "[v1]",
-            "    path: other\n",
-        )
-        .write(dir.path());
+    let dir = ecr_login_config(&target, &staging.host, &["app", "other"]);
     let (run, _) = sync(dir.path(), &[], &aws_env(&api.url));
     assert_eq!(run.code, 3, "{}", run.all());
     assert_eq!(api.requests().len(), 1, "logins asked for");
