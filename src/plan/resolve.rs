@@ -773,16 +773,9 @@ images:
         let wanted: Vec<String> = plan
             .jobs
             .iter()
-            .map(|job| {
-                let names: Vec<String> = job
-                    .require_platforms
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect();
-                names.join(" ")
-            })
+            .map(|job| crate::manifest::platforms::list(&job.require_platforms))
             .collect();
-        assert_eq!(wanted, ["linux/amd64", "linux/arm64 linux/arm/v7"]);
+        assert_eq!(wanted, ["linux/amd64", "linux/arm64,linux/arm/v7"]);
         let bad = config.replace("linux/arm/v7]", "arm64]");
         let problems = load("m.yaml", &bad).unwrap_err().problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
