@@ -3,7 +3,7 @@
 //! with images generated here and checked by skopeo, an independent reader.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
@@ -1330,25 +1330,17 @@ async fn authentication_failure_exits_3_without_leaking_secrets() {
 /// program on PATH, asked with the registry on stdin.
 #[tokio::test]
 async fn credentials_from_a_docker_credential_helper() {
-    use std::os::unix::fs::PermissionsExt;
     let upstream = Registry::start(Auth::None);
     let target = Registry::start(Auth::Htpasswd {
         user: "helper-user".into(),
         password: "helper-pass-P4v".into(),
     });
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let helper = bin.join("docker-credential-regtest");
-    std::fs::write(
-        &helper,
+    let (bin, docker) = credential_helper(
+        dir.path(),
+        "regtest",
         "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> \"$(dirname \"$0\")/asked\"\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"helper-user\",\"Secret\":\"helper-pass-P4v\"}' \"$server\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let docker = dir.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(docker.join("config.json"), r#"{"credsStore": "regtest"}"#).unwrap();
+    );
 
     let spec = Spec {
         platforms: vec![("amd64", None)],
@@ -1390,13 +1382,32 @@ async fn credentials_from_a_docker_credential_helper() {
     );
 }
 
+/// A Docker credential helper `docker-credential-<name>` running `script`,
+/// in `<dir>/bin`, and a Docker config dir `<dir>/<name>` whose
+/// `credsStore` names it: (the bin dir for PATH, the config dir).
+fn credential_helper(dir: &Path, name: &str, script: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(&helper, script).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = dir.join(name);
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"credsStore": "{name}"}}"#),
+    )
+    .unwrap();
+    (bin, docker)
+}
+
 /// A credential helper that fails (a locked keychain, `pass` without its
 /// GPG key) is named with its error, as a warning and in the failure (exit
 /// 3), instead of being taken for "no credentials"; with none at all, the
 /// failure says where they were looked for and how to add them.
 #[tokio::test]
 async fn a_failing_helper_is_named_and_missing_credentials_say_where_they_were_looked_for() {
-    use std::os::unix::fs::PermissionsExt;
     let upstream = Registry::start(Auth::None);
     let target = Registry::start(Auth::Htpasswd {
         user: "someone".into(),
@@ -1408,19 +1419,12 @@ async fn a_failing_helper_is_named_and_missing_credentials_say_where_they_were_l
     });
     images::push(&upstream.url(), "team/app", "v1", &image).await;
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let helper = bin.join("docker-credential-broken");
-    std::fs::write(
-        &helper,
+    let (bin, broken) = credential_helper(
+        dir.path(),
+        "broken",
         // As helpers do: read the server asked for, then fail.
         "#!/bin/sh\nread server\necho 'gpg: decryption failed: No secret key' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let broken = dir.path().join("broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    std::fs::write(broken.join("config.json"), r#"{"credsStore": "broken"}"#).unwrap();
+    );
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
