@@ -18,6 +18,9 @@
 //! - [`shard`]: `--shard I/N` and `plan --matrix N`, by a hash of each name.
 //! - [`report`]: outcomes, failures and the summary as data; one rule
 //!   (`Failure::from`) for what an error means to a run and its exit code.
+//! - [`text`]: text on its way to people: registry text made one inert
+//!   line, URLs shown without their secrets ([`text::ShownUrl`], the only
+//!   form a URL takes in an error).
 //!
 //! The run, and what it talks to:
 //!
@@ -61,6 +64,7 @@ pub mod run;
 pub mod shard;
 pub mod source;
 pub mod spool;
+pub mod text;
 pub mod verify;
 
 pub use error::{Error, Result};

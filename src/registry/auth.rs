@@ -19,11 +19,12 @@ use futures::StreamExt;
 use reqwest::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
-use super::body::{MAX_TOKEN_SIZE, header, neutral, read_capped};
+use super::body::{MAX_TOKEN_SIZE, header, read_capped};
 use super::deadline::{self, Watch};
 use super::{Host, RegistryClient};
 use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
+use crate::text::ShownUrl;
 
 /// A secret that opens a registry.
 #[derive(Clone)]
@@ -371,7 +372,7 @@ pub(super) fn checked_challenge(
     if let Challenge::Bearer { realm, .. } = &challenge {
         let refuse = |reason: &str| Error::Auth {
             registry: registry.to_string(),
-            reason: format!("token realm `{}` {reason}", neutral(realm)),
+            reason: format!("token realm `{}` {reason}", ShownUrl::new(realm)),
         };
         let url = url::Url::parse(realm).map_err(|_| refuse("is not a URL"))?;
         match url.scheme() {
@@ -463,7 +464,7 @@ impl RegistryClient {
                     registry: host.registry.clone(),
                     reason: format!(
                         "`GET {url}` was redirected to `{}`, which asked for credentials; they are not sent there",
-                        neutral(response.url().as_str())
+                        ShownUrl::from(response.url())
                     ),
                 });
             }
@@ -547,8 +548,8 @@ impl RegistryClient {
             registry: host.registry.clone(),
             reason,
         };
-        let mut url =
-            url::Url::parse(realm).map_err(|_| auth_error(format!("bad token realm `{realm}`")))?;
+        let mut url = url::Url::parse(realm)
+            .map_err(|_| auth_error(format!("bad token realm `{}`", ShownUrl::new(realm))))?;
         let credential = self.credential(host).await;
         let request = match &credential {
             Some(Credential::IdentityToken(refresh)) => {
@@ -594,26 +595,22 @@ impl RegistryClient {
         }
         let response = deadline::send(request, &Watch::new(), host.window)
             .await
-            .map_err(|fault| host.fault(&method, realm, fault))?;
+            .map_err(|fault| host.fault(&method, realm, fault, None))?;
         host.health.answered();
         if response.status() == StatusCode::BAD_REQUEST {
             // Not the credentials: the request. Docker Hub's token service
             // refuses a name of more than two components this way
             // (google/go-containerregistry#1687).
             let chunks = deadline::body(response, host.window, ())
-                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault)));
+                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
             let mut body = super::body::error_text(chunks).await;
             if body.contains("invalid repository name") {
                 body.push_str(
                     " (Docker Hub takes repositories of two components, namespace/name: set `path:` on the image)",
                 );
             }
-            return Err(Error::Status {
-                method: method.to_string(),
-                url: format!("{realm} (token for {})", access.scopes().join(" ")),
-                status: 400,
-                body,
-            });
+            body.push_str(&format!(" (token for {})", access.scopes().join(" ")));
+            return Err(Error::status(method.as_str(), realm, 400, &body));
         }
         if !response.status().is_success() {
             let status = response.status().as_u16();
@@ -634,7 +631,7 @@ impl RegistryClient {
         }
         let length = response.content_length();
         let chunks = deadline::body(response, host.window, ())
-            .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault)));
+            .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
         let body = read_capped(chunks, length, realm, MAX_TOKEN_SIZE).await?;
         let body: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
-use super::body::{Answer, header, neutral};
+use super::body::{Answer, header};
 use super::deadline::Watch;
 use super::http::resolve_link;
 use super::meter::Meter;
@@ -21,6 +21,7 @@ use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::reference::Repository;
+use crate::text::ShownUrl;
 
 /// The result of a cross-repository mount request.
 #[derive(Debug)]
@@ -83,14 +84,14 @@ impl RegistryClient {
                 .await;
             match &result {
                 Err(Error::Transport { source, .. }) if retry::transport_is_retryable(source) => {
-                    tracing::debug!(%url, error = %source, "blob download broke");
+                    tracing::debug!(url = %ShownUrl::new(&url), error = %**source, "blob download broke");
                     Attempt::Transient {
                         result,
                         retry_after: None,
                     }
                 }
                 Err(Error::Stalled { .. }) => {
-                    tracing::debug!(%url, "blob download stalled");
+                    tracing::debug!(url = %ShownUrl::new(&url), "blob download stalled");
                     Attempt::Transient {
                         result,
                         retry_after: None,
@@ -328,7 +329,7 @@ impl RegistryClient {
     /// blob's digest added.
     fn closing_url(location: &str, digest: &Digest) -> Result<String> {
         let mut url = url::Url::parse(location).map_err(|_| Error::Limit {
-            what: format!("upload `Location` `{}`", neutral(location)),
+            what: format!("upload `Location` `{}`", ShownUrl::new(location)),
             reason: "not a URL".into(),
         })?;
         url.query_pairs_mut().append_pair("digest", digest.as_str());

@@ -15,6 +15,7 @@ use super::deadline::{self, Watch};
 use super::{Host, retry};
 use crate::error::{Error, Result};
 use crate::manifest;
+use crate::text::{ShownUrl, scrubbed};
 
 /// The builder of a request: headers and body, given the watch its body
 /// reports progress to (only streamed uploads use it).
@@ -41,8 +42,11 @@ impl Answer {
             method,
             url,
         } = self;
-        deadline::body(response, host.window, permit)
-            .map(move |chunk| chunk.map_err(|fault| host.fault(&method, &url, fault)))
+        // A body from a redirect target (a CDN) fails there, not at the registry.
+        let at = Some(response.url().to_string()).filter(|at| *at != url);
+        deadline::body(response, host.window, permit).map(move |chunk| {
+            chunk.map_err(|fault| host.fault(&method, &url, fault, at.as_deref()))
+        })
     }
 
     /// The body whole, refused past `limit` bytes.
@@ -51,9 +55,14 @@ impl Answer {
         read_capped(self.chunks(), length, &url, limit).await
     }
 
-    /// The start of an error body, for a message: see [`error_text`].
+    /// The start of an error body, for a message: see [`error_text`]. A
+    /// body may echo the request (an S3 error names the signed URL it
+    /// refused): the query values of the URL asked for, and of the one that
+    /// answered after redirects, are taken out.
     pub(super) async fn error_text(self) -> String {
-        error_text(self.chunks()).await
+        let (asked, answered) = (self.url.clone(), self.response.url().to_string());
+        let text = error_text(self.chunks()).await;
+        scrubbed(&scrubbed(&text, &asked), &answered)
     }
 }
 
@@ -86,7 +95,7 @@ pub(super) async fn read_capped(
     limit: u64,
 ) -> Result<Bytes> {
     let too_large = || Error::Limit {
-        what: url.to_string(),
+        what: ShownUrl::new(url).to_string(),
         reason: format!("larger than {}; refusing to read it", size_text(limit)),
     };
     if length.is_some_and(|n| n > limit) {
@@ -113,20 +122,7 @@ pub(super) fn retry_after(response: &Response) -> Option<Duration> {
         .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
 }
 
-/// Text from a registry made safe to print: one line (control characters
-/// shown escaped), so it can never start a line of its own, and so never a
-/// GitHub Actions workflow command (`::…`).
-pub(crate) fn neutral(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
-            if c.is_control() {
-                Box::new(c.escape_default())
-            } else {
-                Box::new(std::iter::once(c))
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::text::neutral;
 
 /// The start of an error body, for the message: at most
 /// [`MAX_ERROR_BODY`] characters read (a registry can send gigabytes),
@@ -146,32 +142,4 @@ pub(super) async fn error_text(chunks: impl futures::Stream<Item = Result<Bytes>
         text.push('…');
     }
     neutral(&text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_text_is_one_line() {
-        let text = neutral("oops\n::error::owned\r\u{1b}[31m");
-        assert_eq!(text.lines().count(), 1);
-        assert!(!text.contains('\u{1b}'));
-        assert_eq!(neutral("plain `text`"), "plain `text`");
-    }
-}
-
-/// Properties over arbitrary text (proptest): registry text reaches logs.
-#[cfg(test)]
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn registry_text_is_always_one_printable_line(text in "\\PC{0,50}[\\r\\n\\t\\x00-\\x1f]{0,5}\\PC{0,50}") {
-            let neutral = neutral(&text);
-            prop_assert!(!neutral.chars().any(char::is_control));
-        }
-    }
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::body::neutral;
 use crate::error::{Error, Result};
+use crate::text::ShownUrl;
 
 /// `scheme://host:port` of a URL, the unit credentials are bound to.
 pub(super) fn origin(url: &str) -> Option<url::Origin> {
@@ -18,7 +18,7 @@ pub(super) fn origin(url: &str) -> Option<url::Origin> {
 /// travels next (a tag list's position, an upload) would go in the clear.
 pub(super) fn resolve_link(current: &str, next: &str, what: &str) -> Result<String> {
     let bad = |reason: &str| Error::Limit {
-        what: format!("{what} `{}`", neutral(next)),
+        what: format!("{what} `{}`", ShownUrl::new(next)),
         reason: reason.to_string(),
     };
     let base = url::Url::parse(current).map_err(|_| bad("the request URL does not parse"))?;
@@ -76,10 +76,28 @@ pub(super) fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
         },
         None => Error::Transport {
             method: "build".into(),
-            url: "client".into(),
-            source,
+            url: ShownUrl::new("client"),
+            source: source.into(),
         },
     })
+}
+
+tokio::task_local! {
+    /// Where the request being sent in this task was last redirected to:
+    /// set by the redirect policy, read by [`following`].
+    static REDIRECTED: std::cell::RefCell<Option<String>>;
+}
+
+/// Runs `send` (one request) and returns, with its result, the last URL a
+/// redirect took it to: a failure there is the redirect target's (a blob
+/// storage CDN's), not the registry's, and is named as such.
+pub(super) async fn following<T>(send: impl Future<Output = T>) -> (T, Option<String>) {
+    REDIRECTED
+        .scope(std::cell::RefCell::new(None), async {
+            let result = send.await;
+            (result, REDIRECTED.with(|last| last.borrow_mut().take()))
+        })
+        .await
 }
 
 /// Redirects (blob GETs land on storage, often another host) are followed
@@ -93,12 +111,15 @@ pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
         if downgrade {
             let error = format!(
                 "refusing a redirect from https to plain http (`{}`)",
-                neutral(attempt.url().as_str())
+                ShownUrl::from(attempt.url())
             );
             attempt.error(error)
         } else if attempt.previous().len() > 10 {
             attempt.error("more than 10 redirects")
         } else {
+            // Outside `following` (no scope), nothing is noted.
+            let _ =
+                REDIRECTED.try_with(|last| *last.borrow_mut() = Some(attempt.url().to_string()));
             attempt.follow()
         }
     })
@@ -129,40 +150,6 @@ pub(super) fn is_certificate_error(error: &reqwest::Error) -> bool {
     false
 }
 
-/// Query parameters whose values are shown in logs; any other value (an
-/// upload's `_state`, a CDN URL's signature) is replaced by `…`.
-const SHOWN_PARAMETERS: [&str; 7] = ["digest", "mount", "from", "n", "last", "scope", "service"];
-
-/// `url` (absolute, or a relative `Location`) for a log line: no user
-/// information, and only the query values that cannot be secrets.
-pub(crate) fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let mut out = match url::Url::parse(base) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        Err(_) => base.to_string(),
-    };
-    if let Some(query) = query {
-        // As written (still encoded), each value kept or given up.
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if !SHOWN_PARAMETERS.contains(&key) => format!("{key}=…"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&pairs.join("&"));
-    }
-    super::body::neutral(&out)
-}
-
 /// Response headers whose values are never logged.
 const SECRET_HEADERS: [&str; 3] = ["set-cookie", "authorization", "proxy-authenticate"];
 
@@ -186,12 +173,12 @@ pub(crate) fn log_response(
         .unwrap_or_else(|| "-".into());
     let mut line = format!(
         "{method} {} → {} ({size}, {} ms)",
-        redacted(url),
+        ShownUrl::new(url),
         response.status().as_u16(),
         elapsed.as_millis()
     );
     if response.url().as_str() != url {
-        line.push_str(&format!(" from {}", redacted(response.url().as_str())));
+        line.push_str(&format!(" from {}", ShownUrl::from(response.url())));
     }
     tracing::debug!("{line}");
     if tracing::enabled!(tracing::Level::TRACE) {
@@ -200,7 +187,7 @@ pub(crate) fn log_response(
             let shown = if SECRET_HEADERS.contains(&name.as_str()) {
                 "<redacted>".to_string()
             } else if name == reqwest::header::LOCATION || name.as_str() == "link" {
-                redacted(value)
+                ShownUrl::new(value).to_string()
             } else {
                 super::body::neutral(value)
             };
@@ -267,22 +254,6 @@ mod tests {
         assert_eq!(
             resolve_link("http://127.0.0.1:5000/v2/", "https://r.example/", "l").unwrap(),
             "https://r.example/"
-        );
-    }
-
-    #[test]
-    fn logged_urls_keep_no_user_and_no_secret_query_values() {
-        assert_eq!(
-            redacted("https://u:p@r.example/v2/a/blobs/uploads/x?_state=SECRET&digest=sha256:ab"),
-            "https://r.example/v2/a/blobs/uploads/x?_state=…&digest=sha256:ab"
-        );
-        assert_eq!(
-            redacted("/v2/a/blobs/uploads/x?_state=SECRET"),
-            "/v2/a/blobs/uploads/x?_state=…"
-        );
-        assert_eq!(
-            redacted("https://cdn.example/blob?X-Amz-Signature=abc&n=2"),
-            "https://cdn.example/blob?X-Amz-Signature=…&n=2"
         );
     }
 

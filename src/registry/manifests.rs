@@ -79,7 +79,7 @@ impl RegistryClient {
             let next = header(&answer.response, "link").and_then(next_link);
             let body = answer.capped(MAX_JSON_SIZE).await?;
             let page: TagList = serde_json::from_slice(&body).map_err(|e| Error::Manifest {
-                what: url.clone(),
+                what: crate::text::ShownUrl::new(&url).to_string(),
                 reason: format!("the tag list is not JSON ({e})"),
             })?;
             // Tags become URL segments and destinations: only the spec's

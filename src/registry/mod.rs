@@ -40,8 +40,9 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 use crate::reference::{Repository, valid_path_component, valid_tag};
+use crate::text::ShownUrl;
 use auth::{Access, Challenge, Tokens, checked_challenge};
 use body::{Answer, Build, header, neutral, retry_after};
 use deadline::{Fault, Health, Watch};
@@ -89,33 +90,43 @@ struct Host {
 }
 
 impl Host {
-    /// The error for a request to this host that failed in transport,
+    /// The error for a request to this host that failed in transport
+    /// (at `redirected_to`, when a redirect had taken it elsewhere),
     /// counted against the host's health: stalls and failed connects mark
-    /// it down after a few in a row.
-    fn fault(&self, method: &Method, url: &str, fault: Fault) -> Error {
+    /// it down after a few in a row. Only the registry's own failures
+    /// count: a redirect target (a blob's CDN) that fails is not the
+    /// registry down.
+    fn fault(
+        &self,
+        method: &Method,
+        url: &str,
+        fault: Fault,
+        redirected_to: Option<&str>,
+    ) -> Error {
+        let own = redirected_to.is_none_or(|at| self.owns(at));
         let (error, counts) = match fault {
             Fault::Stalled => (
                 Error::Stalled {
                     method: method.to_string(),
-                    url: url.to_string(),
+                    url: url.into(),
                     window: self.window,
                 },
-                true,
+                own,
             ),
             Fault::Transport(source) if is_certificate_error(&source) => {
                 let error = Error::Tls {
                     registry: self.registry.clone(),
-                    url: url.to_string(),
-                    source,
+                    url: url.into(),
+                    source: Cause::new(source, redirected_to),
                 };
                 (error, false)
             }
             Fault::Transport(source) => {
-                let counts = source.is_connect() || source.is_timeout();
+                let counts = own && (source.is_connect() || source.is_timeout());
                 let error = Error::Transport {
                     method: method.to_string(),
-                    url: url.to_string(),
-                    source,
+                    url: url.into(),
+                    source: Cause::new(source, redirected_to),
                 };
                 (error, counts)
             }
@@ -296,7 +307,9 @@ impl RegistryClient {
                     .await
                     .expect("host semaphore is never closed");
                 let sent = std::time::Instant::now();
-                match deadline::send(request, &watch, host.window).await {
+                let (sent_result, redirected_to) =
+                    http::following(deadline::send(request, &watch, host.window)).await;
+                match sent_result {
                     Ok(response) => {
                         http::log_response(&method, url, &response, sent.elapsed());
                         host.health.answered();
@@ -318,7 +331,10 @@ impl RegistryClient {
                             let error = Error::RateLimited {
                                 registry: host.registry.clone(),
                                 until: wait.map(|wait| SystemTime::now() + wait),
-                                reason: format!("`{method} {url}` answered 429: {body}"),
+                                reason: format!(
+                                    "`{method} {}` answered 429: {body}",
+                                    ShownUrl::new(url)
+                                ),
                             };
                             return if idempotent {
                                 Attempt::Transient {
@@ -331,7 +347,7 @@ impl RegistryClient {
                         }
                         let result = Ok(answer);
                         if idempotent && retry::status_is_retryable(status) {
-                            tracing::debug!(%url, status, "transient status");
+                            tracing::debug!(url = %ShownUrl::new(url), status, "transient status");
                             Attempt::Transient {
                                 result,
                                 retry_after,
@@ -349,8 +365,8 @@ impl RegistryClient {
                                         && retry::transport_is_retryable(source)
                                 }
                             };
-                        let error = host.fault(&method, url, fault);
-                        tracing::debug!(%url, %error, retryable, "transport failure");
+                        let error = host.fault(&method, url, fault, redirected_to.as_deref());
+                        tracing::debug!(url = %ShownUrl::new(url), %error, retryable, "transport failure");
                         if retryable {
                             Attempt::Transient {
                                 result: Err(error),
@@ -409,8 +425,9 @@ impl RegistryClient {
                 return Err(Error::Auth {
                     registry: host.registry.clone(),
                     reason: format!(
-                        "`{method} {url}` was answered 401 by `{}`, another host than the registry; credentials are not sent there",
-                        neutral(&answered_by)
+                        "`{method} {}` was answered 401 by `{}`, another host than the registry; credentials are not sent there",
+                        ShownUrl::new(url),
+                        ShownUrl::new(&answered_by)
                     ),
                 });
             }
@@ -418,7 +435,7 @@ impl RegistryClient {
                 let identity = self.refused_identity(&host).await;
                 return Err(Error::Auth {
                     registry: host.registry.clone(),
-                    reason: format!("`{method} {url}` answered 401: {identity}"),
+                    reason: format!("`{method} {}` answered 401: {identity}", ShownUrl::new(url)),
                 });
             }
             refreshed = true;
@@ -474,12 +491,7 @@ impl RegistryClient {
     }
 
     fn status_error(method: &str, url: &str, status: StatusCode, body: String) -> Error {
-        Error::Status {
-            method: method.to_string(),
-            url: url.to_string(),
-            status: status.as_u16(),
-            body,
-        }
+        Error::status(method, url, status.as_u16(), &body)
     }
 
     /// A push-scoped request (a manifest PUT, an upload's POST and PUT) whose
@@ -529,13 +541,16 @@ impl RegistryClient {
             return Err(Error::RateLimited {
                 registry: self.host(repository).registry.clone(),
                 until: Some(SystemTime::now() + SECONDARY_PAUSE),
-                reason: format!("`{method} {url}` answered 403: {body}"),
+                reason: format!("`{method} {}` answered 403: {body}", ShownUrl::new(url)),
             });
         }
         if let (StatusCode::FORBIDDEN, Some(hint)) = (status, ghcr_hint) {
             return Err(Error::Auth {
                 registry: self.host(repository).registry.clone(),
-                reason: format!("`{method} {url}` answered 403: {body}. GHCR: {hint}"),
+                reason: format!(
+                    "`{method} {}` answered 403: {body}. GHCR: {hint}",
+                    ShownUrl::new(url)
+                ),
             });
         }
         Err(Self::status_error(method.as_str(), url, status, body))

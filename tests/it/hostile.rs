@@ -924,3 +924,113 @@ async fn a_second_signal_stops_at_once() {
     // The grace period (5 s) was not waited out.
     assert!(stopped < Duration::from_secs(3), "took {stopped:?}");
 }
+
+/// No secret of a URL reaches any text a run leaves, whichever request
+/// failed: an upload PUT cut mid-body (a transport error), an upload PUT
+/// refused with 400 (a status error; its answer sets a cookie), and a blob
+/// GET redirected to a CDN's presigned URL that refuses connections. The
+/// upload sessions' `_state` values, the CDN's signature and token, and the
+/// cookie appear nowhere: not in the error lines, the failures list, the
+/// `::error` annotations, the `--json` report or the step summary.
+#[tokio::test]
+async fn no_url_secret_reaches_any_output_when_a_request_fails() {
+    let setup = Setup::new(3, 1).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_host = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let signature = "PlantedSignature0a1b2c3d4e5f";
+    let session_token = "PlantedSessionTokenQ9z";
+    let cookie = "PlantedCookieW7k";
+    // A presigned S3-style URL, as Docker Hub's and ECR's blob GETs
+    // redirect to.
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/team/app1/blobs/sha256:",
+            usize::MAX,
+            Action::RedirectTo {
+                host: dead_host,
+                query: format!(
+                    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token={session_token}&X-Amz-Signature={signature}"
+                ),
+            },
+        )],
+    );
+    let target = Proxy::start(
+        &setup.targets[0].host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/m/team/app0/blobs/uploads/",
+                usize::MAX,
+                Action::CutRequestAfter(100),
+            ),
+            Rule::new(
+                "PUT",
+                "/m/team/app2/blobs/uploads/",
+                usize::MAX,
+                Action::Respond {
+                    status: 400,
+                    headers: vec![("Set-Cookie".into(), format!("session={cookie}; HttpOnly"))],
+                    body: b"{\"errors\":[{\"code\":\"BLOB_UPLOAD_INVALID\"}]}".to_vec(),
+                },
+            ),
+        ],
+    );
+    setup.config(&source.host, &[&target.host], "");
+    let run = regmirror(
+        setup.dir.path(),
+        &["sync", "--json", "report.json", "--summary", "summary.md"],
+        &[("GITHUB_ACTIONS".into(), "true".into())],
+    );
+    assert_eq!(run.code, 1, "{}", run.all());
+    let report = std::fs::read_to_string(setup.dir.path().join("report.json")).unwrap();
+    let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
+    for (name, outcome) in [("app0", "failed"), ("app1", "failed"), ("app2", "failed")] {
+        let report: Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(crate::faults::outcome(&report, name, "t0"), outcome);
+    }
+    // Every upload session the target opened, and its secret state.
+    let states: Vec<String> = target
+        .seen()
+        .iter()
+        .filter_map(|s| {
+            s.path
+                .split_once("_state=")
+                .map(|(_, rest)| rest.to_string())
+        })
+        .map(|rest| rest.split('&').next().unwrap().to_string())
+        .filter(|state| state.len() > 8)
+        .collect();
+    assert!(states.len() >= 2, "{:?}", target.seen());
+    let texts = [
+        ("output", run.all()),
+        ("report", report),
+        ("summary", summary),
+    ];
+    // No secret appears …
+    for (what, text) in &texts {
+        for secret in states
+            .iter()
+            .map(String::as_str)
+            .chain([signature, session_token, cookie])
+        {
+            assert!(!text.contains(secret), "{what} holds `{secret}`:\n{text}");
+        }
+    }
+    // … and the failures are named (request, status, where it failed).
+    assert!(
+        texts[0].1.contains("::error title=regmirror"),
+        "{}",
+        texts[0].1
+    );
+    for needle in [
+        "/m/team/app0/blobs/uploads/",
+        "/m/team/app2/blobs/uploads/",
+        "answered 400",
+    ] {
+        assert!(texts[0].1.contains(needle), "{needle}: {}", texts[0].1);
+    }
+    assert!(texts[0].1.contains("X-Amz-Signature="), "{}", texts[0].1);
+}

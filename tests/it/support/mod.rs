@@ -299,7 +299,11 @@ pub fn regmirror(dir: &Path, args: &[&str], env: &[(String, String)]) -> Run {
 
 /// The command [`regmirror`] runs, for tests that need the process itself.
 pub fn regmirror_command(dir: &Path, args: &[&str], env: &[(String, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    // REGMIRROR_TEST_BIN runs the tests against another build (an older
+    // one, to see a new test fail on the code it was written against).
+    let binary = std::env::var_os("REGMIRROR_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_regmirror").into());
+    let mut command = Command::new(binary);
     command
         .args(args)
         .current_dir(dir)
