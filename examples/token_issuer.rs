@@ -9,6 +9,8 @@
 //! of token requests answered so far in COUNT_FILE (rewritten every 100 ms)
 //! until it is killed.
 
+#![allow(clippy::disallowed_macros)] // a program of its own, with its own output (see clippy.toml)
+
 #[allow(dead_code)]
 #[path = "../tests/it/support/standin.rs"]
 mod standin;

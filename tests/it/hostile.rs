@@ -238,12 +238,16 @@ async fn credentials_never_reach_another_host() {
 }
 
 /// Text from a registry (an error body) never reaches stderr or stdout as a
-/// line that starts with `::` (a GitHub Actions workflow command), and is
-/// inert in the step summary (no link, image or HTML).
+/// GitHub Actions workflow command: no line that starts with `::`, and no
+/// `##[` anywhere (the legacy form); and it is inert in the step summary (no
+/// link, image or HTML).
 #[tokio::test]
 async fn registry_text_cannot_command_the_runner_or_the_summary() {
     let setup = Setup::new(1, 1).await;
-    let body = "oops\n::error::pwned\n  ::add-mask::secret\n![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [click](http://evil.example)";
+    // Both of the runner's grammars: `::name::` at a line's start, and the
+    // legacy `##[name]`, which actions/runner's ActionCommand.TryParse finds
+    // anywhere in a line.
+    let body = "oops\n::error::pwned\n  ::add-mask::secret\nsee ##[warning]legacy-pwned and ##[set-env name=X]y\n![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [click](http://evil.example)";
     let target = Proxy::start(
         &setup.targets[0].host,
         vec![Rule::new(
@@ -271,6 +275,12 @@ async fn registry_text_cannot_command_the_runner_or_the_summary() {
         "::group::",
         "::endgroup::",
     ];
+    assert!(run.stderr.contains("legacy-pwned"), "{}", run.stderr);
+    assert!(
+        !run.all().contains("##["),
+        "a legacy workflow command:\n{}",
+        run.all()
+    );
     for line in run.all().lines() {
         let line = line.trim_start();
         if line.starts_with("::") {

@@ -16,6 +16,8 @@
 //! - `support`: registries, the token issuer, the fault proxy, the stand-in
 //!   server, image generation, the independent deep check.
 
+#![allow(clippy::disallowed_macros)] // tests print their own diagnostics (see clippy.toml)
+
 mod containerd;
 mod faults;
 mod hostile;

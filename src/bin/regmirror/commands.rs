@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::render::{self, github, json};
+use crate::render::{self, json};
 use anyhow::{Context, anyhow};
 use indicatif::MultiProgress;
 use regmirror::containerd;
@@ -15,6 +15,7 @@ use regmirror::{run as library, shard, verify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, ConfigArgs, ImportFormat, ReportArgs, SelectionArgs, Verbosity};
+use crate::output::{err, errln, out, outln};
 use crate::progress::Progress;
 use crate::{reports, signals};
 
@@ -73,7 +74,7 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
     match cli.command {
         Command::Import { from, file, dest } => import(from, &file, dest.as_deref()),
         Command::Schema { report } => {
-            print!(
+            out!(
                 "{}",
                 if report {
                     json::schema()
@@ -92,12 +93,12 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
             match matrix {
                 Some(jobs) => {
                     let matrix = shard::matrix(&plan, jobs);
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string(&matrix).expect("plain data serializes")
                     );
                 }
-                None => print!("{}", render::plan_table(&plan)),
+                None => out!("{}", render::plan_table(&plan)),
             }
             Ok(0)
         }
@@ -123,9 +124,9 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
         }
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
-            println!("{}: ok; {}", config.config.display(), plan.size());
+            outln!("{}: ok; {}", config.config.display(), plan.size());
             for note in &plan.notes {
-                println!("note: {note}");
+                outln!("note: {note}");
             }
             Ok(0)
         }
@@ -176,7 +177,7 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
             };
             let plan = load_plan(&config, Some(&selection))?;
             let (checks, summary) = library::verify(plan, depth, anonymous).await?;
-            print!("{}", github::neutralize(&render::verify_table(&checks)));
+            out!("{}", render::verify_table(&checks));
             reports::write("verify", &summary, &report);
             Ok(summary.exit_code() as u8)
         }
@@ -206,10 +207,7 @@ async fn sync(
         summary.interrupted = Some(signal.load(Ordering::SeqCst));
     }
     signals.abort();
-    eprint!(
-        "{}",
-        github::neutralize(&render::summary_table(&summary, rows))
-    );
+    err!("{}", render::summary_table(&summary, rows));
     reports::write(command, &summary, report);
     Ok(summary.exit_code() as u8)
 }
@@ -226,9 +224,9 @@ fn import(from: ImportFormat, file: &std::path::Path, dest: Option<&str>) -> Res
     };
     let imported = import::import(format, &name, &text, dest).map_err(|e| usage(e.into()))?;
     for warning in &imported.warnings {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
-    print!("{}", imported.yaml);
+    out!("{}", imported.yaml);
     Ok(0)
 }
 
@@ -243,7 +241,7 @@ fn audit(paths: &[PathBuf], config: Option<PathBuf>, suggest: bool) -> Result<u8
         Some(config) => Some(load_plan(&ConfigArgs { config }, None)?),
         None => None,
     };
-    print!(
+    out!(
         "{}",
         regmirror::audit::report(&audit, plan.as_ref(), suggest)
     );
@@ -265,29 +263,29 @@ fn containerd_hosts(
     for file in &generated.files {
         let path = out.join(&file.upstream).join("hosts.toml");
         if dry_run {
-            println!("# {}\n{}", path.display(), file.shown);
+            outln!("# {}\n{}", path.display(), file.shown);
         } else {
             write_file(&path, &file.toml, file.secret)?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
     }
     match (cri_config, &generated.cri) {
-        (Some(path), Some((_, shown))) if dry_run => println!("# {}\n{shown}", path.display()),
+        (Some(path), Some((_, shown))) if dry_run => outln!("# {}\n{shown}", path.display()),
         (Some(path), Some((real, _))) => {
             write_file(path, real, true)?;
-            println!("{}", path.display());
+            outln!("{}", path.display());
         }
-        (Some(_), None) => eprintln!("warning: no mirror has credentials; no CRI config written"),
+        (Some(_), None) => errln!("warning: no mirror has credentials; no CRI config written"),
         (None, _) => {}
     }
     for registry in &generated.without_credentials {
-        eprintln!(
+        errln!(
             "warning: no credentials found for `{registry}` (set `{}` or `docker login {registry}`); its hosts get no `Authorization`",
             regmirror::registry::auth::env_var_name(registry)
         );
     }
     for line in &generated.unmapped {
-        eprintln!("warning: {line}");
+        errln!("warning: {line}");
     }
     Ok(0)
 }

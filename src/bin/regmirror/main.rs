@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cli::Verbosity;
-use render::github;
+use output::errln;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -67,14 +67,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: start the async runtime: {error}");
+            errln!("error: start the async runtime: {error}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(commands::run(cli, bars)) {
         Ok(code) => ExitCode::from(code),
         Err(commands::Failure { code, error }) => {
-            eprintln!("{}", github::neutralize(&format!("error: {error:#}")));
+            errln!("error: {error:#}");
             ExitCode::from(code)
         }
     }

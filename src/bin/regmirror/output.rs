@@ -1,7 +1,13 @@
-//! stderr for log lines: each event is one write, and no line of it can be
-//! taken for a GitHub Actions workflow command (log lines carry text from
-//! registries). While progress bars are drawn, each line is printed above
-//! them: the bars are taken down, the line written, the bars drawn again.
+//! Everything the binary writes to stdout and stderr passes through here,
+//! made unable to become a GitHub Actions workflow command (tables, errors
+//! and log lines carry text from registries): [`out!`], [`outln!`],
+//! [`err!`] and [`errln!`] for text, [`command`] for the runner's commands
+//! we mean (annotations, groups). The standard print macros are refused by
+//! clippy (`clippy.toml`), so no write can go around this module.
+//!
+//! Log lines: each event is one write; while progress bars are drawn, each
+//! line is printed above them: the bars are taken down, the line written,
+//! the bars drawn again.
 
 use std::io::Write;
 
@@ -32,3 +38,44 @@ impl Write for NeutralStderr {
         std::io::stderr().flush()
     }
 }
+
+/// Writes `text` to stdout, neutralized.
+#[allow(clippy::disallowed_macros)]
+pub fn stdout(text: &str) {
+    print!("{}", github::neutralize(text));
+}
+
+/// Writes `text` to stderr, neutralized.
+#[allow(clippy::disallowed_macros)]
+pub fn stderr(text: &str) {
+    eprint!("{}", github::neutralize(text));
+}
+
+/// Writes one workflow command of ours (from [`github::command`],
+/// [`github::group`], [`github::END_GROUP`]) to stderr as it is.
+#[allow(clippy::disallowed_macros)]
+pub fn command(line: &str) {
+    eprintln!("{line}");
+}
+
+/// `print!`, neutralized.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::stdout(&format!($($arg)*)) };
+}
+
+/// `println!`, neutralized.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::stdout(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprint!`, neutralized.
+macro_rules! err {
+    ($($arg:tt)*) => { $crate::output::stderr(&format!($($arg)*)) };
+}
+
+/// `eprintln!`, neutralized.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::stderr(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {err, errln, out, outln};

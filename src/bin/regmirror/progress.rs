@@ -16,6 +16,7 @@ use regmirror::plan::Job;
 use regmirror::registry::meter::{Direction, Meter};
 use regmirror::report::{Outcome, Status};
 
+use crate::output;
 use crate::render::github;
 
 /// Lines of transfers shown at once; the others are counted.
@@ -104,7 +105,7 @@ impl Progress {
     /// The run is over: the group closes, the bars go.
     pub fn finish(&self) {
         if self.actions {
-            eprintln!("{}", github::END_GROUP);
+            output::command(github::END_GROUP);
         }
         if let Some(view) = &self.view {
             view.done.store(true, Ordering::Relaxed);
@@ -126,7 +127,7 @@ impl Reporter for Progress {
     fn started(&self, jobs: usize, pairs: usize) {
         if self.actions {
             let title = format!("regmirror {}: {jobs} image×tag jobs", self.command);
-            eprintln!("{}", github::group(&title));
+            output::command(&github::group(&title));
         }
         if let Some(view) = &self.view {
             view.overall.set_length(pairs as u64);

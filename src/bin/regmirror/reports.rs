@@ -6,13 +6,14 @@ use regmirror::report::Summary;
 use crate::render::{github, json, markdown};
 
 use crate::cli::ReportArgs;
+use crate::output::{self, errln};
 
 /// Writes the reports the user asked for and, in GitHub Actions, the
 /// annotations. A report that cannot be written is named on stderr; it
 /// does not change the run's exit code (the copies happened all the same).
 pub fn write(command: &str, summary: &Summary, args: &ReportArgs) {
     let unwritten = |what: &str, path: &std::path::Path, error: std::io::Error| {
-        eprintln!(
+        errln!(
             "error: write the {what} `{}`: {error} (the run's result is unchanged)",
             path.display()
         );
@@ -37,7 +38,7 @@ pub fn write(command: &str, summary: &Summary, args: &ReportArgs) {
     }
     if github::in_actions() {
         for line in github::annotations(summary) {
-            eprintln!("{line}");
+            output::command(&line);
         }
     }
 }

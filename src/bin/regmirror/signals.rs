@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::output::errln;
 use tokio_util::sync::CancellationToken;
 
 /// Cancels `cancel` on the first SIGINT or SIGTERM and keeps the exit code
@@ -18,7 +19,7 @@ pub fn on_signal(cancel: CancellationToken, code: Arc<AtomicI32>) -> tokio::task
         );
         cancel.cancel();
         let again = next_signal().await;
-        eprintln!("error: stopped at once by a second signal");
+        errln!("error: stopped at once by a second signal");
         std::process::exit(again);
     })
 }

@@ -24,17 +24,20 @@ fn escape_property(text: &str) -> String {
     escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
-/// Text that is not a workflow command of ours, made unable to become one:
-/// a line that starts with `::` (after any spaces, which the runner skips)
-/// gets a `\\` in front. Log lines, tables and errors carry text from
-/// registries (error bodies, header values); only [`command`] and [`group`]
-/// write commands.
+/// Text that is not a workflow command of ours, made unable to become one
+/// in either of the runner's grammars: a line that starts with `::` (after
+/// any spaces, which the runner skips) gets a `\\` in front, and `##[` (the
+/// legacy form, which actions/runner's `ActionCommand.TryParse` finds
+/// anywhere in a line) is written `## [`. Log lines, tables and errors carry
+/// text from registries (error bodies, header values); only [`command`] and
+/// [`group`] write commands.
 pub fn neutralize(text: &str) -> std::borrow::Cow<'_, str> {
     // The runner reads lines as .NET does: a lone CR ends one too.
     let is_command = |line: &str| line.trim_start().starts_with("::");
-    if !text.split(['\n', '\r']).any(is_command) {
+    if !text.contains("##[") && !text.split(['\n', '\r']).any(is_command) {
         return std::borrow::Cow::Borrowed(text);
     }
+    let text = regmirror::text::break_legacy_commands(text);
     let mut out = String::with_capacity(text.len() + 8);
     for line in text.split_inclusive(['\n', '\r']) {
         if is_command(line) {
@@ -50,7 +53,7 @@ pub fn command(name: &str, title: &str, message: &str) -> String {
     format!(
         "::{name} title={}::{}",
         escape_property(title),
-        escape_data(message)
+        regmirror::text::break_legacy_commands(&escape_data(message))
     )
 }
 
@@ -98,6 +101,19 @@ mod tests {
             "::error title=a%3A b%2C c::50%25 done%0A::warning::fake"
         );
         assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn the_legacy_command_form_is_broken_anywhere_in_a_line() {
+        let text = "row ##[warning]pwned and ###[set-env name=A]b\n##[error]x";
+        let neutral = neutralize(text);
+        assert!(!neutral.contains("##["), "{neutral}");
+        assert_eq!(
+            neutral,
+            "row ## [warning]pwned and ### [set-env name=A]b\n## [error]x"
+        );
+        let line = command("error", "t", "body ##[warning]x");
+        assert!(!line.contains("##["), "{line}");
     }
 
     #[test]
@@ -166,10 +182,11 @@ mod properties {
 
     proptest! {
         #[test]
-        fn no_line_of_neutralized_text_is_a_command(text in "([ \\t]{0,2}(::)?\\PC{0,20}[\\r\\n]{0,2}){0,8}") {
+        fn no_line_of_neutralized_text_is_a_command_in_either_grammar(text in "([ \\t]{0,2}(::)?\\PC{0,20}(#{0,3}\\[)?[\\r\\n]{0,2}){0,8}") {
             let neutral = neutralize(&text);
             for line in neutral.split(['\n', '\r']) {
                 prop_assert!(!line.trim_start().starts_with("::"), "{:?}", line);
+                prop_assert!(!line.contains("##["), "{:?}", line);
             }
         }
     }
