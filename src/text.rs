@@ -90,14 +90,12 @@ fn without_user(base: &str) -> String {
             _ => text,
         };
     }
-    // Unparsable: whatever stands between the scheme's `://` (or the
-    // start) and the path, up to its last `@`, goes.
-    let start = base.find("://").map_or(0, |i| i + 3);
-    let path = base[start..].find('/').map_or(base.len(), |i| start + i);
-    match base[start..path].rfind('@') {
-        Some(at) => format!("{}{}", &base[..start], &base[start + at + 1..]),
-        None => base.to_string(),
-    }
+    // Unparsable (or without a host): wherever user information could
+    // stand, in any `/`-separated part, everything up to its last `@` goes.
+    base.split('/')
+        .map(|part| part.rsplit_once('@').map_or(part, |(_, rest)| rest))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 impl fmt::Display for ShownUrl {
