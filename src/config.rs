@@ -359,14 +359,20 @@ pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Problems> {
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
-        let message = error.to_string();
-        // The rendered message repeats the position and adds a snippet; keep
-        // the first line, without the position (the Problem carries it).
-        let first = message.lines().next().unwrap_or_default();
-        let first = first.strip_prefix("error: ").unwrap_or(first);
-        let message = match first.split_once(": ") {
-            Some((position, rest)) if position.starts_with("line ") => rest.to_string(),
-            _ => first.to_string(),
+        let message = match error.without_snippet() {
+            serde_saphyr::Error::Budget { breach, .. } => over_budget(breach),
+            _ => {
+                let message = error.to_string();
+                // The rendered message repeats the position and adds a
+                // snippet; keep the first line, without the position (the
+                // Problem carries it).
+                let first = message.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                match first.split_once(": ") {
+                    Some((position, rest)) if position.starts_with("line ") => rest.to_string(),
+                    _ => first.to_string(),
+                }
+            }
         };
         Problems {
             file: file.to_string(),
@@ -380,9 +386,59 @@ pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Problems> {
     })
 }
 
+/// A parser limit (serde-saphyr's default budget, which keeps a hostile
+/// file from taking the machine: alias bombs, deep nesting) in the user's
+/// words, with what to do.
+fn over_budget(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as Breach;
+    let limits = serde_saphyr::Budget::default();
+    let split = "split the images over several files (each run with `-c FILE`)";
+    match breach {
+        Breach::Nodes { .. } | Breach::Events { .. } | Breach::ScalarBytes { .. } => format!(
+            "the file is larger than regmirror reads (more than {} YAML values: keys, values and list items); {split}",
+            limits.max_nodes
+        ),
+        Breach::Depth { .. } => format!(
+            "the file nests deeper than {} levels, more than mirror.yaml ever needs; look for a runaway `[` or `{{`",
+            limits.max_depth
+        ),
+        Breach::Aliases { .. } | Breach::Anchors { .. } | Breach::AliasAnchorRatio { .. } => {
+            "the file uses more YAML anchors and aliases (`&x`, `*x`) than regmirror expands, as an alias bomb does; write the repeated values out, or use `defaults:`".to_string()
+        }
+        Breach::MergeKeys { .. } => format!(
+            "the file has more than {} merge keys (`<<`); use `defaults:` instead",
+            limits.max_merge_keys
+        ),
+        Breach::Documents { .. } => format!(
+            "the file holds more than {} YAML documents (`---`); mirror.yaml is one document",
+            limits.max_documents
+        ),
+        other => format!("the file is beyond what regmirror reads ({other:?}); {split}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_over_the_parser_budget_is_refused_in_words() {
+        let mut text = String::from("version: 1\ntargets: {a: ghcr.io/x}\nimages:\n");
+        for i in 0..90_000 {
+            text.push_str(&format!("  - {{source: docker.io/x/i{i}, tags: [v1]}}\n"));
+        }
+        let problems = parse("m.yaml", &text).unwrap_err().to_string();
+        assert!(!problems.contains("budget breached"), "{problems}");
+        assert!(!problems.contains("Nodes"), "{problems}");
+        assert!(
+            problems.contains("larger than regmirror reads (more than 250000 YAML values"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("split the images over several files"),
+            "{problems}"
+        );
+    }
 
     #[test]
     fn unknown_keys_and_broken_yaml_name_the_line() {

@@ -137,21 +137,58 @@ pub struct Engine {
     source_tags: referrers::SourceTags,
 }
 
-/// A job the run stopped before it finished: one outcome per destination.
-fn cancelled(job: &Job) -> Vec<Outcome> {
-    job.destinations
-        .iter()
-        .map(|d| Outcome {
-            source_digest: job.pinned.clone(),
-            ..Outcome::new(
-                &job.image,
-                &d.tag,
-                &d.name,
-                d.reference(),
-                Status::Cancelled,
-            )
-        })
-        .collect()
+/// What a job has done so far, kept for a run cancelled in the middle of
+/// it: a pair whose tag was written is reported `copied` with its digest;
+/// only what did not finish is `cancelled`.
+#[derive(Default)]
+struct Finished {
+    /// Per destination (the job's order): its outcome once its tag is
+    /// written or its end is known.
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+    /// The source's digest, once read: what every pair of the job names.
+    source: Mutex<Option<Digest>>,
+}
+
+impl Finished {
+    fn new(job: &Job) -> Finished {
+        Finished {
+            outcomes: Mutex::new(vec![None; job.destinations.len()]),
+            source: Mutex::new(job.pinned.clone()),
+        }
+    }
+
+    /// Destination `i` has its outcome (a tag written, or its end).
+    fn record(&self, i: usize, outcome: Outcome) {
+        if let Some(slot) = self.outcomes.lock().expect("finished lock").get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+
+    /// The job's outcomes as far as it got: each destination's recorded
+    /// one, `cancelled` for the rest.
+    fn cancelled(&self, job: &Job) -> Vec<Outcome> {
+        let source = self.source.lock().expect("finished lock").clone();
+        let outcomes = self.outcomes.lock().expect("finished lock");
+        job.destinations
+            .iter()
+            .zip(outcomes.iter())
+            .map(|(d, recorded)| {
+                let outcome = recorded.clone().unwrap_or_else(|| {
+                    Outcome::new(
+                        &job.image,
+                        &d.tag,
+                        &d.name,
+                        d.reference(),
+                        Status::Cancelled,
+                    )
+                });
+                Outcome {
+                    source_digest: outcome.source_digest.clone().or_else(|| source.clone()),
+                    ..outcome
+                }
+            })
+            .collect()
+    }
 }
 
 impl Engine {
@@ -192,17 +229,19 @@ impl Engine {
         let mut done: Vec<(usize, Vec<Outcome>)> = stream::iter(jobs.iter().enumerate())
             .map(|(i, job)| async move {
                 let cancel = &self.options.cancel;
+                let finished = Finished::new(job);
                 let outcomes = if cancel.is_cancelled() {
-                    cancelled(job)
+                    finished.cancelled(job)
                 } else {
                     // The job, unless the run is cancelled and the grace
-                    // period ends first (the job's requests are dropped).
+                    // period ends first (the job's requests are dropped,
+                    // what it finished is kept).
                     tokio::select! {
-                        outcomes = self.run_job(job) => outcomes,
+                        outcomes = self.run_job(job, &finished) => outcomes,
                         () = async {
                             cancel.cancelled().await;
                             tokio::time::sleep(GRACE).await;
-                        } => cancelled(job),
+                        } => finished.cancelled(job),
                     }
                 };
                 self.reporter.job_finished(job, &outcomes);
@@ -221,17 +260,22 @@ impl Engine {
     }
 
     /// Brings one image × tag up to date on each of its destinations, then
-    /// (unless the job says not to) what refers to it.
-    pub async fn run_job(&self, job: &Job) -> Vec<Outcome> {
-        let mut outcomes = self.copy_job(job).await;
+    /// (unless the job says not to) what refers to it; tells `finished` of
+    /// each destination as it ends.
+    async fn run_job(&self, job: &Job, finished: &Finished) -> Vec<Outcome> {
+        let mut outcomes = self.copy_job(job, finished).await;
+        for (i, outcome) in outcomes.iter().enumerate() {
+            finished.record(i, outcome.clone());
+        }
         if job.referrers && !self.options.dry_run {
             self.copy_referrers(job, &mut outcomes).await;
         }
         outcomes
     }
 
-    /// The image itself: one outcome per destination, in order.
-    async fn copy_job(&self, job: &Job) -> Vec<Outcome> {
+    /// The image itself: one outcome per destination, in order; a tag
+    /// written is told to `finished` at once.
+    async fn copy_job(&self, job: &Job, finished: &Finished) -> Vec<Outcome> {
         let started = Instant::now();
         let outcome = |d: &Destination,
                        source: Option<&Digest>,
@@ -351,6 +395,7 @@ impl Engine {
             }
         };
         let source = Some(&source_digest);
+        *finished.source.lock().expect("finished lock") = Some(upstream.clone());
 
         let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
         let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
@@ -385,7 +430,9 @@ impl Engine {
             }
         }
         if !work.is_empty() {
-            let written = self.write_all(job, &source_digest, root, &work).await;
+            let written = self
+                .write_all(job, &source_digest, root, &work, finished)
+                .await;
             for ((i, before), result) in work.into_iter().zip(written) {
                 results[i] = Some(outcome(&job.destinations[i], source, before, result));
             }
@@ -417,6 +464,7 @@ impl Engine {
         source_digest: &Digest,
         root: Option<Manifest>,
         work: &[(usize, Option<Digest>)],
+        finished: &Finished,
     ) -> Vec<Result<(Status, Transfer)>> {
         let shared_failure = |error: Error| error.share(work.len()).map(Err).collect();
         // 2. Read and verify the whole manifest tree.
@@ -472,11 +520,27 @@ impl Engine {
         let writes = work.iter().zip(missing).map(|((i, before), lacking)| {
             let destination = &job.destinations[*i];
             let image = &image;
-            let total = blobs.len();
             async move {
                 let lacking = lacking?;
+                let written = |transfer: &Transfer| {
+                    finished.record(
+                        *i,
+                        Outcome {
+                            before: before.clone(),
+                            after: Some(image.root.digest.clone()),
+                            transfer: *transfer,
+                            ..Outcome::new(
+                                &job.image,
+                                &destination.tag,
+                                &destination.name,
+                                destination.reference(),
+                                Status::Copied,
+                            )
+                        },
+                    )
+                };
                 let transfer = self
-                    .push(job, image, destination, lacking, total, before.as_ref())
+                    .push(job, image, destination, lacking, before.as_ref(), &written)
                     .await?;
                 let wrote =
                     transfer.blobs_uploaded + transfer.blobs_mounted + transfer.manifests_pushed
@@ -560,8 +624,8 @@ impl Engine {
         image: &Image,
         destination: &Destination,
         lacking: Vec<Descriptor>,
-        total: usize,
         before: Option<&Digest>,
+        tag_written: &(dyn Fn(&Transfer) + Sync),
     ) -> Result<Transfer> {
         let repository = &destination.repository;
         self.client.prepare_push(repository).await?;
@@ -570,7 +634,7 @@ impl Engine {
         let tagged = before == Some(&image.root.digest);
         let fresh = before.is_none();
         let mut transfer = Transfer {
-            blobs_skipped: total - lacking.len(),
+            blobs_skipped: image.blobs().len() - lacking.len(),
             ..Transfer::default()
         };
         let written: Vec<(Written, bool, u64)> = stream::iter(lacking.iter())
@@ -609,6 +673,7 @@ impl Engine {
         self.put_manifest(job, image, repository, &destination.tag, &image.root)
             .await?;
         transfer.manifests_pushed += 1;
+        tag_written(&transfer);
         let found = self
             .client
             .head_manifest(repository, &destination.tag, Intent::Write)

@@ -34,6 +34,15 @@ pub enum State {
     Missing,
     /// The digest matches but parts are missing (`--deep`).
     Incomplete(Vec<String>),
+    /// The digest matches but parts hold other bytes than their digests
+    /// (`--deep --content`), each named with what its bytes hash to; and
+    /// the parts missing besides.
+    Corrupt {
+        /// `blob sha256:… is corrupt: …`, one per part.
+        corrupt: Vec<String>,
+        /// `blob sha256:…`, one per part missing.
+        missing: Vec<String>,
+    },
     /// We could not tell: the error, as every run classifies it.
     Error(Failure),
     /// `--anonymous`: the registry wants credentials to pull it.
@@ -192,8 +201,11 @@ async fn verify_job(
                     _ => missing_parts(targets, &destination.repository, image).await,
                 };
                 match lacking {
-                    Ok(missing) if missing.is_empty() => State::Match,
-                    Ok(missing) => State::Incomplete(missing),
+                    Ok(Lacking { corrupt, missing }) if !corrupt.is_empty() => {
+                        State::Corrupt { corrupt, missing }
+                    }
+                    Ok(Lacking { missing, .. }) if missing.is_empty() => State::Match,
+                    Ok(Lacking { missing, .. }) => State::Incomplete(missing),
                     Err(error) => error_state(&error),
                 }
             }
@@ -207,12 +219,21 @@ async fn verify_job(
     checks
 }
 
+/// What a deep check found wrong with an image's parts, each named.
+#[derive(Default)]
+struct Lacking {
+    /// Parts the target holds other bytes for (`--content` only).
+    corrupt: Vec<String>,
+    /// Parts the target does not have.
+    missing: Vec<String>,
+}
+
 /// Child manifests and blobs of `image` the repository lacks (HEADs only).
 async fn missing_parts(
     client: &RegistryClient,
     repository: &Repository,
     image: &Image,
-) -> Result<Vec<String>> {
+) -> Result<Lacking> {
     let manifests = image.children.iter().map(|m| (true, m.digest.clone()));
     let blobs = image.blobs().into_iter().map(|b| (false, b.digest));
     let results: Vec<Result<Option<String>>> = stream::iter(manifests.chain(blobs))
@@ -233,7 +254,13 @@ async fn missing_parts(
         .buffered(8)
         .collect()
         .await;
-    results.into_iter().filter_map(Result::transpose).collect()
+    Ok(Lacking {
+        corrupt: Vec::new(),
+        missing: results
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// Manifests (the root included) and blobs of `image` the repository lacks
@@ -242,12 +269,12 @@ async fn bad_content(
     client: &RegistryClient,
     repository: &Repository,
     image: &Image,
-) -> Result<Vec<String>> {
+) -> Result<Lacking> {
     let manifests = std::iter::once(&image.root)
         .chain(&image.children)
         .map(|m| (true, m.digest.clone(), m.bytes.len() as u64));
     let blobs = image.blobs().into_iter().map(|b| (false, b.digest, b.size));
-    let results: Vec<Result<Option<String>>> = stream::iter(manifests.chain(blobs))
+    let results: Vec<Result<Option<(bool, String)>>> = stream::iter(manifests.chain(blobs))
         .map(|(is_manifest, digest, size)| async move {
             let what = if is_manifest { "manifest" } else { "blob" };
             let verdict = if is_manifest {
@@ -273,19 +300,36 @@ async fn bad_content(
                     }
                 }
             };
+            let corrupt =
+                |how: String| Ok(Some((true, format!("{what} {digest} is corrupt: {how}"))));
             match verdict {
                 Ok(()) => Ok(None),
-                Err(Error::NotFound { .. }) => Ok(Some(format!("{what} {digest}"))),
-                Err(error) if error.is_mismatch() => {
-                    Ok(Some(format!("{what} {digest} holds other bytes ({error})")))
-                }
-                Err(error) => Err(error),
+                Err(Error::NotFound { .. }) => Ok(Some((false, format!("{what} {digest}")))),
+                Err(error) => match error.root() {
+                    Error::DigestMismatch { actual, .. } => {
+                        corrupt(format!("the target serves bytes of digest {actual}"))
+                    }
+                    Error::SizeMismatch {
+                        expected, actual, ..
+                    } => corrupt(format!(
+                        "the target serves {actual} bytes where {expected} are due"
+                    )),
+                    _ => Err(error),
+                },
             }
         })
         .buffered(4)
         .collect()
         .await;
-    results.into_iter().filter_map(Result::transpose).collect()
+    let mut lacking = Lacking::default();
+    for result in results {
+        match result? {
+            Some((true, part)) => lacking.corrupt.push(part),
+            Some((false, part)) => lacking.missing.push(part),
+            None => {}
+        }
+    }
+    Ok(lacking)
 }
 
 /// The checks as a run [`Summary`], for the `--json` and `--summary` reports
@@ -319,6 +363,19 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
                 State::Incomplete(parts) => failure(
                     FailureKind::Verification,
                     format!("`{}` lacks {}", c.destination, parts.join(", ")),
+                ),
+                State::Corrupt { corrupt, missing } => failure(
+                    FailureKind::Verification,
+                    format!(
+                        "`{}`: {}{}",
+                        c.destination,
+                        corrupt.join(", "),
+                        if missing.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; it lacks {}", missing.join(", "))
+                        }
+                    ),
                 ),
                 State::Private(reason) => failure(
                     FailureKind::Verification,

@@ -242,7 +242,7 @@ impl Engine {
                     require_platforms: Vec::new(),
                     platforms: Vec::new(),
                 };
-                outcomes.extend(self.copy_job(&sub).await);
+                outcomes.extend(self.copy_job(&sub, &super::Finished::new(&sub)).await);
             }
             if untagged.is_empty() || source_keeps_list {
                 continue;

@@ -148,6 +148,16 @@ pub fn drop_repeated_destinations(jobs: &mut [Job]) -> usize {
     for job in jobs.iter_mut() {
         job.destinations.retain(
             |d| match writers.entry((d.repository.clone(), d.tag.clone())) {
+                // The same image twice (a tag list that repeats a tag) is
+                // one job, not a collision.
+                std::collections::hash_map::Entry::Occupied(first) if *first.get() == job.image => {
+                    tracing::debug!(
+                        "{}: `{}` listed twice; copied once",
+                        job.image,
+                        d.reference()
+                    );
+                    false
+                }
                 std::collections::hash_map::Entry::Occupied(first) => {
                     tracing::warn!(
                         "{}: `{}` is also written by image `{}`; left to that one",

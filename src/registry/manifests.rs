@@ -69,6 +69,9 @@ impl RegistryClient {
         }
         let mut url = self.url(repository, &["tags", "list"], &[("n", "1000")])?;
         let mut tags = Vec::new();
+        // Pages that repeat a tag (a registry whose `last` does not move on
+        // exactly) must not make one tag two jobs of the same image.
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..pages {
             let answer = self
                 .pull(repository, Method::GET, &url, &|r, _| r)
@@ -86,7 +89,9 @@ impl RegistryClient {
             // grammar passes (no `..`, `%2f`, `?`, `#`).
             for tag in page.tags.unwrap_or_default() {
                 if valid_tag(&tag) {
-                    tags.push(tag);
+                    if seen.insert(tag.clone()) {
+                        tags.push(tag);
+                    }
                 } else {
                     tracing::warn!(
                         "{repository}: skipping tag {:?}: not a valid tag (`[A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}`)",

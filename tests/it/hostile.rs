@@ -854,12 +854,20 @@ async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
     let mark = target.mark();
     let content = regmirror(setup.dir.path(), &["verify", "--deep", "--content"], &[]);
     assert_eq!(content.code, 4, "{}", content.all());
+    // Called corrupt, not missing: the blob, what it should hash to and
+    // what the target's bytes hash to.
+    let served = images::sha256(&bytes);
+    let text = content.all();
+    assert!(text.contains("CORRUPT"), "{text}");
     assert!(
-        content
-            .all()
-            .contains(&format!("blob {victim} holds other bytes")),
-        "{}",
-        content.all()
+        !text.contains("INCOMPLETE") && !text.contains("missing"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "blob {victim} is corrupt: the target serves bytes of digest {served}"
+        )),
+        "{text}"
     );
     let unique: std::collections::HashSet<&String> = image.blobs.iter().map(|(d, _)| d).collect();
     // The registry logs a request after answering it: give the last line a moment.
@@ -1043,4 +1051,104 @@ async fn no_url_secret_reaches_any_output_when_a_request_fails() {
         assert!(texts[0].1.contains(needle), "{needle}: {}", texts[0].1);
     }
     assert!(texts[0].1.contains("X-Amz-Signature="), "{}", texts[0].1);
+}
+
+/// A tag list whose pages repeat tags (`last` that does not move on
+/// exactly) makes each tag one job: no image is warned to collide with
+/// itself, and each tag is copied once.
+#[tokio::test]
+async fn a_tag_list_that_repeats_tags_copies_each_once_without_a_collision() {
+    let setup = Setup::new(1, 1).await;
+    let target = &setup.targets[0];
+    let page = |tags: &[&str], next: Option<&str>| {
+        let headers: Vec<(&str, String)> = next
+            .map(|n| vec![("Link", format!("<{n}>; rel=\"next\""))])
+            .unwrap_or_default();
+        json_reply(serde_json::json!({ "tags": tags }).to_string(), &headers)
+    };
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            Rule::new(
+                "GET",
+                "/tags/list?n=1000&last=v1",
+                usize::MAX,
+                page(&["v1", "v1"], None),
+            ),
+            Rule::new(
+                "GET",
+                "/tags/list",
+                usize::MAX,
+                page(
+                    &["v1", "v1"],
+                    Some("/v2/team/app0/tags/list?n=1000&last=v1"),
+                ),
+            ),
+        ],
+    );
+    one_target(&target.host)
+        .image(
+            "app0",
+            &format!("{}/team/app0", proxy.host),
+            "{ regex: '.*' }",
+        )
+        .write(setup.dir.path());
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        proxy.seen().iter().any(|s| s.path.contains("last=v1")),
+        "the second page was read: {:?}",
+        proxy.seen()
+    );
+    assert!(!run.all().contains("also written by"), "{}", run.all());
+    assert_eq!(report["results"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(outcome(&report, "app0", "t0"), "copied");
+}
+
+/// SIGTERM after a tag was written, while the job still looks for what
+/// refers to the image (the source's referrer lookups held past the grace
+/// period): the pair is reported `copied` with the target's digest, not
+/// `cancelled`.
+#[tokio::test]
+async fn sigterm_after_the_tag_was_written_reports_the_pair_copied() {
+    let setup = Setup::new(1, 1).await;
+    let hold = Action::Delay(Duration::from_secs(30));
+    let source = Proxy::start(
+        &setup.upstream.host,
+        vec![
+            Rule::new("", "/referrers/", usize::MAX, hold.clone()),
+            Rule::new("", "/tags/list", usize::MAX, hold.clone()),
+            Rule::new("", "/manifests/sha256-", usize::MAX, hold),
+        ],
+    );
+    setup.config(&source.host, &setup.target_hosts(), "");
+    let mut child = regmirror_command(setup.dir.path(), &["sync", "--json", "report.json"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = setup.images[0].1.root.0.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deep_check(&setup.targets[0].host, "m/team/app0", "v1").await
+        != TagState::Complete(root.clone())
+    {
+        assert!(Instant::now() < deadline, "the tag never arrived");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its referrers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigterm(child.id());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let row = &report["results"][0];
+    assert_eq!(row["outcome"], "copied", "{report:#}");
+    assert_eq!(row["target_digest_after"], root.as_str(), "{report:#}");
+    assert_eq!(row["source_digest"], root.as_str(), "{report:#}");
+    assert!(row["blobs"]["uploaded"].as_u64().unwrap() > 0, "{report:#}");
 }

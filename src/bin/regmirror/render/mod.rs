@@ -229,6 +229,12 @@ pub fn verify_table(checks: &[Check]) -> String {
                 State::Mismatch => "MISMATCH".to_string(),
                 State::Missing => "MISSING".to_string(),
                 State::Incomplete(parts) => format!("INCOMPLETE ({} missing)", parts.len()),
+                State::Corrupt { corrupt, missing } if missing.is_empty() => {
+                    format!("CORRUPT ({})", corrupt.len())
+                }
+                State::Corrupt { corrupt, missing } => {
+                    format!("CORRUPT ({}; {} missing)", corrupt.len(), missing.len())
+                }
                 State::Error(failure) if failure.kind == FailureKind::RateLimited => {
                     "DEFERRED".to_string()
                 }
@@ -253,6 +259,14 @@ pub fn verify_table(checks: &[Check]) -> String {
         match &c.state {
             State::Incomplete(parts) => {
                 for part in parts {
+                    out.push_str(&format!("  {} lacks {part}\n", c.destination));
+                }
+            }
+            State::Corrupt { corrupt, missing } => {
+                for part in corrupt {
+                    out.push_str(&format!("  {}: {part}\n", c.destination));
+                }
+                for part in missing {
                     out.push_str(&format!("  {} lacks {part}\n", c.destination));
                 }
             }
