@@ -1659,14 +1659,24 @@ fn action_installs_a_checked_release_binary_and_passes_inputs_as_written() {
     );
     let installed = bash(&install, &[("VERSION", "v0.9.0".into())]);
     assert!(installed.status.success(), "{installed:?}");
-    let bin = d.join("cache/regmirror/v0.9.0/x86_64-unknown-linux-musl");
-    let path = std::fs::read_to_string(d.join("path")).unwrap();
-    assert_eq!(path.trim(), bin.display().to_string());
+    let bin = d.join("cache/regmirror/v0.9.0/x86_64-unknown-linux-musl/regmirror");
+    // The binary's path is the step's output; the job's PATH is untouched.
+    let output = std::fs::read_to_string(d.join("output")).unwrap();
+    assert_eq!(output.trim(), format!("binary={}", bin.display()));
+    assert!(!d.join("path").exists(), "the Action wrote GITHUB_PATH");
+    // A second install finds it in the tool cache and says so the same way.
+    std::fs::remove_file(d.join("output")).unwrap();
+    let cached = bash(&install, &[("VERSION", "v0.9.0".into())]);
+    assert!(cached.status.success(), "{cached:?}");
+    let output = std::fs::read_to_string(d.join("output")).unwrap();
+    assert_eq!(output.trim(), format!("binary={}", bin.display()));
 
     std::fs::write(d.join("apple"), "a file the glob would match").unwrap();
-    let search = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let input = |command: &str, rest: &[(&str, &str)]| {
-        let mut env = vec![("PATH", search.clone()), ("COMMAND", command.to_string())];
+        let mut env = vec![
+            ("REGMIRROR", bin.display().to_string()),
+            ("COMMAND", command.to_string()),
+        ];
         for key in ["ONLY", "TARGETS", "SHARD", "SOURCE", "DESTINATIONS", "ARGS"] {
             let value = rest.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
             env.push((key, value.unwrap_or_default().to_string()));
