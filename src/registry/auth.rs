@@ -437,12 +437,25 @@ impl RegistryClient {
     }
 
     /// Learns how `host` wants us to authenticate, by asking `/v2/` once.
+    /// Who waits: every request to the host, for the one ping in flight;
+    /// for at most one idle window: a request that waited that long for
+    /// the host's first answer is a stalled request to it (so a silent
+    /// host is marked down after one window, not after one ping's retries
+    /// per waiting job).
     async fn challenge(&self, host: &Arc<Host>) -> Result<Challenge> {
-        let mut learned = host.challenge.lock().await;
+        let url = format!("{}/v2/", host.base);
+        let Ok(mut learned) = tokio::time::timeout(host.window, host.challenge.lock()).await else {
+            return Err(match host.down() {
+                Some(down) => down,
+                None => host.fault(&Method::GET, &url, deadline::Fault::Stalled, None),
+            });
+        };
         if let Some(challenge) = learned.clone() {
             return Ok(challenge);
         }
-        let url = format!("{}/v2/", host.base);
+        if let Some(down) = host.down() {
+            return Err(down);
+        }
         let response = self
             .attempt_loop(host, Method::GET, &url, None, &|r, _| r, true)
             .await?

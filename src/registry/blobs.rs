@@ -12,7 +12,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use super::body::{Answer, header};
-use super::deadline::Watch;
+use super::deadline::{self, Watch};
 use super::http::resolve_link;
 use super::meter::Meter;
 use super::retry::{self, Attempt};
@@ -78,20 +78,18 @@ impl RegistryClient {
         meter: &Meter,
     ) -> Result<()> {
         let url = self.url(repository, &["blobs", blob.digest.as_str()], &[])?;
-        retry::run(|| async {
+        // One request to the host's health, however often its body breaks.
+        deadline::one_request(retry::run(|| async {
             let result = self
                 .download_once(repository, blob, &url, path, meter)
                 .await;
             match &result {
-                Err(Error::Transport { source, .. }) if retry::transport_is_retryable(source) => {
-                    tracing::debug!(url = %ShownUrl::new(&url), error = %**source, "blob download broke");
-                    Attempt::Transient {
-                        result,
-                        retry_after: None,
-                    }
-                }
-                Err(Error::Stalled { .. }) => {
-                    tracing::debug!(url = %ShownUrl::new(&url), "blob download stalled");
+                // The answer's status was retried where it came; here, a
+                // body that broke or stalled is read again from the start.
+                Err(error @ (Error::Transport { .. } | Error::Stalled { .. }))
+                    if retry::error_is_retryable(error) =>
+                {
+                    tracing::debug!(url = %ShownUrl::new(&url), %error, "blob download broke; again");
                     Attempt::Transient {
                         result,
                         retry_after: None,
@@ -99,7 +97,7 @@ impl RegistryClient {
                 }
                 _ => Attempt::Final(result),
             }
-        })
+        }))
         .await
     }
 
@@ -205,7 +203,8 @@ impl RegistryClient {
         // Once a PUT is refused for its size, every later attempt goes
         // straight to parts instead of sending the whole blob again.
         let in_parts = AtomicBool::new(false);
-        retry::run(|| async {
+        // One request to the host's health, however often it is sent again.
+        deadline::one_request(retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
             let mut result = if in_parts.load(Ordering::Relaxed) {
                 self.upload_in_parts(repository, blob, path, meter).await
@@ -230,12 +229,11 @@ impl RegistryClient {
                 _ => None,
             };
             let retryable = match &result {
-                Err(Error::Transport { method, source, .. }) => {
-                    method == "PUT" && retry::transport_is_retryable(source)
-                }
-                Err(Error::Status { method, status, .. }) => {
-                    method == "PUT" && retry::status_is_retryable(*status)
-                }
+                Err(
+                    error @ (Error::Transport { method, .. }
+                    | Error::Status { method, .. }
+                    | Error::Stalled { method, .. }),
+                ) => method == "PUT" && retry::error_is_retryable(error),
                 _ => rate_limited.is_some_and(|wait| wait <= retry::MAX_DELAY),
             };
             if retryable {
@@ -247,7 +245,7 @@ impl RegistryClient {
             } else {
                 Attempt::Final(result)
             }
-        })
+        }))
         .await
     }
 

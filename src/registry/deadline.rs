@@ -12,14 +12,17 @@
 //! request until the response head, across the whole upload body
 //! (reqwest#2784), and a trickle resets it.
 //!
-//! A host whose requests stall or cannot connect [`MAX_STALLS`] times in a
-//! row is marked down for the run ([`Health`]): its remaining requests fail
-//! at once with one named cause, so no other host's work waits behind it.
+//! A host [`MAX_STALLS`] of whose requests in a row stall or cannot
+//! connect is marked down for the run ([`Health`]): its remaining requests
+//! fail at once with one named cause, so no other host's work waits behind
+//! it. The evidence is counted per request, not per attempt: one request's
+//! own retries (up to [`retry::MAX_ATTEMPTS`](super::retry::MAX_ATTEMPTS))
+//! never mark a host down by themselves.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,8 +38,41 @@ pub const MIN_BYTES: u64 = 1024;
 /// Windows a registry may take to answer once an upload body is sent.
 pub const WINDOWS_AFTER_UPLOAD: u32 = 10;
 
-/// Stalls (or failed connects) in a row that mark a host down.
-pub const MAX_STALLS: u32 = 3;
+/// Distinct requests in a row that stalled (or could not connect) and
+/// mark a host down.
+pub const MAX_STALLS: usize = 3;
+
+tokio::task_local! {
+    /// The request (all its attempts, and the retries of its body) the
+    /// current task is making, for [`Health`].
+    static REQUEST: u64;
+}
+
+/// Numbers for requests.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `request` as one request for [`Health`]: whatever attempts and
+/// retries it makes count once against a host. Nested calls keep the
+/// outermost request (an upload retried whole, around the client's own
+/// attempt loop).
+pub async fn one_request<T>(request: impl std::future::Future<Output = T>) -> T {
+    match REQUEST.try_with(|id| *id) {
+        Ok(_) => request.await,
+        Err(_) => {
+            REQUEST
+                .scope(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed), request)
+                .await
+        }
+    }
+}
+
+/// The request the current task is making (a fresh number outside
+/// [`one_request`]: each failure then counts on its own).
+fn current_request() -> u64 {
+    REQUEST
+        .try_with(|id| *id)
+        .unwrap_or_else(|_| NEXT_REQUEST.fetch_add(1, Ordering::Relaxed))
+}
 
 /// Why a transfer stopped: the peer went quiet, or the transport failed.
 #[derive(Debug)]
@@ -187,11 +223,13 @@ pub fn body<K: Send + 'static>(
     ))
 }
 
-/// Whether a host still answers: stalls in a row, and the verdict once
-/// there were too many.
+/// Whether a host still answers: the one place that decides a host is
+/// down. The evidence: distinct requests (see [`one_request`]) that
+/// stalled or could not connect since the host last answered.
 #[derive(Default)]
 pub struct Health {
-    stalls: AtomicU32,
+    /// Requests that failed so since the last answer.
+    failing: Mutex<std::collections::HashSet<u64>>,
     /// Why the host was marked down, once it was.
     down: Mutex<Option<String>>,
 }
@@ -199,21 +237,26 @@ pub struct Health {
 impl Health {
     /// An answer came: the host is alive.
     pub fn answered(&self) {
-        self.stalls.store(0, Ordering::Relaxed);
+        self.failing.lock().expect("health lock poisoned").clear();
     }
 
-    /// A request stalled or could not connect; marks the host down after
-    /// [`MAX_STALLS`] in a row. True when this call marked it.
+    /// The current request stalled or could not connect; marks the host
+    /// down once [`MAX_STALLS`] distinct requests in a row did. True when
+    /// this call marked it.
     pub fn stalled(&self, cause: &str) -> bool {
-        let stalls = self.stalls.fetch_add(1, Ordering::Relaxed) + 1;
-        if stalls < MAX_STALLS {
+        let failing = {
+            let mut failing = self.failing.lock().expect("health lock poisoned");
+            failing.insert(current_request());
+            failing.len()
+        };
+        if failing < MAX_STALLS {
             return false;
         }
         let mut down = self.down.lock().expect("health lock poisoned");
         if down.is_some() {
             return false;
         }
-        *down = Some(format!("{stalls} requests in a row failed ({cause})"));
+        *down = Some(format!("{failing} requests in a row failed ({cause})"));
         true
     }
 
@@ -226,6 +269,22 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One request's retries count once; distinct requests mark it down.
+    #[tokio::test]
+    async fn a_host_is_down_on_distinct_requests_only() {
+        let health = Health::default();
+        one_request(async {
+            for _ in 0..4 {
+                assert!(!health.stalled("x"));
+            }
+        })
+        .await;
+        assert_eq!(health.down(), None);
+        one_request(async { assert!(!health.stalled("x")) }).await;
+        assert!(one_request(async { health.stalled("again") }).await);
+        assert!(health.down().unwrap().starts_with("3 requests"));
+    }
 
     #[test]
     fn a_host_is_down_after_stalls_in_a_row_only() {

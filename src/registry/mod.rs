@@ -288,7 +288,8 @@ impl RegistryClient {
         build: Build<'_>,
         idempotent: bool,
     ) -> Result<Answer> {
-        let answer = retry::run(|| {
+        // All attempts are one request to the host's health.
+        let answer = deadline::one_request(retry::run(|| {
             let method = method.clone();
             async move {
                 if let Some(down) = host.down() {
@@ -378,7 +379,7 @@ impl RegistryClient {
                     }
                 }
             }
-        })
+        }))
         .await?;
         Ok(answer)
     }

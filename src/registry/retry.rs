@@ -7,6 +7,8 @@
 //! - 408, 500, 502, 504 and transport failures (connect, reset, timeout)
 //!   retry with jittered exponential backoff.
 //! - 401, 403, 404 and digest mismatches never retry (they are `Final`).
+//! - A stall (less than 1 KiB moved in a window) and a body cut short
+//!   retry, the body from the start: [`error_is_retryable`].
 //!
 //! Every loop is bounded by [`MAX_ATTEMPTS`], and every loop is [`run`].
 
@@ -53,6 +55,21 @@ pub fn transport_is_retryable(error: &reqwest::Error) -> bool {
         || error.is_request()
         || error.is_body()
         || error.is_decode()
+}
+
+/// True for a request that failed in a way that may pass if it is sent
+/// again from the start: a transport failure that may pass, a stall (less
+/// than 1 KiB in a window), a status that may pass. The client's own
+/// attempt loop asks this of each attempt's outcome; a blob's download or
+/// upload, whose body is a stream, asks it of the whole transfer.
+pub fn error_is_retryable(error: &crate::error::Error) -> bool {
+    use crate::error::Error;
+    match error.root() {
+        Error::Transport { source, .. } => transport_is_retryable(source),
+        Error::Stalled { .. } => true,
+        Error::Status { status, .. } => status_is_retryable(*status),
+        _ => false,
+    }
 }
 
 /// `seconds` from a registry's header, at most [`LONGEST_HINT`].
