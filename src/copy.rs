@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::future::join_all;
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,18 @@ pub struct Options {
     /// [`GRACE`] to finish; what did not is reported `cancelled`.
     pub cancel: CancellationToken,
 }
+
+/// How long a job waits, once one destination answered its HEAD, for the
+/// others before it goes on without them: a destination that answers later
+/// is written on its own then, so a silent target costs every other
+/// target at most this (loopback and healthy registries answer within
+/// milliseconds of each other).
+pub const LAGGARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// HEADs of destinations still under way, each with its index.
+type Laggards<'a> = futures::stream::FuturesUnordered<
+    futures::future::BoxFuture<'a, (usize, Result<Option<Digest>>)>,
+>;
 
 /// How long jobs in flight may go on after the run is cancelled. A job cut
 /// off leaves no partial tag: the tag is the last write.
@@ -338,8 +350,22 @@ impl Engine {
 
         // 1. HEAD first: every destination's tag, then the source as little
         // as possible. An immutable tag every destination has is done
-        // without asking the source at all.
-        let befores = self.head_destinations(job).await;
+        // without asking the source at all. A destination that has not
+        // answered [`LAGGARD_WAIT`] after the first did joins later
+        // (`laggards`): a silent target never holds up the others. With
+        // `platforms`, whether the targets hold the cut index already is
+        // known only from all of them: every answer is waited for.
+        let (answered, mut laggards) = self.head_destinations(job, !job.platforms.is_empty()).await;
+        let befores: Vec<Result<Option<Digest>>> = answered
+            .iter()
+            .map(|head| match head {
+                Some(Ok(digest)) => Ok(digest.clone()),
+                Some(Err(error)) => Err(Error::Shared(error.clone())),
+                // Not asked for: `befores` is read only where `answered` is.
+                None => Ok(None),
+            })
+            .collect();
+        let lagging = |i: usize| answered[i].is_none();
         // Every destination holds what it should: each tag as it is.
         let all_present = |befores: Vec<Result<Option<Digest>>>, source: Option<Digest>| {
             job.destinations
@@ -353,7 +379,8 @@ impl Engine {
                 })
                 .collect::<Vec<_>>()
         };
-        let everywhere = befores.iter().all(|head| matches!(head, Ok(Some(_))));
+        let everywhere =
+            laggards.is_empty() && befores.iter().all(|head| matches!(head, Ok(Some(_))));
         if everywhere && job.immutable && job.pinned.is_none() && !self.options.deep {
             return all_present(befores, None);
         }
@@ -362,7 +389,7 @@ impl Engine {
         // first would cost a second request). Otherwise (every destination
         // has a tag, or could not be asked) a HEAD, free at Docker Hub,
         // decides: a metered GET is never spent on targets that are down.
-        let lacking = befores.iter().any(|head| matches!(head, Ok(None)));
+        let lacking = (0..befores.len()).any(|i| !lagging(i) && matches!(befores[i], Ok(None)));
         let fetch_root = lacking && !self.options.dry_run;
         let (source_digest, root) = match &job.pinned {
             Some(digest) => (digest.clone(), None),
@@ -397,45 +424,101 @@ impl Engine {
         let source = Some(&source_digest);
         *finished.source.lock().expect("finished lock") = Some(upstream.clone());
 
-        let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
-        let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
-        for (i, (destination, before)) in job.destinations.iter().zip(befores).enumerate() {
-            match before {
-                Err(error) => results[i] = Some(outcome(destination, source, None, Err(error))),
+        // What a destination's HEAD answer leaves to do: its outcome now,
+        // or the digest it had, to be written.
+        let sort = |i: usize,
+                    head: Result<Option<Digest>>|
+         -> std::result::Result<Outcome, Option<Digest>> {
+            let destination = &job.destinations[i];
+            match head {
+                Err(error) => Ok(outcome(destination, source, None, Err(error))),
                 Ok(before) => {
                     let current = before.as_ref() == source;
                     if current && !self.options.deep {
-                        results[i] = Some(outcome(
+                        Ok(outcome(
                             destination,
                             source,
                             before,
                             Ok((Status::Present, Transfer::default())),
-                        ));
+                        ))
                     } else if self.options.dry_run {
                         let status = if current {
                             Status::Present
                         } else {
                             Status::Planned
                         };
-                        results[i] = Some(outcome(
+                        Ok(outcome(
                             destination,
                             source,
                             before,
                             Ok((status, Transfer::default())),
-                        ));
+                        ))
                     } else {
-                        work.push((i, before));
+                        Err(before)
                     }
                 }
             }
+        };
+        let mut results: Vec<Option<Outcome>> = vec![None; job.destinations.len()];
+        let mut work: Vec<(usize, Option<Digest>)> = Vec::new();
+        for (i, before) in befores.into_iter().enumerate() {
+            if lagging(i) {
+                continue;
+            }
+            match sort(i, before) {
+                Ok(done) => results[i] = Some(done),
+                Err(before) => work.push((i, before)),
+            }
         }
-        if !work.is_empty() {
+        // The destinations that answered are written now; each laggard as
+        // it answers, alongside (its blobs from the spool while this job
+        // holds them, or fetched again).
+        let root_for_laggards = if laggards.is_empty() {
+            None
+        } else {
+            root.clone()
+        };
+        let now = async {
+            if work.is_empty() {
+                return Vec::new();
+            }
             let written = self
                 .write_all(job, &source_digest, root, &work, finished)
                 .await;
-            for ((i, before), result) in work.into_iter().zip(written) {
-                results[i] = Some(outcome(&job.destinations[i], source, before, result));
+            work.into_iter()
+                .zip(written)
+                .map(|((i, before), result)| {
+                    (i, outcome(&job.destinations[i], source, before, result))
+                })
+                .collect::<Vec<_>>()
+        };
+        let later = async {
+            let mut done = Vec::new();
+            let mut writes = futures::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    Some((i, head)) = laggards.next() => match sort(i, head) {
+                        Ok(outcome) => done.push((i, outcome)),
+                        Err(before) => {
+                            let root = root_for_laggards.clone();
+                            let source_digest = &source_digest;
+                            writes.push(async move {
+                                let work = [(i, before.clone())];
+                                let written = self.write_all(job, source_digest, root, &work, finished).await;
+                                let result = written.into_iter().next().expect("one destination, one result");
+                                (i, outcome(&job.destinations[i], source, before, result))
+                            });
+                        }
+                    },
+                    Some(written) = writes.next() => done.push(written),
+                    else => break,
+                }
             }
+            done
+        };
+        let (now, later) = tokio::join!(now, later);
+        for (i, done) in now.into_iter().chain(later) {
+            results[i] = Some(done);
         }
         results
             .into_iter()
@@ -447,13 +530,54 @@ impl Engine {
             .collect()
     }
 
-    /// The digest each destination's tag names now (HEAD).
-    async fn head_destinations(&self, job: &Job) -> Vec<Result<Option<Digest>>> {
-        join_all(job.destinations.iter().map(|d| {
-            self.client
-                .head_manifest(&d.repository, &d.tag, Intent::Write)
-        }))
-        .await
+    /// The digest each destination's tag names now (HEAD): every answer,
+    /// or (unless `wait_for_all`) the answers that came within
+    /// [`LAGGARD_WAIT`] of the first, with the HEADs still under way. An
+    /// error is shared: it is reported for its destination and may also
+    /// stand for the job's other steps.
+    async fn head_destinations<'a>(
+        &'a self,
+        job: &'a Job,
+        wait_for_all: bool,
+    ) -> (
+        Vec<Option<Result<Option<Digest>, Arc<Error>>>>,
+        Laggards<'a>,
+    ) {
+        let mut pending: Laggards<'a> = job
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                async move {
+                    let head = self
+                        .client
+                        .head_manifest(&d.repository, &d.tag, Intent::Write)
+                        .await;
+                    (i, head)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut answered: Vec<Option<Result<Option<Digest>, Arc<Error>>>> =
+            (0..job.destinations.len()).map(|_| None).collect();
+        let mut first_at = None;
+        while !pending.is_empty() {
+            // Who waits: this job, on the HEADs; after the first answer,
+            // for at most LAGGARD_WAIT more.
+            let next = match first_at {
+                Some(at) if !wait_for_all => {
+                    match tokio::time::timeout_at(at + LAGGARD_WAIT, pending.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+                _ => pending.next().await,
+            };
+            let Some((i, head)) = next else { break };
+            answered[i] = Some(head.map_err(Arc::new));
+            first_at.get_or_insert_with(tokio::time::Instant::now);
+        }
+        (answered, pending)
     }
 
     /// Steps 2–5 for the destinations in `work` (index, digest before);

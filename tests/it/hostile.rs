@@ -1161,6 +1161,87 @@ async fn sigterm_after_the_tag_was_written_reports_the_pair_copied() {
     assert!(row["blobs"]["uploaded"].as_u64().unwrap() > 0, "{report:#}");
 }
 
+/// The tags of `setup`'s images that `host` has (a HEAD of each).
+async fn tags_present(host: &str, setup: &Setup) -> usize {
+    let http = reqwest::Client::new();
+    let mut present = 0;
+    for (name, _) in &setup.images {
+        let url = format!("http://{host}/v2/m/team/{name}/manifests/v1");
+        let head = http
+            .head(&url)
+            .header("Accept", images::OCI_INDEX)
+            .header("Accept", images::OCI_MANIFEST)
+            .header("Accept", images::DOCKER_LIST)
+            .header("Accept", images::DOCKER_MANIFEST)
+            .send()
+            .await;
+        if head.is_ok_and(|r| r.status().is_success()) {
+            present += 1;
+        }
+    }
+    present
+}
+
+/// With default settings, a target that accepts connections and never
+/// answers does not hold up a healthy one: the healthy target has every
+/// tag within 5 s of what it takes alone (before, the first window of 30 s
+/// passed first), and the run still ends by itself, exit 1, the silent
+/// target's pairs failed with the cause named.
+#[tokio::test]
+async fn a_silent_target_does_not_hold_up_a_healthy_one() {
+    let setup = Setup::new(12, 2).await;
+    let (alone_target, healthy) = (&setup.targets[0], &setup.targets[1]);
+    setup.config(&setup.upstream.host, &[&alone_target.host], "");
+    let started = Instant::now();
+    let (run, _) = setup.sync(&[]);
+    let alone = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.all());
+
+    let (dead, _) = black_hole();
+    setup.config(&setup.upstream.host, &[&dead, &healthy.host], "");
+    let mut child = regmirror_command(setup.dir.path(), &["sync", "--json", "report.json"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut all_there = None;
+    while child.try_wait().unwrap().is_none() {
+        if all_there.is_none() && tags_present(&healthy.host, &setup).await == setup.images.len() {
+            all_there = Some(started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the run did not end by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let all_there = all_there.unwrap_or_else(|| started.elapsed());
+    assert!(
+        all_there <= alone + Duration::from_secs(5),
+        "the healthy target had its tags after {all_there:?}; alone it takes {alone:?}\n{stderr}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(setup.dir.path().join("report.json")).unwrap())
+            .unwrap();
+    for (name, _) in &setup.images {
+        assert_eq!(outcome(&report, name, "t1"), "copied", "{report:#}");
+        assert_eq!(outcome(&report, name, "t0"), "failed", "{report:#}");
+    }
+    for row in report["results"].as_array().unwrap() {
+        if row["target"] == "t0" {
+            let message = row["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("stalled") || message.contains("marked down"),
+                "{message}"
+            );
+        }
+    }
+}
+
 /// A target whose first three requests stall (one request's attempts) and
 /// which then answers is not given up: a request is retried up to 4 times
 /// as the docs say, and a host is marked down only on the evidence of
