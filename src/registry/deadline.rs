@@ -6,7 +6,13 @@
 //! few seconds, a target that stops reading an upload. A 5 GB layer over a
 //! slow but moving link is never cut, however long it takes. Once a request
 //! body is sent, the registry may take longer to answer (it moves the
-//! upload into storage): [`WINDOWS_AFTER_UPLOAD`] windows.
+//! upload into storage): [`WINDOWS_AFTER_UPLOAD`] windows, and as long again
+//! as what may still be in flight takes at the slowest link
+//! ([`MAX_IN_FLIGHT`] at [`SLOWEST_LINK`]).
+//!
+//! Once the body is handed over, bytes the kernel still holds for the
+//! peer and sees acknowledged ([`super::unacked`]) count as movement: a body
+//! draining slowly from socket buffers (or into a proxy) is not stalled.
 //!
 //! reqwest's own `read_timeout` cannot do this: its timer runs from the
 //! request until the response head, across the whole upload body
@@ -29,6 +35,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use super::unacked::Unacked;
+
 /// Idle window when the configuration gives none.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 
@@ -37,6 +45,17 @@ pub const MIN_BYTES: u64 = 1024;
 
 /// Windows a registry may take to answer once an upload body is sent.
 pub const WINDOWS_AFTER_UPLOAD: u32 = 10;
+
+/// The most of a body that may still be on its way once all of it was
+/// handed over (our socket buffer, the peer's, a proxy's): loopback and
+/// proxies hold megabytes, acknowledged before the registry has them.
+pub const MAX_IN_FLIGHT: u64 = 16 << 20;
+
+/// The slowest link a body still in flight is given time for: 64 KiB/s
+/// (half a megabit). Where the kernel cannot show the bytes moving (they
+/// were acknowledged into a peer's or a proxy's buffers), the answer to an
+/// upload is waited for that much longer.
+pub const SLOWEST_LINK: u64 = 64 << 10;
 
 /// Distinct requests in a row that stalled (or could not connect) and
 /// mark a host down.
@@ -90,11 +109,26 @@ pub struct Watch {
     moved: AtomicU64,
     /// True once the whole request body was handed over.
     sent: AtomicBool,
+    /// The body's length, once it is known.
+    length: AtomicU64,
+    /// Where the kernel's count of unacknowledged bytes comes from
+    /// ([`Unacked::now`]; the unit tests give none).
+    unacked: Option<fn() -> Option<Unacked>>,
 }
 
 impl Watch {
     /// A watch for one attempt.
     pub fn new() -> Arc<Watch> {
+        Arc::new(Watch {
+            unacked: Some(Unacked::now),
+            ..Watch::default()
+        })
+    }
+
+    /// A watch that does not ask the kernel (the unit tests: other tests'
+    /// sockets drain meanwhile).
+    #[cfg(test)]
+    fn blind() -> Arc<Watch> {
         Arc::new(Watch::default())
     }
 
@@ -103,16 +137,31 @@ impl Watch {
     /// without an answer).
     async fn stalled(&self, window: Duration) {
         let mut quiet = 0;
+        // For a request with a body: what the kernel held to send at the
+        // last window's end.
+        let mut unacked: Option<Unacked> = None;
         loop {
             let before = self.moved.load(Ordering::Relaxed);
             tokio::time::sleep(window).await;
-            if self.moved.load(Ordering::Relaxed) - before >= MIN_BYTES {
+            // Slow is not stalled: a body waits in socket buffers while they
+            // drain (the kernel wakes a writer only once a good part of its
+            // buffer is free), and the last of it is still on its way once
+            // all was handed over. While the peer acknowledges at least
+            // MIN_BYTES a window, the body moves.
+            let now = (self.length.load(Ordering::Relaxed) > 0)
+                .then_some(self.unacked)
+                .flatten()
+                .and_then(|count| count());
+            let draining =
+                matches!((&unacked, &now), (Some(then), Some(now)) if then.drained(now, MIN_BYTES));
+            unacked = now;
+            if draining || self.moved.load(Ordering::Relaxed) - before >= MIN_BYTES {
                 quiet = 0;
                 continue;
             }
             quiet += 1;
             let allowed = if self.sent.load(Ordering::Relaxed) {
-                WINDOWS_AFTER_UPLOAD
+                WINDOWS_AFTER_UPLOAD + self.in_flight_windows(window)
             } else {
                 1
             };
@@ -120,6 +169,14 @@ impl Watch {
                 return;
             }
         }
+    }
+
+    /// Windows that what may still be in flight of the body takes at the
+    /// slowest link ([`MAX_IN_FLIGHT`], [`SLOWEST_LINK`]).
+    fn in_flight_windows(&self, window: Duration) -> u32 {
+        let in_flight = self.length.load(Ordering::Relaxed).min(MAX_IN_FLIGHT);
+        let per_window = (SLOWEST_LINK as f64 * window.as_secs_f64()).max(1.0);
+        (in_flight as f64 / per_window).floor() as u32
     }
 
     /// `body` (a streamed request body of `length` bytes) reporting its
@@ -135,6 +192,7 @@ impl Watch {
     where
         S: Stream<Item = std::io::Result<Bytes>>,
     {
+        self.length.store(length, Ordering::Relaxed);
         let (moving, done) = (self.clone(), self.clone());
         let end = futures::stream::once(async move {
             done.sent.store(true, Ordering::Relaxed);
@@ -303,12 +361,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_stalls_after_one_quiet_window_or_ten_once_its_body_is_sent() {
         let window = Duration::from_secs(30);
-        let watch = Watch::new();
+        let watch = Watch::blind();
         let start = Instant::now();
         watch.stalled(window).await;
         assert_eq!(start.elapsed(), window);
 
-        let watch = Watch::new();
+        let watch = Watch::blind();
         let body = watch.body(futures::stream::iter([Ok(Bytes::from_static(b"x"))]), 1);
         let _: Vec<_> = body.collect().await;
         let start = Instant::now();
@@ -316,12 +374,28 @@ mod tests {
         assert_eq!(start.elapsed(), window * WINDOWS_AFTER_UPLOAD);
     }
 
+    /// Once a body is sent, what may still be in flight of it is given time
+    /// at the slowest link: an 8 MiB body, 2 s windows, 64 more windows.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_body_sent_is_given_time_to_drain() {
+        let window = Duration::from_secs(2);
+        let watch = Watch::blind();
+        let body = watch.body(
+            futures::stream::iter([Ok(Bytes::from(vec![0; 8 << 20]))]),
+            8 << 20,
+        );
+        let _: Vec<_> = body.collect().await;
+        let start = Instant::now();
+        watch.stalled(window).await;
+        assert_eq!(start.elapsed(), window * (WINDOWS_AFTER_UPLOAD + 64));
+    }
+
     /// hyper stops asking a body for more once `Content-Length` bytes came:
     /// the body is sent then, though its stream never ended.
     #[tokio::test(start_paused = true)]
     async fn a_body_is_sent_once_its_length_has_passed() {
         let window = Duration::from_secs(30);
-        let watch = Watch::new();
+        let watch = Watch::blind();
         let endless = futures::stream::iter([Ok(Bytes::from_static(b"xy"))])
             .chain(futures::stream::pending());
         let mut body = std::pin::pin!(watch.body(endless, 2));
@@ -334,7 +408,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn moving_uploads_never_stall() {
         let window = Duration::from_secs(30);
-        let watch = Watch::new();
+        let watch = Watch::blind();
         let feeder = watch.clone();
         // 2 KiB every 10 s: slow, but moving.
         tokio::spawn(async move {

@@ -12,7 +12,9 @@
 //! - `manifests`, `blobs`: the verbs; [`meter`]: a blob's bytes as they
 //!   move, for a live view;
 //! - [`limits`], [`retry`], [`deadline`]: what every request passes through
-//!   (concurrency and quotas, what is retried, idle time-outs);
+//!   (concurrency and quotas, what is retried, idle time-outs); `unacked`:
+//!   what the kernel still holds to send, so a draining upload is not
+//!   called stalled;
 //! - [`ecr`]: ECR Public repositories.
 //!
 //! Per registry host the client holds the limits (a semaphore of
@@ -30,6 +32,7 @@ mod manifests;
 pub mod meter;
 pub mod options;
 pub mod retry;
+mod unacked;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

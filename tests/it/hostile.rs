@@ -1264,3 +1264,53 @@ async fn one_requests_retries_never_mark_a_host_down() {
     assert!(!run.stderr.contains("marked down"), "{}", run.stderr);
     assert_eq!(target.applied(0), 3, "three attempts stalled");
 }
+
+/// Slow is not stalled: through a proxy that forwards uploads at 200 KiB/s,
+/// an image with 8 MiB layers and `timeout: 2s` arrives with each blob PUT
+/// once. The body leaves regmirror into socket buffers within seconds; the
+/// kernel's count of bytes not yet acknowledged shows it still moving.
+/// Before, the wait for the answer ran out after 10 windows with megabytes
+/// still in flight (`stalled`), and the PUT was not retried.
+#[tokio::test]
+async fn an_upload_draining_slowly_from_socket_buffers_is_not_stalled() {
+    let upstream = Registry::start(Auth::None);
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        layer_size: 8 << 20,
+        attestations: false,
+        base: 409,
+        ..Spec::new("team/big", "v1", false)
+    });
+    images::push(&upstream.url(), "team/big", "v1", &image).await;
+    let target = Registry::start(Auth::None);
+    let slow = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                usize::MAX,
+                Action::Throttle(200 << 10),
+            )
+            .larger_than(1 << 20),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .registries(&format!("  {}:\n    timeout: 2s\n", slow.host))
+        .target("t0", &format!("{}/m", slow.host))
+        .image("big", &format!("{}/team/big", upstream.host), "[v1]")
+        .write(dir.path());
+    let run = regmirror(dir.path(), &["sync"], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let puts = slow
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(puts, image.blobs.len(), "each blob PUT once\n{}", run.all());
+    assert_eq!(
+        deep_check(&target.host, "m/team/big", "v1").await,
+        TagState::Complete(image.root.0.clone())
+    );
+}
