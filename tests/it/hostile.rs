@@ -23,6 +23,11 @@ fn one_target(target: &str) -> MirrorYaml {
     MirrorYaml::new().target("t0", &format!("{target}/m"))
 }
 
+/// `mirror.yaml` copying every tag of `SOURCE/team/app0` to `t0`.
+fn every_tag_of_app0(target: &str, source: &str) -> MirrorYaml {
+    one_target(target).image("app0", &format!("{source}/team/app0"), "{ regex: '.*' }")
+}
+
 fn json_reply(body: String, headers: &[(&str, String)]) -> Action {
     let mut all = vec![("Content-Type".to_string(), "application/json".to_string())];
     all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.clone())));
@@ -64,13 +69,7 @@ async fn hostile_tags_never_leave_the_target_prefix() {
             json_reply(serde_json::json!({ "tags": tags }).to_string(), &[]),
         )],
     );
-    one_target(&target.host)
-        .image(
-            "app0",
-            &format!("{}/team/app0", proxy.host),
-            "{ regex: '.*' }",
-        )
-        .write(setup.dir.path());
+    every_tag_of_app0(&target.host, &proxy.host).write(setup.dir.path());
     let mark = target.mark();
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -516,6 +515,58 @@ async fn a_trickling_body_is_a_stall() {
     );
 }
 
+/// A slow upload link: an image of one platform with layers of
+/// `layer_size` in a fresh upstream, a target behind a proxy that forwards
+/// uploads larger than 1 MiB at `rate` bytes a second, and a `mirror.yaml`
+/// (image `big`, target `t0`) with `timeout` for that target.
+struct SlowUpload {
+    image: images::Generated,
+    target: Registry,
+    slow: Proxy,
+    dir: tempfile::TempDir,
+    _upstream: Registry,
+}
+
+impl SlowUpload {
+    async fn new(layer_size: usize, base: u64, rate: usize, timeout: &str) -> SlowUpload {
+        let upstream = Registry::start(Auth::None);
+        let image = images::generate(&Spec {
+            platforms: vec![("amd64", None)],
+            layer_size,
+            attestations: false,
+            base,
+            ..Spec::new("team/big", "v1", false)
+        });
+        images::push(&upstream.url(), "team/big", "v1", &image).await;
+        let target = Registry::start(Auth::None);
+        let rule = Rule::new("PUT", "/blobs/uploads/", usize::MAX, Action::Throttle(rate))
+            .larger_than(1 << 20);
+        let slow = Proxy::start(&target.host, vec![rule]);
+        let dir = tempfile::tempdir().unwrap();
+        MirrorYaml::new()
+            .registries(&format!("  {}:\n    timeout: {timeout}\n", slow.host))
+            .target("t0", &format!("{}/m", slow.host))
+            .image("big", &format!("{}/team/big", upstream.host), "[v1]")
+            .write(dir.path());
+        SlowUpload {
+            image,
+            target,
+            slow,
+            dir,
+            _upstream: upstream,
+        }
+    }
+
+    /// Blob upload PUTs the proxy saw.
+    fn puts(&self) -> usize {
+        self.slow
+            .seen()
+            .iter()
+            .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
+            .count()
+    }
+}
+
 /// A layer whose upload takes several times the idle time-out, over a slow
 /// link that keeps moving, lands (issue 14: with reqwest's `read_timeout`,
 /// which runs from the request to the response head, reqwest#2784, a
@@ -524,59 +575,28 @@ async fn a_trickling_body_is_a_stall() {
 /// so the body is still being written long after the time-out has passed.
 #[tokio::test]
 async fn an_upload_longer_than_the_time_out_that_keeps_moving_lands() {
-    let upstream = Registry::start(Auth::None);
-    let image = images::generate(&Spec {
-        platforms: vec![("amd64", None)],
-        layer_size: 6 << 20,
-        attestations: false,
-        base: 401,
-        ..Spec::new("team/big", "v1", false)
-    });
-    images::push(&upstream.url(), "team/big", "v1", &image).await;
-    let target = Registry::start(Auth::None);
-    let slow = Proxy::start(
-        &target.host,
-        vec![
-            Rule::new(
-                "PUT",
-                "/blobs/uploads/",
-                usize::MAX,
-                Action::Throttle(3 << 19),
-            )
-            .larger_than(1 << 20),
-        ],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    MirrorYaml::new()
-        .registries(&format!("  {}:\n    timeout: 1s\n", slow.host))
-        .target("t0", &format!("{}/m", slow.host))
-        .image("big", &format!("{}/team/big", upstream.host), "[v1]")
-        .write(dir.path());
+    let link = SlowUpload::new(6 << 20, 401, 3 << 19, "1s").await;
     let started = Instant::now();
-    let run = regmirror(dir.path(), &["sync"], &[]);
+    let run = regmirror(link.dir.path(), &["sync"], &[]);
     let took = started.elapsed();
     assert_eq!(run.code, 0, "{}", run.all());
     // Each blob was PUT once: no slow upload was cut and retried.
-    let puts = slow
-        .seen()
-        .iter()
-        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
-        .count();
-    assert_eq!(puts, image.blobs.len(), "{}", run.all());
-    let large = image
+    assert_eq!(link.puts(), link.image.blobs.len(), "{}", run.all());
+    let large = link
+        .image
         .blobs
         .iter()
         .filter(|(_, b)| b.len() > 1 << 20)
         .count();
     assert!(
-        large >= 2 && slow.applied(0) == large,
+        large >= 2 && link.slow.applied(0) == large,
         "{large} large blobs"
     );
     // Several time-outs long: a total time-out of 1 s would have cut it.
     assert!(took > Duration::from_secs(3), "took {took:?}");
     assert_eq!(
-        deep_check(&target.host, "m/team/big", "v1").await,
-        TagState::Complete(image.root.0.clone())
+        deep_check(&link.target.host, "m/team/big", "v1").await,
+        TagState::Complete(link.image.root.0.clone())
     );
 }
 
@@ -1094,13 +1114,7 @@ async fn a_tag_list_that_repeats_tags_copies_each_once_without_a_collision() {
             ),
         ],
     );
-    one_target(&target.host)
-        .image(
-            "app0",
-            &format!("{}/team/app0", proxy.host),
-            "{ regex: '.*' }",
-        )
-        .write(setup.dir.path());
+    every_tag_of_app0(&target.host, &proxy.host).write(setup.dir.path());
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
@@ -1273,44 +1287,17 @@ async fn one_requests_retries_never_mark_a_host_down() {
 /// still in flight (`stalled`), and the PUT was not retried.
 #[tokio::test]
 async fn an_upload_draining_slowly_from_socket_buffers_is_not_stalled() {
-    let upstream = Registry::start(Auth::None);
-    let image = images::generate(&Spec {
-        platforms: vec![("amd64", None)],
-        layer_size: 8 << 20,
-        attestations: false,
-        base: 409,
-        ..Spec::new("team/big", "v1", false)
-    });
-    images::push(&upstream.url(), "team/big", "v1", &image).await;
-    let target = Registry::start(Auth::None);
-    let slow = Proxy::start(
-        &target.host,
-        vec![
-            Rule::new(
-                "PUT",
-                "/blobs/uploads/",
-                usize::MAX,
-                Action::Throttle(200 << 10),
-            )
-            .larger_than(1 << 20),
-        ],
-    );
-    let dir = tempfile::tempdir().unwrap();
-    MirrorYaml::new()
-        .registries(&format!("  {}:\n    timeout: 2s\n", slow.host))
-        .target("t0", &format!("{}/m", slow.host))
-        .image("big", &format!("{}/team/big", upstream.host), "[v1]")
-        .write(dir.path());
-    let run = regmirror(dir.path(), &["sync"], &[]);
+    let link = SlowUpload::new(8 << 20, 409, 200 << 10, "2s").await;
+    let run = regmirror(link.dir.path(), &["sync"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
-    let puts = slow
-        .seen()
-        .iter()
-        .filter(|s| s.method == "PUT" && s.path.contains("/blobs/uploads/"))
-        .count();
-    assert_eq!(puts, image.blobs.len(), "each blob PUT once\n{}", run.all());
     assert_eq!(
-        deep_check(&target.host, "m/team/big", "v1").await,
-        TagState::Complete(image.root.0.clone())
+        link.puts(),
+        link.image.blobs.len(),
+        "each blob PUT once\n{}",
+        run.all()
+    );
+    assert_eq!(
+        deep_check(&link.target.host, "m/team/big", "v1").await,
+        TagState::Complete(link.image.root.0.clone())
     );
 }
