@@ -268,6 +268,7 @@ impl Engine {
             duration: started.elapsed(),
             started: Some(started_at),
             interrupted: None,
+            throttled: self.client.paces(),
         }
     }
 

@@ -189,6 +189,8 @@ pub struct Summary {
     /// The exit code of the signal that stopped the run (130 for SIGINT,
     /// 143 for SIGTERM), if one did.
     pub interrupted: Option<i32>,
+    /// Per registry that throttled: how often, and the paces found.
+    pub throttled: Vec<(String, crate::registry::pace::Settled)>,
 }
 
 impl Outcome {

@@ -35,6 +35,22 @@ pub async fn sync(plan: Plan, options: Options, reporter: Arc<dyn Reporter>) -> 
     engine.know_tags(listed);
     let mut summary = engine.run(&jobs).await;
     summary.outcomes.splice(0..0, failures);
+    for (registry, settled) in &summary.throttled {
+        let paces: Vec<String> = settled
+            .pace
+            .iter()
+            .map(|(kind, rate)| format!("{} {rate:.1}/s", kind.as_str().replace('_', " ")))
+            .collect();
+        tracing::warn!(
+            "{registry}: throttled {} times; regmirror slowed down to {} (to spare the throttling next time, set `registries.{registry}.write_rate_limit` or `rate_limit` near these)",
+            settled.throttled,
+            if paces.is_empty() {
+                "the back-off of each request".to_string()
+            } else {
+                paces.join(", ")
+            }
+        );
+    }
     Ok(summary)
 }
 
@@ -56,6 +72,7 @@ pub async fn verify(plan: Plan, depth: Depth, anonymous: bool) -> Result<(Vec<Ch
     let mut summary = verify::summary(&checks, started.elapsed());
     summary.outcomes.splice(0..0, failures);
     summary.started = Some(started_at);
+    summary.throttled = client.paces();
     Ok((checks, summary))
 }
 

@@ -409,5 +409,6 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         duration,
         started: None,
         interrupted: None,
+        throttled: Vec::new(),
     }
 }

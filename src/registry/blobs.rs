@@ -222,10 +222,13 @@ impl RegistryClient {
             // that opens a session was already retried where it was sent.
             // A 429 that says how long to wait (GHCR says it in the body)
             // is waited for, within the longest wait a retry takes.
+            // A 429 that states no wait is sent again after the back-off
+            // (and the pace the registry was found to take).
             let rate_limited = match &result {
-                Err(Error::RateLimited {
-                    until: Some(until), ..
-                }) => Some(until.duration_since(SystemTime::now()).unwrap_or_default()),
+                Err(Error::RateLimited { until, .. }) => Some(
+                    until
+                        .map(|until| until.duration_since(SystemTime::now()).unwrap_or_default()),
+                ),
                 _ => None,
             };
             let retryable = match &result {
@@ -234,13 +237,13 @@ impl RegistryClient {
                     | Error::Status { method, .. }
                     | Error::Stalled { method, .. }),
                 ) => method == "PUT" && retry::error_is_retryable(error),
-                _ => rate_limited.is_some_and(|wait| wait <= retry::MAX_DELAY),
+                _ => rate_limited.is_some_and(|wait| wait.is_none_or(|wait| wait <= retry::MAX_DELAY)),
             };
             if retryable {
                 tracing::debug!(repository = %repository, digest = %blob.digest, "upload failed; retrying from the spool");
                 Attempt::Transient {
                     result,
-                    retry_after: rate_limited,
+                    retry_after: rate_limited.flatten(),
                 }
             } else {
                 Attempt::Final(result)

@@ -11,8 +11,9 @@
 //! - [`auth`]: credentials, challenges, the token exchange;
 //! - `manifests`, `blobs`: the verbs; [`meter`]: a blob's bytes as they
 //!   move, for a live view;
-//! - [`limits`], [`retry`], [`deadline`]: what every request passes through
-//!   (concurrency and quotas, what is retried, idle time-outs); `unacked`:
+//! - [`limits`], [`pace`], [`retry`], [`deadline`]: what every request
+//!   passes through (concurrency and quotas, the paces found by trying,
+//!   what is retried, idle time-outs); `unacked`:
 //!   what the kernel still holds to send, so a draining upload is not
 //!   called stalled;
 //! - [`ecr`]: ECR Public repositories.
@@ -31,6 +32,7 @@ pub mod limits;
 mod manifests;
 pub mod meter;
 pub mod options;
+pub mod pace;
 pub mod retry;
 mod unacked;
 
@@ -76,6 +78,8 @@ struct Host {
     permits: Arc<Semaphore>,
     /// Our quota and the registry's remaining budget.
     limits: Limits,
+    /// The paces found by trying, per kind of request (`pace`).
+    pace: pace::Pace,
     /// The HTTP client for this host (its own when it has its own CA).
     http: reqwest::Client,
     /// Learned once from `GET /v2/`, replaced if a later 401 says otherwise.
@@ -225,6 +229,18 @@ impl RegistryClient {
         self.anonymous
     }
 
+    /// Per registry that throttled this run: how often, and the paces
+    /// found (requests a second per kind), by registry name.
+    pub fn paces(&self) -> Vec<(String, pace::Settled)> {
+        let hosts = self.hosts.lock().expect("hosts lock poisoned");
+        let mut found: Vec<(String, pace::Settled)> = hosts
+            .values()
+            .filter_map(|host| host.pace.settled().map(|s| (host.registry.clone(), s)))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
     /// Before the first write to `repository`: creates it where the
     /// registry needs that (`create_repositories`, ECR Public).
     pub async fn prepare_push(&self, repository: &Repository) -> Result<()> {
@@ -260,6 +276,7 @@ impl RegistryClient {
                         options.write_rate_limit,
                         options.min_remaining,
                     ),
+                    pace: pace::Pace::default(),
                     http: self
                         .own_ca
                         .get(&repository.registry)
@@ -292,12 +309,23 @@ impl RegistryClient {
         idempotent: bool,
     ) -> Result<Answer> {
         // All attempts are one request to the host's health.
+        let kind = pace::Kind::of(&method, url);
         let answer = deadline::one_request(retry::run(|| {
             let method = method.clone();
             async move {
                 if let Some(down) = host.down() {
                     return Attempt::Final(Err(down));
                 }
+                // The pace this registry was found to take (no wait until
+                // it throttled); before the permit, so a paced request
+                // holds no connection.
+                host.pace.before(kind).await;
+                // `write_rate_limit` last: the pace found above never
+                // bunches up the writes it spaced.
+                if method == Method::PUT {
+                    host.limits.before_write().await;
+                }
+                let started = tokio::time::Instant::now();
                 let mut request = host.http.request(method.clone(), url);
                 if let Some(value) = authorization {
                     request = request.header(AUTHORIZATION, value);
@@ -320,6 +348,14 @@ impl RegistryClient {
                         host.limits.observe(response.headers());
                         let status = response.status().as_u16();
                         let retry_after = retry_after(&response);
+                        // 429, and 503 (S3's SlowDown, ECR's throttling),
+                        // slow this kind of request down; anything else
+                        // answered lets it speed up.
+                        if status == 429 || status == 503 {
+                            host.pace.throttled(kind, started);
+                        } else {
+                            host.pace.clean(kind);
+                        }
                         let answer = Answer {
                             response,
                             permit,
@@ -340,6 +376,8 @@ impl RegistryClient {
                                     ShownUrl::new(url)
                                 ),
                             };
+                            // A write is sent again by its caller (an upload
+                            // from the spool, with a new session).
                             return if idempotent {
                                 Attempt::Transient {
                                     result: Err(error),
@@ -511,9 +549,6 @@ impl RegistryClient {
         expected: fn(StatusCode) -> bool,
     ) -> Result<Answer> {
         let access = Access::Push(&repository.path);
-        if method == Method::PUT {
-            self.host(repository).limits.before_write().await;
-        }
         let answer = self
             .send(repository, access, method.clone(), url, build, idempotent)
             .await?;
@@ -542,6 +577,9 @@ impl RegistryClient {
         // documentation, "secondary rate limits"). Not waited for in this
         // run: the image is deferred to the next one.
         if status == StatusCode::FORBIDDEN && body.contains("secondary rate limit") {
+            self.host(repository)
+                .pace
+                .throttled(pace::Kind::of(&method, url), tokio::time::Instant::now());
             return Err(Error::RateLimited {
                 registry: self.host(repository).registry.clone(),
                 until: Some(SystemTime::now() + SECONDARY_PAUSE),

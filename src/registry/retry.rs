@@ -2,8 +2,11 @@
 //!
 //! One place decides:
 //! - 429 and 503 wait as long as `Retry-After` says (seconds or HTTP-date),
-//!   up to [`MAX_DELAY`]; a registry asking for longer is not waited for:
-//!   the request gives up at once and reports when to come back.
+//!   up to [`MAX_DELAY`], and up to half again (jitter: requests told the
+//!   same wait must not return together); a registry asking for longer is
+//!   not waited for: the request gives up at once and reports when to come
+//!   back. A 429 that states no wait backs off as below, and the request's
+//!   kind is paced ([`super::pace`]).
 //! - 408, 500, 502, 504 and transport failures (connect, reset, timeout)
 //!   retry with jittered exponential backoff.
 //! - 401, 403, 404 and digest mismatches never retry (they are `Final`).
@@ -121,17 +124,21 @@ pub fn delay(attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
     if attempt + 1 >= MAX_ATTEMPTS {
         return None;
     }
+    // Jitter of up to half the wait spreads the retries of parallel
+    // requests, whatever the registry said: requests told `Retry-After: 1`
+    // together would otherwise come back together, into an empty bucket.
+    let jitter = |wait: Duration| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        wait.mul_f64(f64::from(nanos % 1000) / 2000.0)
+    };
     if let Some(after) = retry_after {
-        return (after <= MAX_DELAY).then_some(after);
+        return (after <= MAX_DELAY).then(|| (after + jitter(after)).min(MAX_DELAY));
     }
     let base = Duration::from_millis(200) * 2u32.saturating_pow(attempt);
-    // Jitter of up to half the base spreads retries of parallel requests.
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let jitter = base.mul_f64(f64::from(nanos % 1000) / 2000.0);
-    Some((base + jitter).min(MAX_DELAY))
+    Some((base + jitter(base)).min(MAX_DELAY))
 }
 
 /// Runs `attempt()` until it is final or [`delay`] says stop, sleeping in
@@ -238,9 +245,11 @@ mod tests {
         assert!(delay(0, None).unwrap() >= Duration::from_millis(200));
         assert!(delay(0, None).unwrap() <= Duration::from_millis(300));
         assert!(delay(2, None).unwrap() >= Duration::from_millis(800));
-        assert_eq!(
-            delay(0, Some(Duration::from_secs(7))),
-            Some(Duration::from_secs(7))
+        // A stated wait is never cut short, and is spread by up to half.
+        let told = delay(0, Some(Duration::from_secs(7))).unwrap();
+        assert!(
+            told >= Duration::from_secs(7) && told <= Duration::from_millis(10_500),
+            "{told:?}"
         );
         // Longer than we wait: stop now rather than sleep and fail anyway.
         assert_eq!(delay(0, Some(Duration::from_secs(7200))), None);
@@ -269,8 +278,10 @@ mod tests {
         (result, calls.load(Ordering::SeqCst), start.elapsed())
     }
 
+    /// `Retry-After` is waited at least, and spread by up to half again
+    /// (requests told the same wait must not come back together).
     #[tokio::test(start_paused = true)]
-    async fn retry_after_is_waited_exactly() {
+    async fn retry_after_is_waited_at_least_and_spread() {
         let (result, calls, elapsed) = script(vec![
             Some(Some(Duration::from_secs(5))),
             Some(Some(Duration::from_secs(20))),
@@ -278,7 +289,10 @@ mod tests {
         ])
         .await;
         assert_eq!((result, calls), (2, 3));
-        assert_eq!(elapsed, Duration::from_secs(25));
+        assert!(
+            elapsed >= Duration::from_secs(25) && elapsed <= Duration::from_millis(37_500),
+            "{elapsed:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,10 +44,75 @@ pub enum Action {
     RelativeLocation,
     /// Forward, answering with this status instead of the registry's.
     ReplaceStatus(u16),
+    /// A rate limit nobody published: matching requests beyond the
+    /// bucket's pace are answered 429 (see [`Bucket`]), the rest forwarded.
+    Limit(Arc<Bucket>),
     /// Answer `GET /v2/<name>/referrers/<digest>` as a registry with the
     /// OCI 1.1 referrers API does, from the storage of the distribution 2.8
     /// behind (rooted here), which keeps every manifest but has no API.
     Referrers(std::path::PathBuf),
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`. What
+/// it refuses is answered `429 Too Many Requests` with a distribution-style
+/// `TOOMANYREQUESTS` body, and `Retry-After` only when `retry_after` is set.
+/// Limits that are published nowhere and state no wait: quay.io's 429s
+/// during Harbor replication (goharbor/harbor#19199, whose reporter asks
+/// for the rate to be found by itself) and on tag listing
+/// (argoproj-labs/argocd-image-updater#108); ECR's PutImage at 10 a second,
+/// where retries in a row only make it worse (containerd/containerd#10447).
+pub struct Bucket {
+    per_second: f64,
+    burst: f64,
+    retry_after: Option<u64>,
+    state: Mutex<(f64, std::time::Instant)>,
+    /// Requests refused so far.
+    pub refused: AtomicUsize,
+    /// Requests let through so far.
+    pub passed: AtomicUsize,
+}
+
+impl Bucket {
+    pub fn new(per_second: f64, burst: usize, retry_after: Option<u64>) -> Arc<Bucket> {
+        Arc::new(Bucket {
+            per_second,
+            burst: burst as f64,
+            retry_after,
+            state: Mutex::new((burst as f64, std::time::Instant::now())),
+            refused: AtomicUsize::new(0),
+            passed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a token if there is one.
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(state.1).as_secs_f64() * self.per_second;
+        *state = ((state.0 + refill).min(self.burst), now);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            self.passed.fetch_add(1, Ordering::SeqCst);
+            true
+        } else {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            false
+        }
+    }
+
+    /// The answer to a request refused.
+    fn refusal(&self) -> Action {
+        let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+        if let Some(seconds) = self.retry_after {
+            headers.push(("Retry-After".to_string(), seconds.to_string()));
+        }
+        Action::Respond {
+            status: 429,
+            headers,
+            body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limit exceeded"}]}"#
+                .to_vec(),
+        }
+    }
 }
 
 /// Matches requests by method and a substring of the path, `times` times.
@@ -192,6 +257,12 @@ fn serve(
         at: std::time::Instant::now(),
     });
     let action = picked.map(|(_, action, n)| (action, n));
+    // A rate limit lets the request through (as if no rule matched) or
+    // refuses it.
+    let action = match action {
+        Some((Action::Limit(bucket), n)) => (!bucket.take()).then(|| (bucket.refusal(), n)),
+        other => other,
+    };
 
     if let Some((
         Action::Respond {

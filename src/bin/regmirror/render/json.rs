@@ -27,6 +27,24 @@ pub struct Document {
     pub totals: Totals,
     /// One per image × tag × target, in plan order.
     pub results: Vec<Row>,
+    /// The registries that throttled this run (429, or 503 or 403 that
+    /// throttle), with the pace regmirror found for each kind of request:
+    /// what to write into `registries.<host>` next time.
+    pub registries: Vec<Throttled>,
+}
+
+/// A registry that throttled.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Throttled {
+    /// The registry, as `mirror.yaml` names it.
+    pub registry: String,
+    /// Throttling answers in all.
+    pub throttled: u64,
+    /// Requests a second settled on at the end of the run, per kind of
+    /// request that had to be paced: `manifest_reads`, `blob_reads`,
+    /// `uploads`, `manifest_writes`.
+    pub pace: std::collections::BTreeMap<String, f64>,
 }
 
 /// Counts over all results.
@@ -208,6 +226,21 @@ impl Document {
                 bytes_uploaded: totals.bytes_uploaded,
             },
             results: summary.outcomes.iter().map(row).collect(),
+            registries: summary
+                .throttled
+                .iter()
+                .map(|(registry, settled)| Throttled {
+                    registry: registry.clone(),
+                    throttled: settled.throttled,
+                    pace: settled
+                        .pace
+                        .iter()
+                        .map(|(kind, rate)| {
+                            (kind.as_str().to_string(), (rate * 100.0).round() / 100.0)
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 

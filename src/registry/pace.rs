@@ -1,0 +1,475 @@
+//! Limits nobody published, found by trying.
+//!
+//! Most registries throttle at a rate they do not document, and many say
+//! so with a bare 429 (no `Retry-After`). Retrying each request on its own
+//! brings every throttled request back at once into an empty bucket. So
+//! each registry host keeps a [`Pace`] per [`Kind`] of request (manifest
+//! reads, blob reads, uploads, manifest writes, each limited apart by some
+//! registries). Writes start at a modest pace that grows fast while answers
+//! are clean (TCP's slow start), so a burst never meets a wall of 429s;
+//! reads start unpaced. On a throttling answer the pace halves (at most
+//! once a second: one burst of 429s counts once), then grows slowly while answers
+//! are clean (by about one request a second, each second: additive
+//! increase, multiplicative decrease, as TCP does). The
+//! configured and documented limits (`rate_limit`, `write_rate_limit`,
+//! `concurrency`) stay ceilings above it.
+//!
+//! What was found is reported per registry ([`Settled`]), so a user can
+//! write the limit into `mirror.yaml`.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::Method;
+use tokio::time::Instant;
+
+/// What a request does, for pacing: registries limit these apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Manifest GETs and HEADs, tag lists, referrers.
+    ManifestRead,
+    /// Blob GETs and HEADs.
+    BlobRead,
+    /// Upload sessions: POST, PATCH and the PUT that completes them.
+    Upload,
+    /// Manifest PUTs.
+    ManifestWrite,
+}
+
+impl Kind {
+    /// The kind of `method` on `url` (`/v2/<name>/blobs/…`, `…/manifests/…`).
+    pub fn of(method: &Method, url: &str) -> Kind {
+        let path = url.split('?').next().unwrap_or_default();
+        let writes = *method != Method::GET && *method != Method::HEAD;
+        match (
+            path.contains("/blobs/uploads"),
+            path.contains("/blobs/"),
+            writes,
+        ) {
+            (true, _, _) => Kind::Upload,
+            (false, true, true) => Kind::Upload,
+            (false, true, false) => Kind::BlobRead,
+            (false, false, true) => Kind::ManifestWrite,
+            (false, false, false) => Kind::ManifestRead,
+        }
+    }
+
+    /// Every kind, in the order reports name them.
+    pub const ALL: [Kind; 4] = [
+        Kind::ManifestRead,
+        Kind::BlobRead,
+        Kind::Upload,
+        Kind::ManifestWrite,
+    ];
+
+    /// The name reports use (`manifest_reads`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ManifestRead => "manifest_reads",
+            Kind::BlobRead => "blob_reads",
+            Kind::Upload => "uploads",
+            Kind::ManifestWrite => "manifest_writes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The lowest pace: one request every 4 s. A registry that throttles even
+/// that is waited for by each request's own back-off.
+const SLOWEST: f64 = 0.25;
+
+/// Where writes start: 16 a second, raised by a tenth for each clean
+/// answer ([`GROWTH`]) until the registry throttles or [`UNPACED`] is
+/// passed (after about 50 clean answers). A burst of writes into a registry
+/// with a limit would meet a wall of 429s before the first came back;
+/// reads start unpaced (their published limits are `rate_limit`'s).
+const FIRST_WRITES: f64 = 16.0;
+
+/// How much faster each clean answer makes a pace still finding out.
+const GROWTH: f64 = 1.1;
+
+/// A pace above which requests are not paced at all.
+const UNPACED: f64 = 2000.0;
+
+/// The least time between two decreases of a pace.
+const DECREASE_EVERY: Duration = Duration::from_millis(300);
+
+/// How far back clean answers count for the rate the registry accepted
+/// when its first throttling answer comes.
+const RECENT: Duration = Duration::from_secs(1);
+
+/// The pace of one kind of request at one registry.
+#[derive(Debug, Default)]
+struct Pacer {
+    /// Requests a second; `None`: not paced.
+    rate: Option<f64>,
+    /// Still finding out (no throttling answer yet): the pace grows fast.
+    starting: bool,
+    /// When the next request may start.
+    next: Option<Instant>,
+    /// Recent clean answers (within [`RECENT`]).
+    recent: VecDeque<Instant>,
+    /// Recent request starts (within [`RECENT`]).
+    starts: VecDeque<Instant>,
+    /// When the rate was last lowered.
+    last_decrease: Option<Instant>,
+    /// Changes of pace so far (each decrease, and each quarter more while
+    /// finding out): a request waiting for a slot given before a change
+    /// takes a new slot at the new pace.
+    epoch: u64,
+    /// The pace when the epoch last changed.
+    epoch_rate: f64,
+    /// When the last request that waited its turn started.
+    begun: Option<Instant>,
+    /// Throttling answers seen.
+    throttled: u64,
+}
+
+impl Pacer {
+    /// A pacer for `kind`: writes start slow and speed up (see
+    /// [`FIRST_WRITES`]), reads start unpaced.
+    fn new(kind: Kind) -> Pacer {
+        let writes = matches!(kind, Kind::Upload | Kind::ManifestWrite);
+        Pacer {
+            rate: writes.then_some(FIRST_WRITES),
+            starting: true,
+            epoch_rate: if writes { FIRST_WRITES } else { 0.0 },
+            ..Pacer::default()
+        }
+    }
+
+    /// When a request may start, counting it as started then.
+    fn slot(&mut self, now: Instant) -> Instant {
+        let at = match (self.rate, self.next) {
+            (Some(rate), Some(next)) if next > now => {
+                self.next = Some(next + Duration::from_secs_f64(1.0 / rate));
+                next
+            }
+            (Some(rate), _) => {
+                self.next = Some(now + Duration::from_secs_f64(1.0 / rate));
+                now
+            }
+            (None, _) => now,
+        };
+        forget_before(&mut self.starts, now);
+        self.starts.push_back(at);
+        at
+    }
+
+    /// A throttling answer to a request that started at `started`. Only a
+    /// request started after the last decrease lowers the pace again
+    /// ([`Pacer::decrease`]): the 429s of requests sent at the old pace say
+    /// nothing new (TCP's one decrease per window).
+    fn throttle(&mut self, started: Instant, now: Instant) {
+        self.throttled += 1;
+        if self.last_decrease.is_some_and(|at| started <= at) {
+            return;
+        }
+        self.decrease(now);
+    }
+
+    /// Lowers the pace: half of it; unpaced until now, what the registry
+    /// was seen to accept (its clean answers in the last second, or half
+    /// the requests sent in it, the more). At most once a second: a
+    /// registry's bucket refills by the second, and the 429s of requests
+    /// sent just before or after a decrease say nothing new.
+    fn decrease(&mut self, now: Instant) {
+        if self
+            .last_decrease
+            .is_some_and(|at| now.duration_since(at) < DECREASE_EVERY)
+        {
+            return;
+        }
+        forget_before(&mut self.recent, now);
+        forget_before(&mut self.starts, now);
+        // Clean answers a second, over the time they span (at least a
+        // quarter second) within the last second: early in a run the
+        // registry has had less than a second to answer.
+        let span = self
+            .recent
+            .front()
+            .map_or(RECENT, |oldest| now.duration_since(*oldest));
+        let accepted =
+            self.recent.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64();
+        let rate = match self.rate {
+            // Still finding out, the pace may have run far past the limit
+            // before the first 429 came back: not above what the registry
+            // was seen to accept in the last second.
+            Some(rate) if self.starting => (rate / 2.0).min(accepted.max(1.0)),
+            Some(rate) => rate / 2.0,
+            None => {
+                let accepted = self.recent.len() as f64;
+                let sent = self.starts.len() as f64 / 2.0;
+                accepted.max(sent) / RECENT.as_secs_f64()
+            }
+        }
+        .max(SLOWEST);
+        tracing::debug!(from = ?self.rate, to = rate, "throttled: slower");
+        self.rate = Some(rate);
+        self.starting = false;
+        self.last_decrease = Some(now);
+        // Nobody starts before one interval has passed.
+        self.next = Some(now + Duration::from_secs_f64(1.0 / rate));
+        self.epoch += 1;
+        self.epoch_rate = rate;
+    }
+
+    /// A clean answer: faster; fast while still finding out, then by about
+    /// one request a second each second.
+    fn clean(&mut self, now: Instant) {
+        forget_before(&mut self.recent, now);
+        self.recent.push_back(now);
+        self.rate = match self.rate {
+            // A tenth more for each clean answer: the time a run spends
+            // below any pace is bounded (the sum of 1/(16 × 1.1^n) is
+            // 0.69 s), and a limit is found within a few answers.
+            Some(rate) if self.starting => Some(rate * GROWTH).filter(|r| *r < UNPACED),
+            Some(rate) => Some(rate + 1.0 / rate.max(1.0)),
+            None => None,
+        };
+        // Much faster than the slots handed out: they are handed out anew
+        // from the last request that started.
+        let faster = match self.rate {
+            Some(rate) => rate > self.epoch_rate * 1.25,
+            None => self.epoch_rate > 0.0,
+        };
+        if self.starting && faster {
+            self.epoch += 1;
+            self.epoch_rate = self.rate.unwrap_or_default();
+            self.next = match (self.rate, self.begun) {
+                (Some(rate), Some(begun)) => Some(begun + Duration::from_secs_f64(1.0 / rate)),
+                _ => None,
+            };
+        }
+    }
+}
+
+/// Drops the instants older than [`RECENT`].
+fn forget_before(instants: &mut VecDeque<Instant>, now: Instant) {
+    while instants
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > RECENT)
+    {
+        instants.pop_front();
+    }
+}
+
+/// The paces of one registry host.
+#[derive(Debug)]
+pub struct Pace {
+    kinds: Mutex<[Pacer; 4]>,
+    /// Per kind, its epoch, for the requests waiting their turn: told when
+    /// the pace changed, they take a new slot.
+    changes: [tokio::sync::watch::Sender<u64>; 4],
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            kinds: Mutex::new(Kind::ALL.map(Pacer::new)),
+            changes: Kind::ALL.map(|_| tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+/// What was found for one registry: throttling answers, and the pace each
+/// kind of request settled on (requests a second), where one was needed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settled {
+    /// Throttling answers (429, and 503 or 403 that throttle) in all.
+    pub throttled: u64,
+    /// Per kind, the pace in force at the end of the run.
+    pub pace: Vec<(Kind, f64)>,
+}
+
+impl Pace {
+    /// Waits until a request of `kind` may start; when it started. Who
+    /// waits: the request alone, before it takes a connection permit.
+    pub async fn before(&self, kind: Kind) -> Instant {
+        loop {
+            // Who waits: this request, for its slot, or for the pace to
+            // change (then it takes a new slot).
+            let (at, epoch, mut changed) = {
+                let mut kinds = self.kinds.lock().expect("pace lock");
+                let pacer = &mut kinds[kind.index()];
+                let changed = self.changes[kind.index()].subscribe();
+                (pacer.slot(Instant::now()), pacer.epoch, changed)
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                _ = changed.changed() => {}
+            }
+            let mut kinds = self.kinds.lock().expect("pace lock");
+            let pacer = &mut kinds[kind.index()];
+            if pacer.epoch == epoch && Instant::now() >= at {
+                pacer.begun = Some(at);
+                return at;
+            }
+        }
+    }
+
+    /// Tells the requests waiting for `kind` that its pace changed.
+    fn tell(&self, kind: Kind, epoch: u64) {
+        self.changes[kind.index()].send_if_modified(|seen| {
+            let news = *seen != epoch;
+            *seen = epoch;
+            news
+        });
+    }
+
+    /// The registry throttled a request of `kind` that started at
+    /// `started`.
+    pub fn throttled(&self, kind: Kind, started: Instant) {
+        let now = Instant::now();
+        let mut kinds = self.kinds.lock().expect("pace lock");
+        let epoch = kinds[kind.index()].epoch;
+        kinds[kind.index()].throttle(started, now);
+        // Registries that limit writes (or reads) mostly count uploads and
+        // manifest writes (manifest and blob reads) in one bucket: the
+        // other kind of the pair, still finding out, goes no faster than
+        // the pace just found.
+        if kinds[kind.index()].epoch > epoch {
+            let sibling = match kind {
+                Kind::Upload => Kind::ManifestWrite,
+                Kind::ManifestWrite => Kind::Upload,
+                Kind::ManifestRead => Kind::BlobRead,
+                Kind::BlobRead => Kind::ManifestRead,
+            };
+            let found = kinds[kind.index()].rate;
+            let sibling = &mut kinds[sibling.index()];
+            if sibling.starting {
+                // Still finding out: not above the pace just found (its own
+                // 429s, if any, lower it further).
+                sibling.rate = match (sibling.rate, found) {
+                    (Some(own), Some(found)) => Some(own.min(found)),
+                    (_, found) => found,
+                };
+                sibling.starting = false;
+                sibling.epoch += 1;
+                sibling.next = None;
+            }
+        }
+        let epochs = Kind::ALL.map(|kind| kinds[kind.index()].epoch);
+        drop(kinds);
+        for kind in Kind::ALL {
+            self.tell(kind, epochs[kind.index()]);
+        }
+    }
+
+    /// A request of `kind` was answered without throttling.
+    pub fn clean(&self, kind: Kind) {
+        let epoch = {
+            let mut kinds = self.kinds.lock().expect("pace lock");
+            kinds[kind.index()].clean(Instant::now());
+            kinds[kind.index()].epoch
+        };
+        self.tell(kind, epoch);
+    }
+
+    /// What was found, if the registry throttled at all.
+    pub fn settled(&self) -> Option<Settled> {
+        let kinds = self.kinds.lock().expect("pace lock");
+        let throttled: u64 = kinds.iter().map(|k| k.throttled).sum();
+        (throttled > 0).then(|| Settled {
+            throttled,
+            pace: Kind::ALL
+                .iter()
+                .filter(|kind| !kinds[kind.index()].starting)
+                .filter_map(|kind| kinds[kind.index()].rate.map(|rate| (*kind, rate)))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_sorted_by_what_they_do() {
+        let kind = |method: Method, path: &str| Kind::of(&method, &format!("https://r{path}"));
+        assert_eq!(kind(Method::HEAD, "/v2/a/manifests/v1"), Kind::ManifestRead);
+        assert_eq!(kind(Method::GET, "/v2/a/tags/list?n=1"), Kind::ManifestRead);
+        assert_eq!(kind(Method::GET, "/v2/a/blobs/sha256:ab"), Kind::BlobRead);
+        assert_eq!(kind(Method::POST, "/v2/a/blobs/uploads/"), Kind::Upload);
+        assert_eq!(
+            kind(Method::PUT, "/v2/a/blobs/uploads/u?digest=sha256:ab"),
+            Kind::Upload
+        );
+        assert_eq!(kind(Method::PUT, "/v2/a/manifests/v1"), Kind::ManifestWrite);
+    }
+
+    /// Writes start at 16 a second and speed up fast while clean; a
+    /// throttle halves the pace (of manifest writes too, which may share the
+    /// registry's bucket), once per window; then it grows by about one a
+    /// second each second.
+    #[tokio::test(start_paused = true)]
+    async fn writes_start_slow_then_halve_on_a_throttle_and_grow_while_clean() {
+        let pace = Pace::default();
+        let start = Instant::now();
+        for _ in 0..16 {
+            pace.before(Kind::Upload).await;
+        }
+        // The 16th starts 15/16 s in (to the millisecond: tokio's timer).
+        let took = start.elapsed().as_secs_f64();
+        assert!((took - 15.0 / 16.0).abs() < 0.002, "{took}");
+        for _ in 0..8 {
+            pace.clean(Kind::Upload);
+            tokio::time::advance(Duration::from_millis(125)).await;
+        }
+        assert_eq!(pace.settled(), None, "nothing to report before a throttle");
+        // 16 × 1.1⁸ ≈ 34.3 a second, halved (17.1), but not above the 8
+        // answers the registry gave in the last second.
+        let sent = Instant::now();
+        for _ in 0..5 {
+            pace.throttled(Kind::Upload, sent);
+        }
+        let settled = pace.settled().unwrap();
+        assert_eq!(settled.throttled, 5);
+        let found = 8.0;
+        assert_eq!(settled.pace.len(), 2);
+        for (kind, (got, rate)) in Kind::ALL[2..].iter().zip(&settled.pace) {
+            assert_eq!(got, kind);
+            assert!((rate - found).abs() < 1e-6, "{kind:?}: {rate}");
+        }
+        // Then slowly up: 9 clean answers, about one more.
+        for _ in 0..9 {
+            pace.before(Kind::Upload).await;
+            pace.clean(Kind::Upload);
+        }
+        let rate = pace.settled().unwrap().pace[0].1;
+        assert!(rate > found + 1.0 && rate < found + 1.1, "{rate}");
+        // A 429 to a request sent before the pace was lowered changes
+        // nothing; one to a request sent after, a second after, halves it.
+        pace.throttled(Kind::Upload, sent);
+        assert_eq!(pace.settled().unwrap().pace[0].1, rate);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pace.throttled(Kind::Upload, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, rate / 2.0);
+    }
+
+    /// Reads are not paced until throttled; then at what the registry
+    /// accepted in the last second.
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_unpaced_until_throttled_then_kept_to_what_was_accepted() {
+        let pace = Pace::default();
+        let start = Instant::now();
+        for _ in 0..40 {
+            pace.before(Kind::ManifestRead).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            pace.clean(Kind::ManifestRead);
+        }
+        pace.throttled(Kind::ManifestRead, Instant::now());
+        assert_eq!(
+            pace.settled().unwrap().pace,
+            vec![(Kind::ManifestRead, 10.0), (Kind::BlobRead, 10.0)]
+        );
+    }
+}
