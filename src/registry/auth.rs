@@ -633,7 +633,8 @@ impl RegistryClient {
                 (other, None) => format!("without credentials: {}", other.explain(&host.registry)),
             };
             return Err(auth_error(format!(
-                "token request to `{realm}` answered {status} {identity}"
+                "token request to `{}` answered {status} {identity}",
+                ShownUrl::new(realm)
             )));
         }
         #[derive(serde::Deserialize)]
@@ -646,12 +647,18 @@ impl RegistryClient {
         let chunks = deadline::body(response, host.window, ())
             .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
         let body = read_capped(chunks, length, realm, MAX_TOKEN_SIZE).await?;
-        let body: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| auth_error(format!("token response from `{realm}` is not JSON")))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .ok_or_else(|| auth_error(format!("token response from `{realm}` has no token")))?;
+        let body: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            auth_error(format!(
+                "token response from `{}` is not JSON",
+                ShownUrl::new(realm)
+            ))
+        })?;
+        let token = body.token.or(body.access_token).ok_or_else(|| {
+            auth_error(format!(
+                "token response from `{}` has no token",
+                ShownUrl::new(realm)
+            ))
+        })?;
         // The spec's default lifetime is 60 s when none is given.
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(1));
         self.tokens.put(key, token.clone(), lifetime);
