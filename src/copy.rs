@@ -74,6 +74,14 @@ pub struct Options {
 /// milliseconds of each other).
 pub const LAGGARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A job's image as read from its source, once for every destination
+/// that needs it: the root manifest step 1 already read, if any, and the
+/// verified tree.
+struct Tree {
+    root: Mutex<Option<Manifest>>,
+    image: OnceCell<Image>,
+}
+
 /// HEADs of destinations still under way, each with its index.
 type Laggards<'a> = futures::stream::FuturesUnordered<
     futures::future::BoxFuture<'a, (usize, Result<Option<Digest>>)>,
@@ -472,19 +480,20 @@ impl Engine {
             }
         }
         // The destinations that answered are written now; each laggard as
-        // it answers, alongside (its blobs from the spool while this job
-        // holds them, or fetched again).
-        let root_for_laggards = if laggards.is_empty() {
-            None
-        } else {
-            root.clone()
+        // it answers, alongside: the tree is read from the source once for
+        // all of them (its blobs come from the spool while this job holds
+        // them, or are fetched again).
+        let tree = Tree {
+            root: Mutex::new(root),
+            image: OnceCell::new(),
         };
+        let tree = &tree;
         let now = async {
             if work.is_empty() {
                 return Vec::new();
             }
             let written = self
-                .write_all(job, &source_digest, root, &work, finished)
+                .write_all(job, &source_digest, tree, &work, finished)
                 .await;
             work.into_iter()
                 .zip(written)
@@ -501,11 +510,10 @@ impl Engine {
                     Some((i, head)) = laggards.next() => match sort(i, head) {
                         Ok(outcome) => done.push((i, outcome)),
                         Err(before) => {
-                            let root = root_for_laggards.clone();
                             let source_digest = &source_digest;
                             writes.push(async move {
                                 let work = [(i, before.clone())];
-                                let written = self.write_all(job, source_digest, root, &work, finished).await;
+                                let written = self.write_all(job, source_digest, tree, &work, finished).await;
                                 let result = written.into_iter().next().expect("one destination, one result");
                                 (i, outcome(&job.destinations[i], source, before, result))
                             });
@@ -587,17 +595,20 @@ impl Engine {
         &self,
         job: &Job,
         source_digest: &Digest,
-        root: Option<Manifest>,
+        tree: &Tree,
         work: &[(usize, Option<Digest>)],
         finished: &Finished,
     ) -> Vec<Result<(Status, Transfer)>> {
         let shared_failure = |error: Error| error.share(work.len()).map(Err).collect();
-        // 2. Read and verify the whole manifest tree.
-        let read = match root {
-            Some(root) => job.source.read_tree(&self.client, root).await,
-            None => job.source.read_image(&self.client, source_digest).await,
-        };
-        let image = match read {
+        // 2. Read and verify the whole manifest tree (once per job).
+        let read = tree.image.get_or_try_init(|| async {
+            let root = tree.root.lock().expect("tree lock").take();
+            match root {
+                Some(root) => job.source.read_tree(&self.client, root).await,
+                None => job.source.read_image(&self.client, source_digest).await,
+            }
+        });
+        let image = match read.await {
             Ok(image) => image,
             Err(error) => return shared_failure(error),
         };
@@ -610,7 +621,7 @@ impl Engine {
                 self.record(repository, &blob.digest);
             }
         }
-        if let Err(error) = self.check_platforms(job, &image).await {
+        if let Err(error) = self.check_platforms(job, image).await {
             return shared_failure(error);
         }
         // 3. What each destination lacks; fetch what cannot be mounted.
@@ -644,7 +655,6 @@ impl Engine {
         // 4 and 5, every destination at once.
         let writes = work.iter().zip(missing).map(|((i, before), lacking)| {
             let destination = &job.destinations[*i];
-            let image = &image;
             async move {
                 let lacking = lacking?;
                 let written = |transfer: &Transfer| {
