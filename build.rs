@@ -10,14 +10,16 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-env-changed=REGMIRROR_COMMIT");
     // A new commit moves the branch's ref (or `packed-refs`), a checkout
-    // moves HEAD.
-    for path in [".git/HEAD", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
-    }
+    // moves HEAD. Only files that exist are watched: Cargo takes a missing
+    // one as changed, and would rebuild the crate on every build.
+    let mut watched = vec![".git/HEAD".to_string(), ".git/packed-refs".to_string()];
     if let Ok(head) = std::fs::read_to_string(".git/HEAD")
         && let Some(reference) = head.trim().strip_prefix("ref: ")
     {
-        println!("cargo:rerun-if-changed=.git/{reference}");
+        watched.push(format!(".git/{reference}"));
+    }
+    for path in watched.iter().filter(|p| std::path::Path::new(p).is_file()) {
+        println!("cargo:rerun-if-changed={path}");
     }
     let commit = std::env::var("REGMIRROR_COMMIT")
         .ok()
