@@ -40,7 +40,7 @@ use crate::plan::{Destination, Job};
 use crate::reference::Repository;
 use crate::registry::meter::Meter;
 use crate::registry::{Intent, RegistryClient};
-use crate::report::{Failure, Outcome, Status, Summary, Transfer};
+use crate::report::{Failure, FailureKind, Outcome, Status, Summary, Transfer};
 use crate::source::{Image, Source};
 use crate::spool::Spool;
 
@@ -322,7 +322,18 @@ impl Engine {
                 },
                 Err(error) => base.failed(Failure::from(&error)),
             };
+            let outcome = match job.subject {
+                Some(_) => refused_is_a_warning(outcome),
+                None => outcome,
+            };
             match &outcome.failure {
+                Some(failure) if outcome.status == Status::Refused => tracing::warn!(
+                    "{}:{} → {}: refused: {}",
+                    job.image,
+                    d.tag,
+                    outcome.destination,
+                    failure.message()
+                ),
                 Some(failure) => tracing::error!(
                     "{}:{} → {}: {}",
                     job.image,
@@ -863,4 +874,18 @@ impl Engine {
             .await?;
         Ok(lacking.into_iter().flatten().collect())
     }
+}
+
+/// A referrer the destination refuses for its media types does not fail
+/// the image it refers to: it is `refused`, a warning, with what to do.
+fn refused_is_a_warning(mut outcome: Outcome) -> Outcome {
+    if let Some(failure) = outcome.failure.as_mut()
+        && failure.kind == FailureKind::Refused
+    {
+        outcome.status = Status::Refused;
+        failure.chain.push(
+            "the image it refers to is copied; to copy the image without its referrers, set `referrers: false` on it".into(),
+        );
+    }
+    outcome
 }

@@ -273,6 +273,29 @@ impl Error {
         matches!(self.root(), Error::Status { status: 400, body, .. } if body.contains("BLOB_UNKNOWN"))
     }
 
+    /// True when a registry refused a manifest for what it is, not for a
+    /// fault: a PUT to `/manifests/` answered 400 `MANIFEST_INVALID` or
+    /// `unknown media type`, or 415. Quay does this for config and layer
+    /// media types not on its allow-list (`ALLOWED_OCI_ARTIFACT_TYPES`),
+    /// GitLab's registry for media types it does not know.
+    pub fn refuses_content(&self) -> bool {
+        let Error::Status {
+            method,
+            url,
+            status,
+            body,
+        } = self.root()
+        else {
+            return false;
+        };
+        let by_status = match status {
+            400 => body.contains("MANIFEST_INVALID") || body.contains("unknown media type"),
+            415 => true,
+            _ => false,
+        };
+        method == "PUT" && url.to_string().contains("/manifests/") && by_status
+    }
+
     /// When a rate-limited registry expects us back (`Some(None)`: rate
     /// limited, no time given); `None` for every other error.
     pub fn rate_limited_until(&self) -> Option<Option<std::time::SystemTime>> {

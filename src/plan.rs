@@ -64,6 +64,9 @@ pub struct Job {
     pub require_platforms: Vec<Platform>,
     /// Platforms to keep of an index (`platforms`); empty keeps all.
     pub platforms: Vec<Platform>,
+    /// For a referrer (a signature, an SBOM): the image it refers to. A
+    /// target refusing a referrer for its media types does not fail it.
+    pub subject: Option<Digest>,
 }
 
 /// Which tags of an image are immutable (`immutable` in `mirror.yaml`).
@@ -135,6 +138,7 @@ impl TagQuery {
                 immutable: self.immutable.covers(tag),
                 require_platforms: self.require_platforms.clone(),
                 platforms: self.platforms.clone(),
+                subject: None,
             })
             .collect()
     }

@@ -29,6 +29,10 @@ pub enum Status {
     /// Not finished: the run was stopped (SIGINT, SIGTERM) before or while
     /// it ran. The target has the image whole, or not at all.
     Cancelled,
+    /// A referrer (a signature, an SBOM) the target will not take: its
+    /// media types are not allowed there (Quay's allow-list). The image it
+    /// refers to is not failed by it; the failure says why and what allows it.
+    Refused,
 }
 
 impl Status {
@@ -42,6 +46,7 @@ impl Status {
             Status::Failed => "FAILED",
             Status::Deferred => "deferred",
             Status::Cancelled => "cancelled",
+            Status::Refused => "refused",
         }
     }
 }
@@ -58,6 +63,9 @@ pub enum FailureKind {
     Missing,
     /// The source's rate limit is spent (exit 0: deferred, not failed).
     RateLimited,
+    /// The target refuses the manifest for its media types (a registry
+    /// setting): exit 1 for an image, a warning for a referrer.
+    Refused,
     /// Anything else (exit 1).
     Other,
 }
@@ -70,6 +78,7 @@ impl FailureKind {
             FailureKind::Verification => "verification",
             FailureKind::Missing => "missing",
             FailureKind::RateLimited => "rate-limited",
+            FailureKind::Refused => "refused",
             FailureKind::Other => "other",
         }
     }
@@ -124,6 +133,11 @@ impl From<&crate::Error> for Failure {
                 ..Failure::of(FailureKind::RateLimited, error)
             };
         }
+        if error.refuses_content() {
+            let mut failure = Failure::of(FailureKind::Refused, error);
+            failure.chain.push(REFUSED_HINT.to_string());
+            return failure;
+        }
         let kind = if error.is_auth() {
             FailureKind::Auth
         } else if matches!(error.root(), crate::Error::Verification { .. }) {
@@ -134,6 +148,9 @@ impl From<&crate::Error> for Failure {
         Failure::of(kind, error)
     }
 }
+
+/// What allows a manifest a registry refused for its media types.
+const REFUSED_HINT: &str = "the target does not accept these media types (a registry setting, not a fault of the image): on Quay, an administrator allows them with `FEATURE_GENERAL_OCI_SUPPORT: true` and `ALLOWED_OCI_ARTIFACT_TYPES` (or `IGNORE_UNKNOWN_MEDIATYPES: true`) in Quay's config.yaml";
 
 /// Blobs and bytes moved for one target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -262,7 +279,7 @@ impl Summary {
 
     /// The exit code the run deserves: 3 for auth, 4 for a verification
     /// mismatch, 1 for any other failure, else 0. Deferred work is not a
-    /// failure: the next run does it.
+    /// failure: the next run does it; nor is a refused referrer (a warning).
     pub fn exit_code(&self) -> i32 {
         if let Some(code) = self.interrupted {
             return code;
@@ -270,6 +287,7 @@ impl Summary {
         let kinds: Vec<FailureKind> = self
             .outcomes
             .iter()
+            .filter(|o| o.status != Status::Refused)
             .filter_map(|o| o.failure.as_ref().map(|f| f.kind))
             .filter(|k| *k != FailureKind::RateLimited)
             .collect();
@@ -312,6 +330,7 @@ impl Summary {
             Status::Planned,
             Status::Deferred,
             Status::Cancelled,
+            Status::Refused,
             Status::Failed,
         ] {
             let n = self.count(status);
@@ -396,6 +415,20 @@ mod tests {
             )])
             .exit_code(),
             4
+        );
+        // A referrer the target refuses is a warning; an image it refuses
+        // fails the run.
+        assert_eq!(
+            summary(vec![
+                outcome(Status::Copied, None),
+                outcome(Status::Refused, Some(FailureKind::Refused))
+            ])
+            .exit_code(),
+            0
+        );
+        assert_eq!(
+            summary(vec![outcome(Status::Failed, Some(FailureKind::Refused))]).exit_code(),
+            1
         );
     }
 }

@@ -178,6 +178,8 @@ impl Engine {
         if ready.is_empty() {
             return;
         }
+        // (destination name, referrer) for every referrer a destination now holds.
+        let mut held: HashSet<(String, Digest)> = HashSet::new();
         let mut visited = HashSet::from([subject.clone()]);
         let mut pending = vec![(subject, 0)];
         while let Some((subject, depth)) = pending.pop() {
@@ -221,7 +223,7 @@ impl Engine {
                         if depth < MAX_DEPTH {
                             pending.push((digest.clone(), depth + 1));
                         }
-                        untagged.push(entry.clone());
+                        untagged.push((digest.clone(), entry.clone()));
                         (digest.to_string(), digest)
                     }
                 };
@@ -241,14 +243,33 @@ impl Engine {
                     immutable: false,
                     require_platforms: Vec::new(),
                     platforms: Vec::new(),
+                    subject: Some(subject.clone()),
                 };
-                outcomes.extend(self.copy_job(&sub, &super::Finished::new(&sub)).await);
+                for copied in self.copy_job(&sub, &super::Finished::new(&sub)).await {
+                    if matches!(copied.status, Status::Copied | Status::Present) {
+                        held.insert((copied.target.clone(), digest.clone()));
+                    }
+                    outcomes.push(copied);
+                }
             }
             if untagged.is_empty() || source_keeps_list {
                 continue;
             }
             for destination in &ready {
-                let result = self.update_fallback(destination, &subject, &untagged).await;
+                // A fallback index lists only what the destination holds: an
+                // index naming a manifest the registry refused would be
+                // refused too (or point nowhere).
+                let entries: Vec<Value> = untagged
+                    .iter()
+                    .filter(|(digest, _)| {
+                        held.contains(&(destination.name.clone(), digest.clone()))
+                    })
+                    .map(|(_, entry)| entry.clone())
+                    .collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                let result = self.update_fallback(destination, &subject, &entries).await;
                 if let Some(result) = result.transpose() {
                     let tag = fallback_tag(&subject);
                     outcomes.push(outcome(job, destination, &tag, None, result.as_ref()));

@@ -375,6 +375,7 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                 immutable: immutable.covers(&tag.value),
                 require_platforms: require_platforms.clone(),
                 platforms: keep.clone(),
+                subject: None,
             });
         }
     }

@@ -132,6 +132,7 @@ impl Plan {
                 immutable: false,
                 require_platforms: Vec::new(),
                 platforms: Vec::new(),
+                subject: None,
             }],
             ..Plan::default()
         })

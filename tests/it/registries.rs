@@ -714,3 +714,155 @@ async fn body_limits_and_refused_mounts() {
     nothing_left_to_do(dir.path(), &[], &[], &[&target]);
     verified(dir.path(), &[], &[]);
 }
+
+/// A Docker `config.json` in `dir` holding `auths` (host → entry, as
+/// `docker login` or `az acr login` writes them); the `DOCKER_CONFIG`
+/// variable that points at it.
+fn docker_config(dir: &Path, auths: serde_json::Value) -> (String, String) {
+    let config = dir.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    let body = serde_json::json!({ "auths": auths });
+    std::fs::write(config.join("config.json"), body.to_string()).unwrap();
+    ("DOCKER_CONFIG".into(), config.display().to_string())
+}
+
+/// `auth` of a Docker config entry: base64 of `user:password`.
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// What Quay says when a manifest's config or layer media type is not on
+/// its allow-list: the OCI manifest fails the JSON schema that Quay builds
+/// from `ALLOWED_OCI_ARTIFACT_TYPES`, and the push is answered 400
+/// `MANIFEST_INVALID` with the schema error as detail (quay/quay
+/// `image/oci/__init__.py` `register_artifact_type`, `endpoints/v2/manifest.py`
+/// `_parse_manifest`; the answer cosign met on quay.io in
+/// tektoncd/chains#252).
+fn quay_refusal(media_type: &str) -> Action {
+    Action::Respond {
+        status: 400,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: format!(
+            r#"{{"errors":[{{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":{{"message":"failed to parse manifest: manifest data does not match schema: '{media_type}' is not one of ['application/vnd.oci.image.config.v1+json', 'application/vnd.cncf.helm.config.v1+json']"}}}}]}}"#
+        )
+        .into_bytes(),
+    }
+}
+
+/// Quay (quay.io and Project Quay), as a target:
+/// - token auth with a robot account: the user name is `org+robot`
+///   (Quay's robot accounts documentation), the token from `docker login`'s
+///   config, with the `+` taken as it is;
+/// - a manifest whose media types are not on the registry's allow-list is
+///   refused with 400 `MANIFEST_INVALID` (see [`quay_refusal`]); here a
+///   Notary Project signature (config `application/vnd.cncf.notary.signature`,
+///   not in Quay's default list), while cosign signatures and SPDX SBOMs are
+///   accepted. The refused referrer must not fail the image: the image and
+///   the other referrers are copied, the refusal is reported as `refused`
+///   with Quay's reason and the setting that allows it, the fallback index
+///   lists only what the target holds, and the run succeeds;
+/// - no referrers API (quay.io answers 404 unless `FEATURE_REFERRERS_API`):
+///   referrers are listed in a fallback tag;
+/// - repositories are created on first push.
+#[tokio::test]
+async fn quay() {
+    const NOTARY: &str = "application/vnd.cncf.notary.signature";
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "upstream/app", false).await;
+    let sbom = images::sbom_of(&signed.image);
+    images::push(&staging.url(), "upstream/app", &sbom.root.0, &sbom).await;
+    let notation = images::notation_signature_of(&signed.image);
+    images::push(&staging.url(), "upstream/app", &notation.root.0, &notation).await;
+    // The source has the referrers API (as Docker Hub, ECR and ACR do).
+    let source = Proxy::start(
+        &staging.host,
+        vec![Rule::new(
+            "GET",
+            "/referrers/",
+            usize::MAX,
+            Action::Referrers(staging.storage()),
+        )],
+    );
+    let target = Registry::start(Auth::Token(Issuer::start(
+        "acme+mirror",
+        "R0BOT-T0KEN-QUAY-77",
+    )));
+    let quay = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new("PUT", "/manifests/", usize::MAX, quay_refusal(NOTARY)).body_contains(NOTARY),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .target("quay", &format!("{}/acme", quay.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", source.host),
+            "[v1]",
+            "    path: app\n",
+        )
+        .write(dir.path());
+    let (user, password) = target.credentials().unwrap();
+    let env = vec![docker_config(
+        dir.path(),
+        serde_json::json!({ quay.host.clone(): { "auth": basic_auth(&user, &password) } }),
+    )];
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied", "{}", run.all());
+    assert_eq!(row(&report, "app", &signed.sig_tag).0, "copied");
+    assert_eq!(row(&report, "app", &sbom.root.0).0, "copied");
+    let (outcome, message) = row(&report, "app", &notation.root.0);
+    assert_eq!(outcome, "refused", "{}", run.all());
+    assert!(
+        message.contains("MANIFEST_INVALID") && message.contains(NOTARY),
+        "the registry's reason: {message}"
+    );
+    assert!(
+        message.contains("ALLOWED_OCI_ARTIFACT_TYPES") && message.contains("referrers: false"),
+        "the setting that allows it: {message}"
+    );
+    assert_eq!(report["totals"]["refused"], 1, "{report:#}");
+    assert!(
+        run.all().contains("referrers the targets refuse:"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stderr.contains("ERROR"), "{}", run.stderr);
+    let creds = target.credentials();
+    signed.served_by(&target.host, "acme/app", &creds);
+    // The fallback index lists the SBOM, not the signature Quay refused.
+    let fallback = signed.image.root.0.replace(':', "-");
+    let index =
+        skopeo_raw(&target.host, "acme/app", &fallback, creds.clone()).expect("a fallback index");
+    let index: Value = serde_json::from_slice(&index).unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [sbom.root.0.as_str()]);
+    assert!(skopeo_raw(&target.host, "acme/app", &notation.root.0, creds).is_none());
+
+    // Again: present, the refusal said again, nothing written but the one
+    // manifest Quay refuses.
+    let mark = target.mark();
+    let (again, report) = sync(dir.path(), &[], &env);
+    assert_eq!(again.code, 0, "{}", again.all());
+    for result in report["results"].as_array().unwrap() {
+        let expected = if result["tag"] == notation.root.0.as_str() {
+            "refused"
+        } else {
+            "present"
+        };
+        assert_eq!(result["outcome"], expected, "{result:#}");
+    }
+    assert_eq!(target.count_since(mark, "PUT", |r| r.is_manifest()), 0);
+    let refused_puts = quay.applied(0);
+    assert_eq!(refused_puts, 2, "one refused PUT a run");
+    verified(dir.path(), &[], &env);
+}

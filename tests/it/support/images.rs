@@ -213,8 +213,34 @@ pub fn sbom_of(subject: &Generated) -> Generated {
     })
     .to_string()
     .into_bytes();
+    referrer(manifest, vec![empty, document])
+}
+
+/// A Notary Project signature of `subject` as `notation sign` 1.0 pushes
+/// one: an image manifest whose config media type is
+/// `application/vnd.cncf.notary.signature` (config `{}`), one JWS envelope
+/// layer, and the `subject`; known only by its digest.
+pub fn notation_signature_of(subject: &Generated) -> Generated {
+    let (digest, media_type, bytes) = &subject.root;
+    let empty = b"{}".to_vec();
+    let envelope = format!(r#"{{"payload":"{digest}","signatures":[]}}"#).into_bytes();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.cncf.notary.signature", &empty),
+        "layers": [descriptor("application/jose+json", &envelope)],
+        "subject": {"mediaType": media_type, "digest": digest, "size": bytes.len()},
+        "annotations": {"io.cncf.notary.x509chain.thumbprint#S256": "[\"ab12\"]"},
+    })
+    .to_string()
+    .into_bytes();
+    referrer(manifest, vec![empty, envelope])
+}
+
+/// A referrer's manifest and its blobs.
+fn referrer(manifest: Vec<u8>, blobs: Vec<Vec<u8>>) -> Generated {
     Generated {
-        blobs: vec![(sha256(&empty), empty), (sha256(&document), document)],
+        blobs: blobs.into_iter().map(|b| (sha256(&b), b)).collect(),
         children: Vec::new(),
         root: (
             sha256(&manifest),

@@ -127,7 +127,14 @@ pub struct Rule {
     pub action: Action,
     /// Only requests whose body is larger than this many bytes match.
     pub larger_than: usize,
+    /// Only requests whose body holds this text match (bodies up to
+    /// [`BUFFERED`] bytes: manifests, not layers).
+    pub body_contains: Option<String>,
 }
+
+/// Request bodies up to this size are read before rules are matched, when
+/// a rule looks into bodies.
+const BUFFERED: usize = 4 << 20;
 
 impl Rule {
     pub fn new(method: &'static str, path: &str, times: usize, action: Action) -> Rule {
@@ -137,7 +144,14 @@ impl Rule {
             times,
             action,
             larger_than: 0,
+            body_contains: None,
         }
+    }
+
+    /// The rule, for requests whose body holds `text` only.
+    pub fn body_contains(mut self, text: &str) -> Rule {
+        self.body_contains = Some(text.to_string());
+        self
     }
 
     /// The rule, for requests with more than `bytes` of body only.
@@ -147,15 +161,17 @@ impl Rule {
     }
 
     /// A cut rule only counts requests with more body than it lets through.
-    fn matches(&self, method: &str, path: &str, content_length: usize) -> bool {
+    fn matches(&self, method: &str, path: &str, content_length: usize, body: &[u8]) -> bool {
         let cuttable = match self.action {
             Action::CutRequestAfter(bytes) => content_length > bytes,
             _ => true,
         };
+        let holds = |text: &String| body.windows(text.len()).any(|w| w == text.as_bytes());
         (self.method.is_empty() || self.method == method)
             && path.contains(&self.path)
             && cuttable
             && (self.larger_than == 0 || content_length > self.larger_than)
+            && self.body_contains.as_ref().is_none_or(holds)
     }
 }
 
@@ -217,9 +233,10 @@ fn pick(
     method: &str,
     path: &str,
     content_length: usize,
+    body: &[u8],
 ) -> Option<(usize, Action, usize)> {
     for (index, (rule, hits)) in rules.iter().enumerate() {
-        if rule.matches(method, path, content_length) {
+        if rule.matches(method, path, content_length, body) {
             let before = hits.fetch_add(1, Ordering::SeqCst);
             if before < rule.times {
                 return Some((index, rule.action.clone(), before));
@@ -235,13 +252,22 @@ fn serve(
     rules: &[(Rule, AtomicUsize)],
     seen: &Mutex<Vec<Seen>>,
 ) {
-    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut head_reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
-    let Some(request) = super::standin::read_head(&mut reader) else {
+    let Some(request) = super::standin::read_head(&mut head_reader) else {
         return;
     };
     let (method, path) = (request.method.clone(), request.target.clone());
     let content_length = request.content_length();
+    // A small body is read first when a rule looks into bodies; it is
+    // forwarded from here, then the rest from the connection.
+    let mut body = Vec::new();
+    if content_length <= BUFFERED && rules.iter().any(|(r, _)| r.body_contains.is_some()) {
+        let _ = (&mut head_reader)
+            .take(content_length as u64)
+            .read_to_end(&mut body);
+    }
+    let mut reader = std::io::Cursor::new(body.clone()).chain(head_reader);
     // Forwarded as sent, but one request per upstream connection.
     let mut head = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
     for line in &request.lines {
@@ -250,7 +276,7 @@ fn serve(
         }
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
-    let picked = pick(rules, &method, &path, content_length);
+    let picked = pick(rules, &method, &path, content_length, &body);
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),

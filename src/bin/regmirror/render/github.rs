@@ -7,7 +7,7 @@
 //! also `:` and `,` in properties), so a message cannot end the command
 //! early or inject another one.
 
-use regmirror::report::{FailureKind, Outcome, Summary};
+use regmirror::report::{FailureKind, Outcome, Status, Summary};
 
 /// True when running as a GitHub Actions step.
 pub fn in_actions() -> bool {
@@ -69,6 +69,10 @@ fn annotation(o: &Outcome) -> Option<String> {
     let failure = o.failure.as_ref()?;
     let place = format!("{}:{} → {}", o.image, o.tag, o.destination);
     let (level, title) = match failure.kind {
+        _ if o.status == Status::Refused => {
+            ("warning", "regmirror: referrer refused by the target")
+        }
+        FailureKind::Refused => ("error", "regmirror: refused by the target"),
         FailureKind::Missing => ("warning", "regmirror: not mirrored"),
         FailureKind::Verification => ("error", "regmirror: digest mismatch"),
         FailureKind::Auth => ("error", "regmirror: authentication failed"),

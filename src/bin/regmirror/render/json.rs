@@ -67,6 +67,8 @@ pub struct Totals {
     pub deferred: usize,
     /// Results not finished because the run was stopped (SIGINT, SIGTERM).
     pub cancelled: usize,
+    /// Referrers the targets will not take (their media types).
+    pub refused: usize,
     /// Blobs uploaded.
     pub blobs_uploaded: usize,
     /// Blobs mounted from another repository of the same registry.
@@ -98,6 +100,9 @@ pub enum OutcomeName {
     Deferred,
     /// Not finished: the run was stopped by a signal.
     Cancelled,
+    /// A referrer the target will not take for its media types; `error`
+    /// says why and what allows it. A warning: the run does not fail.
+    Refused,
 }
 
 /// One image × tag × target.
@@ -149,7 +154,9 @@ pub struct Blobs {
 #[serde(deny_unknown_fields)]
 pub struct ErrorReport {
     /// `auth` (exit 3), `verification` or `missing` (exit 4), `other`
-    /// (exit 1), or `rate-limited` (a deferred result; exit 0).
+    /// (exit 1), `rate-limited` (a deferred result; exit 0), or `refused`
+    /// (media types the target does not accept: exit 1 for an image, a
+    /// `refused` referrer does not fail the run).
     pub kind: String,
     /// The whole chain on one line.
     pub message: String,
@@ -178,6 +185,7 @@ fn row(o: &Outcome) -> Row {
             Status::Failed => OutcomeName::Failed,
             Status::Deferred => OutcomeName::Deferred,
             Status::Cancelled => OutcomeName::Cancelled,
+            Status::Refused => OutcomeName::Refused,
         },
         blobs: Blobs {
             uploaded: o.transfer.blobs_uploaded,
@@ -219,6 +227,7 @@ impl Document {
                 failed: summary.count(Status::Failed),
                 deferred: summary.count(Status::Deferred),
                 cancelled: summary.count(Status::Cancelled),
+                refused: summary.count(Status::Refused),
                 blobs_uploaded: totals.blobs_uploaded,
                 blobs_mounted: totals.blobs_mounted,
                 blobs_skipped: totals.blobs_skipped,

@@ -78,6 +78,13 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
         "Deferred by rate limits (the next run picks them up)",
         "deferred",
     );
+    problems(
+        &mut out,
+        summary,
+        Status::Refused,
+        "Referrers the targets refuse (their images are copied)",
+        "refused",
+    );
 
     // One row per image, in plan order.
     let mut order = Vec::new();
@@ -97,7 +104,7 @@ pub fn markdown(command: &str, summary: &Summary) -> String {
             Status::Failed => row.failed += 1,
             Status::Deferred => row.deferred += 1,
             // Counted in the totals line; not per image.
-            Status::Cancelled => {}
+            Status::Cancelled | Status::Refused => {}
         }
         row.bytes += o.transfer.bytes_uploaded;
     }

@@ -142,12 +142,17 @@ pub fn summary_table(summary: &Summary, rows: Rows) -> String {
         render_table(&header, &rows) + "\n"
     };
     let _ = writeln!(out, "{} {}", summary.counts(), totals(summary, "; "));
-    // Deferred results are not failures: listed apart, as in the step summary.
-    for (heading, deferred) in [("failures", false), ("deferred by rate limits", true)] {
+    // Deferred results and refused referrers are not failures: listed
+    // apart, as in the step summary.
+    for (heading, status) in [
+        ("failures", Status::Failed),
+        ("deferred by rate limits", Status::Deferred),
+        ("referrers the targets refuse", Status::Refused),
+    ] {
         let listed: Vec<&Outcome> = summary
             .outcomes
             .iter()
-            .filter(|o| o.failure.is_some() && (o.status == Status::Deferred) == deferred)
+            .filter(|o| o.failure.is_some() && o.status == status)
             .collect();
         if listed.is_empty() {
             continue;
