@@ -603,13 +603,25 @@ impl RegistryClient {
         } else {
             Method::GET
         };
-        if let Some(down) = host.down() {
-            return Err(down);
+        let response = self
+            .send_token_request(host, &method, realm, request)
+            .await?;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            // The token service throttles like the registry (ACR's
+            // `/oauth2/token`): a rate limit, not a refusal of who we are.
+            let wait = super::body::retry_after(&response);
+            let chunks = deadline::body(response, host.window, ())
+                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
+            let body = super::body::error_text(chunks).await;
+            return Err(Error::RateLimited {
+                registry: host.registry.clone(),
+                until: wait.map(|wait| std::time::SystemTime::now() + wait),
+                reason: format!(
+                    "token request to `{}` answered 429: {body}",
+                    ShownUrl::new(realm)
+                ),
+            });
         }
-        let response = deadline::send(request, &Watch::new(), host.window)
-            .await
-            .map_err(|fault| host.fault(&method, realm, fault, None))?;
-        host.health.answered();
         if response.status() == StatusCode::BAD_REQUEST {
             // Not the credentials: the request. Docker Hub's token service
             // refuses a name of more than two components this way
@@ -625,17 +637,32 @@ impl RegistryClient {
             body.push_str(&format!(" (token for {})", access.scopes().join(" ")));
             return Err(Error::status(method.as_str(), realm, 400, &body));
         }
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
+        let status = response.status().as_u16();
+        if matches!(status, 401 | 403) {
             let identity = match (self.lookup(host).await, &credential) {
                 (Lookup::Found(_, from), _) => format!("with the credentials from {from}"),
                 (_, Some(_)) => format!("with the credentials from {ECR_LOGIN}"),
                 (other, None) => format!("without credentials: {}", other.explain(&host.registry)),
             };
+            let renew = match credential {
+                // What `az acr login` stores: an ACR refresh token, which
+                // lasts 3 hours.
+                Some(Credential::IdentityToken(_)) => {
+                    " (an identity token, as `az acr login` stores one; they expire: log in again, `az acr login --name REGISTRY`)"
+                }
+                _ => "",
+            };
             return Err(auth_error(format!(
-                "token request to `{}` answered {status} {identity}",
+                "token request to `{}` answered {status} {identity}{renew}",
                 ShownUrl::new(realm)
             )));
+        }
+        if !response.status().is_success() {
+            // The token service failing (5xx after retries): not who we are.
+            let chunks = deadline::body(response, host.window, ())
+                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
+            let body = super::body::error_text(chunks).await;
+            return Err(Error::status(method.as_str(), realm, status, &body));
         }
         #[derive(serde::Deserialize)]
         struct TokenResponse {
@@ -663,6 +690,62 @@ impl RegistryClient {
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(1));
         self.tokens.put(key, token.clone(), lifetime);
         Ok(token)
+    }
+
+    /// Sends a token request, again while the answer is transient (429,
+    /// 5xx, a dropped connection) as [`retry`](super::retry) decides, each
+    /// attempt within the host's idle window; all of it is one request to
+    /// the host's health.
+    async fn send_token_request(
+        &self,
+        host: &Host,
+        method: &Method,
+        realm: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        use super::retry::{self, Attempt};
+        deadline::one_request(retry::run(|| async {
+            if let Some(down) = host.down() {
+                return Attempt::Final(Err(down));
+            }
+            let attempt = request
+                .try_clone()
+                .expect("a token request's body is in memory");
+            match deadline::send(attempt, &Watch::new(), host.window).await {
+                Ok(response) => {
+                    host.health.answered();
+                    let status = response.status().as_u16();
+                    if retry::status_is_retryable(status) {
+                        let retry_after = super::body::retry_after(&response);
+                        Attempt::Transient {
+                            result: Ok(response),
+                            retry_after,
+                        }
+                    } else {
+                        Attempt::Final(Ok(response))
+                    }
+                }
+                Err(fault) => {
+                    let retryable = match &fault {
+                        deadline::Fault::Stalled => true,
+                        deadline::Fault::Transport(source) => {
+                            !super::http::is_certificate_error(source)
+                                && retry::transport_is_retryable(source)
+                        }
+                    };
+                    let error = host.fault(method, realm, fault, None);
+                    if retryable {
+                        Attempt::Transient {
+                            result: Err(error),
+                            retry_after: None,
+                        }
+                    } else {
+                        Attempt::Final(Err(error))
+                    }
+                }
+            }
+        }))
+        .await
     }
 }
 

@@ -8,8 +8,8 @@
 //! - `hostile`: hostile registries and bad networks: untrusted names,
 //!   credentials, output, fan-out, deadlines, spool, overlapping runs,
 //!   signals, stored corruption.
-//! - `registries`: Docker Hub, GHCR and ECR Public as they behave, played in
-//!   front of real registries; one end-to-end test each.
+//! - `registries`: Docker Hub, GHCR, ECR, Quay, ACR, GAR and Harbor as they
+//!   behave, played in front of real registries; one end-to-end test each.
 //! - `seeds`: the five seed scenarios in `examples/`.
 //! - `terminal`: what a user sees on a terminal (a pseudo-terminal, replayed
 //!   through a terminal emulator).

@@ -1,10 +1,11 @@
-//! Registry personalities: what Docker Hub, GHCR and ECR Public do that
-//! CNCF distribution 2.8 does not, played by the fault proxy (and the test
-//! token service) in front of a real `docker-registry`, each behaviour with
-//! its source. One end-to-end test per registry: a fresh target, a
-//! multi-arch image with shared layers and a cosign signature, sync, sync
-//! again (nothing to do), verify; and that registry's failures, each ending
-//! with the outcome a user should see.
+//! Registry personalities: what Docker Hub, GHCR, ECR, Quay, Azure
+//! Container Registry, Google Artifact Registry and Harbor do that CNCF
+//! distribution 2.8 does not, played by the fault proxy (and the test token
+//! service) in front of a real `docker-registry`, each behaviour with its
+//! source. One end-to-end test per registry: a fresh target, a multi-arch
+//! image with shared layers and its referrers, sync, sync again (nothing to
+//! do), verify; and that registry's failures, each ending with the outcome
+//! a user should see.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -865,4 +866,150 @@ async fn quay() {
     let refused_puts = quay.applied(0);
     assert_eq!(refused_puts, 2, "one refused PUT a run");
     verified(dir.path(), &[], &env);
+}
+
+/// Azure Container Registry, as a target:
+/// - `az acr login` leaves an ACR refresh token in the Docker config as
+///   `identitytoken`, beside an `auth` of the user
+///   `00000000-0000-0000-0000-000000000000` with no password
+///   (devcontainers/cli#444); it is sent to `/oauth2/token` as an OAuth2
+///   POST with `grant_type=refresh_token` (Azure/acr `docs/AAD-OAuth.md`);
+/// - `docker login -u 00000000-0000-0000-0000-000000000000 -p TOKEN` with
+///   the token `az acr login --expose-token` prints: Basic on the GET;
+/// - the token endpoint throttles like the registry: 429 from
+///   `/oauth2/token` (`CONNECTIVITY_REFRESH_TOKEN_ERROR … Response code:
+///   429`, Azure/azure-cli#24886) is waited out, not an authentication
+///   failure;
+/// - 429 with a plain-text body from Azure's front door (`Ref A: … Ref B:
+///   … Ref C: …`, Azure/acr#754) on blob requests: slowed down and retried;
+/// - the OCI referrers API: an SBOM known only by its subject is pushed by
+///   digest, and no fallback tag is written;
+/// - a refresh token that has expired (they last 3 hours) is 401
+///   `UNAUTHORIZED`: exit 3, and the message says to run `az acr login`.
+#[tokio::test]
+async fn acr() {
+    use crate::support::token::ACR_USER;
+    const REFRESH: &str = "eyJhbGciOiJSUzI1NiJ9.acr-refresh-Q7x";
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "upstream/app", false).await;
+    let sbom = images::sbom_of(&signed.image);
+    images::push(&staging.url(), "upstream/app", &sbom.root.0, &sbom).await;
+    let source = Proxy::start(
+        &staging.host,
+        vec![Rule::new(
+            "GET",
+            "/referrers/",
+            usize::MAX,
+            Action::Referrers(staging.storage()),
+        )],
+    );
+    let front_door = || {
+        Action::Respond {
+        status: 429,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: b"Ref A: 9E31E74CD9834672839D9F06B9E41573 Ref B: DM2EDGE0520 Ref C: 2024-05-08T12:36:23Z"
+            .to_vec(),
+    }
+    };
+    let mut proxies = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..2 {
+        let target = Registry::start(Auth::Token(Issuer::start_acr(REFRESH)));
+        let acr = Proxy::start(
+            &target.host,
+            vec![
+                Rule::new("HEAD", "/blobs/sha256:", 2, front_door()),
+                Rule::new(
+                    "GET",
+                    "/referrers/",
+                    usize::MAX,
+                    Action::Referrers(target.storage()),
+                ),
+            ],
+        );
+        target
+            .issuer()
+            .unwrap()
+            .throttle
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        proxies.push(acr);
+        targets.push(target);
+    }
+    let (login, exposed) = (&proxies[0], &proxies[1]);
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .target("login", &format!("{}/mirror", login.host))
+        .target("exposed", &format!("{}/mirror", exposed.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", source.host),
+            "[v1]",
+            "    path: app\n",
+        )
+        .write(dir.path());
+    let config = |refresh: &str| {
+        vec![docker_config(
+            dir.path(),
+            serde_json::json!({
+                login.host.clone(): { "auth": basic_auth(ACR_USER, ""), "identitytoken": refresh },
+                exposed.host.clone(): { "auth": basic_auth(ACR_USER, REFRESH) },
+            }),
+        )]
+    };
+    let env = config(REFRESH);
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    for target in ["login", "exposed"] {
+        for tag in ["v1", signed.sig_tag.as_str(), sbom.root.0.as_str()] {
+            let result = report["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["target"] == target && r["tag"] == tag)
+                .unwrap_or_else(|| panic!("no row {target} {tag}: {report:#}"));
+            assert_eq!(result["outcome"], "copied", "{result:#}");
+        }
+    }
+    // The identity token went as an OAuth2 refresh grant; the exposed
+    // token as Basic on a GET. Each endpoint throttled twice first.
+    let methods = |target: &Registry| -> Vec<String> {
+        let issuer = target.issuer().unwrap();
+        issuer.requests().iter().map(|r| r.method.clone()).collect()
+    };
+    let (posts, gets) = (methods(&targets[0]), methods(&targets[1]));
+    assert!(
+        posts.len() > 2 && posts.iter().all(|m| m == "POST"),
+        "{posts:?}"
+    );
+    assert!(
+        gets.len() > 2 && gets.iter().all(|m| m == "GET"),
+        "{gets:?}"
+    );
+    for (proxy, target) in proxies.iter().zip(&targets) {
+        assert_eq!(proxy.applied(0), 2, "front-door 429s");
+        signed.served_by(&target.host, "mirror/app", &target.credentials());
+        // The referrers API lists the SBOM: no fallback tag.
+        let fallback = signed.image.root.0.replace(':', "-");
+        assert!(skopeo_raw(&target.host, "mirror/app", &fallback, target.credentials()).is_none());
+    }
+
+    nothing_left_to_do(dir.path(), &[], &env, &[&targets[0], &targets[1]]);
+    verified(dir.path(), &[], &env);
+
+    // Three hours later: the refresh token has expired.
+    let expired = config("eyJhbGciOiJSUzI1NiJ9.stale-Zq9");
+    let (run, report) = sync(dir.path(), &["--target", "login"], &expired);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let (outcome, message) = row(&report, "app", "v1");
+    assert_eq!(outcome, "failed");
+    assert!(
+        message.contains("answered 401") && message.contains("az acr login"),
+        "{message}"
+    );
+    assert!(
+        !run.all().contains("stale-Zq9"),
+        "the token was printed: {}",
+        run.all()
+    );
 }

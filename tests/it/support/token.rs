@@ -9,12 +9,20 @@ use base64::Engine as _;
 
 use super::standin::StandIn;
 
-/// How much of Docker Hub's token service to play.
+/// Which registry's token service to play.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Hub {
-    No,
-    Yes,
+enum Kind {
+    /// distribution's token auth as its documentation describes it: Basic
+    /// credentials on a GET.
+    Plain,
+    /// Docker Hub's (see [`Issuer::start_docker_hub`]).
+    DockerHub,
+    /// Azure Container Registry's `/oauth2/token` (see [`Issuer::start_acr`]).
+    Acr,
 }
+
+/// The user name ACR takes with a refresh token as the password.
+pub const ACR_USER: &str = "00000000-0000-0000-0000-000000000000";
 
 pub const SERVICE: &str = "regmirror-test-registry";
 pub const ISSUER: &str = "regmirror-test-issuer";
@@ -31,6 +39,10 @@ pub struct Issuer {
     /// starts: Docker Hub mode grants pull-only scopes on repositories that
     /// exist there.
     pub storage: Arc<Mutex<Option<PathBuf>>>,
+    /// How many of the next token requests to answer `429 Too Many
+    /// Requests` (with no `Retry-After`), as ACR's token endpoint does when
+    /// it throttles (Azure/azure-cli#24886).
+    pub throttle: Arc<std::sync::atomic::AtomicUsize>,
     _dir: tempfile::TempDir,
     server: StandIn,
 }
@@ -57,7 +69,23 @@ struct Claims {
 
 impl Issuer {
     pub fn start(user: &str, password: &str) -> Issuer {
-        Issuer::start_with(user, password, Hub::No, 300)
+        Issuer::start_with(user, password, Kind::Plain, 300)
+    }
+
+    /// Azure Container Registry's token endpoint (`/oauth2/token`), which
+    /// takes an ACR refresh token (what `az acr login` stores in the Docker
+    /// config as `identitytoken`, and `az acr login --expose-token` prints):
+    /// - as an OAuth2 `POST` with `grant_type=refresh_token`, `service`,
+    ///   `scope` (space-separated) and `refresh_token`, as docker and oras
+    ///   send an identity token (Azure/acr `docs/AAD-OAuth.md`;
+    ///   devcontainers/cli#444);
+    /// - or as the password of the user `00000000-0000-0000-0000-000000000000`
+    ///   in Basic credentials on a GET (`docker login -u 0000… -p TOKEN`);
+    ///
+    /// anything else is 401 `UNAUTHORIZED`. Refresh tokens from `az acr
+    /// login` last 3 hours.
+    pub fn start_acr(refresh_token: &str) -> Issuer {
+        Issuer::start_with(ACR_USER, refresh_token, Kind::Acr, 300)
     }
 
     /// Docker Hub's token service (`auth.docker.io`), as its users meet it:
@@ -72,10 +100,10 @@ impl Issuer {
     /// - tokens expire: `expires_in` 300 there; `expires_in` seconds here, so
     ///   a test run outlives its tokens.
     pub fn start_docker_hub(user: &str, password: &str, expires_in: u64) -> Issuer {
-        Issuer::start_with(user, password, Hub::Yes, expires_in)
+        Issuer::start_with(user, password, Kind::DockerHub, expires_in)
     }
 
-    fn start_with(user: &str, password: &str, hub: Hub, expires_in: u64) -> Issuer {
+    fn start_with(user: &str, password: &str, personality: Kind, expires_in: u64) -> Issuer {
         let dir = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let params = rcgen::CertificateParams::new(vec![ISSUER.to_string()]).unwrap();
@@ -102,18 +130,50 @@ impl Issuer {
                 body.into_bytes(),
             )
         };
+        let refresh_token = password.to_string();
+        let throttle = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let throttle_in = throttle.clone();
         let server = StandIn::start(move |request, _base| {
             let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let requested = scopes(&request.target);
-            if request.header("authorization") != Some(expected.as_str()) {
-                return json(401, r#"{"details":"bad credentials"}"#.to_string());
+            let throttled = throttle_in.fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            );
+            if throttled.is_ok() {
+                return json(
+                    429,
+                    r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"too many requests"}]}"#
+                        .to_string(),
+                );
+            }
+            let requested = scopes(request);
+            let basic = request.method == "GET"
+                && request.header("authorization") == Some(expected.as_str());
+            let refreshed = personality == Kind::Acr
+                && request.method == "POST"
+                && form(request)
+                    .iter()
+                    .any(|(k, v)| k == "grant_type" && v == "refresh_token")
+                && form(request)
+                    .iter()
+                    .any(|(k, v)| k == "refresh_token" && *v == refresh_token)
+                && form(request).iter().any(|(k, _)| k == "service");
+            if !(basic || refreshed) {
+                return match personality {
+                    Kind::Acr => json(
+                        401,
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required, visit https://aka.ms/acr/authorization for more information."}]}"#.to_string(),
+                    ),
+                    _ => json(401, r#"{"details":"bad credentials"}"#.to_string()),
+                };
             }
             let too_deep = requested
                 .iter()
                 .flat_map(|scope| scope.split(' '))
                 .filter_map(|scope| scope.split(':').nth(1))
                 .any(|name| name.split('/').count() > 2);
-            if hub == Hub::Yes && too_deep {
+            if personality == Kind::DockerHub && too_deep {
                 return json(400, r#"{"details":"invalid repository name"}"#.to_string());
             }
             let exists = |name: &str| {
@@ -133,10 +193,7 @@ impl Issuer {
                     let name = parts.next()?.to_string();
                     let actions: Vec<String> =
                         parts.next()?.split(',').map(str::to_string).collect();
-                    let grants_nothing = match hub {
-                        Hub::No => false,
-                        Hub::Yes => !exists(&name),
-                    };
+                    let grants_nothing = personality == Kind::DockerHub && !exists(&name);
                     if grants_nothing && actions == ["pull"] {
                         return None;
                     }
@@ -178,6 +235,7 @@ impl Issuer {
             password: password.into(),
             issued,
             storage,
+            throttle,
             _dir: dir,
             server,
         }
@@ -189,16 +247,30 @@ impl Issuer {
         self.server
             .requests()
             .iter()
-            .map(|request| scopes(&request.target).join(" "))
+            .map(|request| scopes(request).join(" "))
             .collect()
+    }
+
+    /// Every token request, as received.
+    pub fn requests(&self) -> Vec<super::standin::Recorded> {
+        self.server.requests()
     }
 }
 
-/// The `scope` parameters of a token request's target (path and query).
-fn scopes(target: &str) -> Vec<String> {
-    let url = url::Url::parse(&format!("http://x{target}")).unwrap();
+/// The `scope` parameters of a token request: in the query of a GET, in
+/// the form of a POST.
+fn scopes(request: &super::standin::Recorded) -> Vec<String> {
+    let url = url::Url::parse(&format!("http://x{}", request.target)).unwrap();
     url.query_pairs()
+        .chain(url::form_urlencoded::parse(&request.body))
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// The fields of a form-encoded body.
+fn form(request: &super::standin::Recorded) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(&request.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
