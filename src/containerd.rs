@@ -25,7 +25,7 @@ use base64::Engine as _;
 
 use crate::plan::Plan;
 use crate::reference::Repository;
-use crate::registry::auth::{self, Credential};
+use crate::registry::credentials::{self, Credential};
 
 /// Whether, and how, the files carry credentials for the mirrors.
 #[derive(Clone, Debug, Default)]
@@ -84,7 +84,7 @@ fn secret_for(auth: &Auth, registry: &str) -> Option<Secret> {
     match auth {
         Auth::None => None,
         Auth::Placeholder(text) => Some(Secret::Placeholder(text.clone())),
-        Auth::Credentials => match auth::lookup(registry).credential()?.clone() {
+        Auth::Credentials => match credentials::lookup(registry).credential()?.clone() {
             Credential::Basic { username, password } => {
                 Some(Secret::Credential { username, password })
             }

@@ -852,7 +852,7 @@ impl Engine {
         let lacking: Vec<Option<Descriptor>> = stream::iter(blobs)
             .map(|blob| async move {
                 if self.holds(repository, &blob.digest) {
-                    return Ok(None);
+                    return Ok::<_, Error>(None);
                 }
                 if mount_unasked {
                     let lacking = self.mount_source(repository, &blob.digest).is_some()

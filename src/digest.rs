@@ -9,7 +9,34 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256, Sha512};
 
-use crate::error::{Error, Result};
+/// What can be wrong with a digest, or with bytes checked against one.
+/// (The crate's [`Error`](crate::Error) wraps it; this module needs nothing
+/// from there.)
+#[allow(missing_docs)]
+#[derive(Debug, thiserror::Error)]
+pub enum DigestError {
+    /// A digest string that is not `ALGORITHM:HEX` with a supported algorithm.
+    #[error("invalid digest `{0}`")]
+    Invalid(String),
+
+    /// Bytes whose hash is not the digest they were asked for by.
+    #[error("digest mismatch for `{what}`: expected `{expected}`, got `{actual}`")]
+    Mismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+
+    /// Bytes whose length is not the size their descriptor states.
+    #[error("size mismatch for `{digest}`: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+type Result<T, E = DigestError> = std::result::Result<T, E>;
 
 /// A validated `algorithm:hex` digest (`sha256` or `sha512`, lowercase hex).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,10 +77,10 @@ impl Digest {
 }
 
 impl FromStr for Digest {
-    type Err = Error;
+    type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Digest(s.to_string());
+        let bad = || DigestError::Invalid(s.to_string());
         let (algorithm, hex) = s.split_once(':').ok_or_else(bad)?;
         let length = match algorithm {
             "sha256" => 64,
@@ -139,7 +166,7 @@ impl Verifier {
         if let Some(expected) = self.size
             && expected != self.seen
         {
-            return Err(Error::SizeMismatch {
+            return Err(DigestError::SizeMismatch {
                 digest: self.expected,
                 expected,
                 actual: self.seen,
@@ -150,7 +177,7 @@ impl Verifier {
             Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
         };
         if actual != self.expected.0 {
-            return Err(Error::DigestMismatch {
+            return Err(DigestError::Mismatch {
                 what: what.to_string(),
                 expected: self.expected,
                 actual: Digest(actual),
@@ -197,9 +224,9 @@ mod tests {
         assert_eq!(Digest::sha256(b""), digest);
         assert!(digest.verify(b"", Some(0), "x").is_ok());
         let err = digest.verify(b"a", None, "x").unwrap_err();
-        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(matches!(err, DigestError::Mismatch { .. }), "{err}");
         let err = digest.verify(b"", Some(3), "x").unwrap_err();
-        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        assert!(matches!(err, DigestError::SizeMismatch { .. }), "{err}");
     }
 
     #[test]

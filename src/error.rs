@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestError};
 use crate::text::ShownUrl;
 
 /// Everything that can go wrong in the library. A variant's fields are
@@ -21,25 +21,9 @@ pub enum Error {
     #[error("invalid reference `{input}`: {reason}")]
     Reference { input: String, reason: String },
 
-    /// A digest string that is not `ALGORITHM:HEX` with a supported algorithm.
-    #[error("invalid digest `{0}`")]
-    Digest(String),
-
-    /// Bytes whose hash is not the digest they were asked for by.
-    #[error("digest mismatch for `{what}`: expected `{expected}`, got `{actual}`")]
-    DigestMismatch {
-        what: String,
-        expected: Digest,
-        actual: Digest,
-    },
-
-    /// Bytes whose length is not the size their descriptor states.
-    #[error("size mismatch for `{digest}`: expected {expected} bytes, got {actual}")]
-    SizeMismatch {
-        digest: Digest,
-        expected: u64,
-        actual: u64,
-    },
+    /// A digest that is not one, or bytes that do not match theirs.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
 
     /// The registry refused our identity, or we had none and it wants one.
     #[error("authentication failed at `{registry}`: {reason}")]
@@ -309,7 +293,7 @@ impl Error {
     pub fn is_mismatch(&self) -> bool {
         matches!(
             self.root(),
-            Error::DigestMismatch { .. } | Error::SizeMismatch { .. }
+            Error::Digest(DigestError::Mismatch { .. } | DigestError::SizeMismatch { .. })
         )
     }
 }

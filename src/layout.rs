@@ -231,7 +231,7 @@ impl Layout {
             output.write(chunk).await?;
         }
         output.finish().await?;
-        verifier.finish(&format!("blob {} in {}", blob.digest, self.dir.display()))
+        Ok(verifier.finish(&format!("blob {} in {}", blob.digest, self.dir.display()))?)
     }
 }
 

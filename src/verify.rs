@@ -14,7 +14,7 @@
 use futures::future::join_all;
 use futures::{StreamExt, stream};
 
-use crate::digest::{Digest, Verifier};
+use crate::digest::{Digest, DigestError, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest::platforms;
 use crate::plan::{Destination, Job};
@@ -296,7 +296,9 @@ async fn bad_content(
                                 break;
                             }
                         }
-                        verifier.finish(&format!("blob {digest} at {repository}"))
+                        verifier
+                            .finish(&format!("blob {digest} at {repository}"))
+                            .map_err(Error::from)
                     }
                 }
             };
@@ -306,12 +308,12 @@ async fn bad_content(
                 Ok(()) => Ok(None),
                 Err(Error::NotFound { .. }) => Ok(Some((false, format!("{what} {digest}")))),
                 Err(error) => match error.root() {
-                    Error::DigestMismatch { actual, .. } => {
+                    Error::Digest(DigestError::Mismatch { actual, .. }) => {
                         corrupt(format!("the target serves bytes of digest {actual}"))
                     }
-                    Error::SizeMismatch {
+                    Error::Digest(DigestError::SizeMismatch {
                         expected, actual, ..
-                    } => corrupt(format!(
+                    }) => corrupt(format!(
                         "the target serves {actual} bytes where {expected} are due"
                     )),
                     _ => Err(error),

@@ -17,7 +17,7 @@ use super::http::resolve_link;
 use super::meter::Meter;
 use super::retry::{self, Attempt};
 use super::{Access, Intent, RegistryClient};
-use crate::digest::{Digest, Verifier};
+use crate::digest::{Digest, DigestError, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest::Descriptor;
 use crate::reference::Repository;
@@ -129,7 +129,7 @@ impl RegistryClient {
             writer.write(chunk).await?;
         }
         writer.finish().await?;
-        verifier.finish(&format!("blob {} from {repository}", blob.digest))
+        Ok(verifier.finish(&format!("blob {} from {repository}", blob.digest))?)
     }
 
     /// Asks the registry to link `digest` from `from` (same registry) into `repository`.
@@ -355,11 +355,12 @@ impl RegistryClient {
             .map_err(|e| Error::io(format!("spool file for `{}`", blob.digest), e))?
             .len();
         if on_disk != blob.size {
-            return Err(Error::SizeMismatch {
+            return Err(DigestError::SizeMismatch {
                 digest: blob.digest.clone(),
                 expected: blob.size,
                 actual: on_disk,
-            });
+            }
+            .into());
         }
         let url = Self::closing_url(&upload_url, &blob.digest)?;
         let path = path.to_path_buf();

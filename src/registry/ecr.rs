@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::OnceCell;
 
-use super::auth::Credential;
+use super::credentials::Credential;
 use crate::config::EcrApi;
 use crate::error::{Error, Result};
 use crate::reference::Repository;

@@ -10,7 +10,7 @@ use super::body::{MAX_JSON_SIZE, header, neutral};
 use super::deadline::Watch;
 use super::http::{MAX_TAG_PAGES, next_link, resolve_link};
 use super::{Intent, RegistryClient};
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestError};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Manifest};
 use crate::reference::{Repository, valid_tag};
@@ -212,11 +212,12 @@ impl RegistryClient {
             header(&answer.response, "docker-content-digest").map(str::parse::<Digest>)
             && stored != manifest.digest
         {
-            return Err(Error::DigestMismatch {
+            return Err(DigestError::Mismatch {
                 what: format!("manifest stored at {repository}"),
                 expected: manifest.digest.clone(),
                 actual: stored,
-            });
+            }
+            .into());
         }
         Ok(())
     }

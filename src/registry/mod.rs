@@ -25,6 +25,7 @@
 pub mod auth;
 mod blobs;
 mod body;
+pub mod credentials;
 pub mod deadline;
 pub mod ecr;
 mod http;
@@ -87,7 +88,7 @@ struct Host {
     /// instead of each sending their own.
     challenge: tokio::sync::Mutex<Option<Challenge>>,
     /// Looked up once per run (credential helpers are slow programs).
-    credential: OnceCell<auth::Lookup>,
+    credential: OnceCell<credentials::Lookup>,
     /// Whether the registry serves the OCI referrers API, once asked.
     referrers_api: tokio::sync::Mutex<Option<bool>>,
     /// The idle window of every request and body (`timeout`).

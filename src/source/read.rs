@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use super::{
     Image, MAX_DEPTH, MAX_IMAGE_MANIFEST_BYTES, MAX_IMAGE_MANIFESTS, Source, push_order, unique,
 };
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestError};
 use crate::error::{Error, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::registry::meter::Meter;
@@ -124,11 +124,12 @@ impl Source {
             for (descriptor, manifest) in level.iter().zip(manifests) {
                 let actual = manifest.bytes.len() as u64;
                 if actual != descriptor.size {
-                    return Err(Error::SizeMismatch {
+                    return Err(DigestError::SizeMismatch {
                         digest: descriptor.digest.clone(),
                         expected: descriptor.size,
                         actual,
-                    });
+                    }
+                    .into());
                 }
                 total += actual;
                 if total > MAX_IMAGE_MANIFEST_BYTES {

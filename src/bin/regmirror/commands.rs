@@ -281,7 +281,7 @@ fn containerd_hosts(
     for registry in &generated.without_credentials {
         errln!(
             "warning: no credentials found for `{registry}` (set `{}` or `docker login {registry}`); its hosts get no `Authorization`",
-            regmirror::registry::auth::env_var_name(registry)
+            regmirror::registry::credentials::env_var_name(registry)
         );
     }
     for line in &generated.unmapped {
