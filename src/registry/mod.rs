@@ -34,6 +34,7 @@ mod manifests;
 pub mod meter;
 pub mod options;
 pub mod pace;
+mod refusals;
 pub mod retry;
 mod unacked;
 
@@ -558,20 +559,6 @@ impl RegistryClient {
             return Ok(answer);
         }
         let body = answer.error_text().await;
-        // GHCR's two refusals of a workflow's push, and what fixes each
-        // (Snowfork/snowbridge#1272, docker/build-push-action#463,
-        // actions/runner#1039).
-        let ghcr_hint = if body.contains("write_package") {
-            Some(
-                "the package exists and these credentials may not write to it: in the package's settings on GitHub, under \"Manage Actions access\", add this workflow's repository with the Write role, or push with a token that has `write:packages`",
-            )
-        } else if body.contains("installation not allowed to") {
-            Some(
-                "the workflow's `GITHUB_TOKEN` may not write packages: give the job `permissions: packages: write`",
-            )
-        } else {
-            None
-        };
         // GitHub's secondary rate limit, on GHCR pushes too: a 403 that
         // asks for a pause of at least a minute, and may ban a client that
         // keeps asking (markrussinovich/refchecker#67; GitHub's REST
@@ -587,16 +574,35 @@ impl RegistryClient {
                 reason: format!("`{method} {}` answered 403: {body}", ShownUrl::new(url)),
             });
         }
-        if let (StatusCode::FORBIDDEN, Some(hint)) = (status, ghcr_hint) {
-            return Err(Error::Auth {
+        Err(self.refused(repository, &method, url, status, body))
+    }
+
+    /// The error for a request `status` refused: a refusal we know by its
+    /// words ([`refusals`]) says what to do, and a permission is an
+    /// authentication failure; any other names the request and the body.
+    fn refused(
+        &self,
+        repository: &Repository,
+        method: &Method,
+        url: &str,
+        status: StatusCode,
+        body: String,
+    ) -> Error {
+        let Some(known) = refusals::explain(status.as_u16(), &body) else {
+            return Self::status_error(method.as_str(), url, status, body);
+        };
+        let explained = format!("{body}. {}: {}", known.registry, known.hint);
+        match known.meaning {
+            refusals::Meaning::Permission => Error::Auth {
                 registry: self.host(repository).registry.clone(),
                 reason: format!(
-                    "`{method} {}` answered 403: {body}. GHCR: {hint}",
-                    ShownUrl::new(url)
+                    "`{method} {}` answered {}: {explained}",
+                    ShownUrl::new(url),
+                    status.as_u16()
                 ),
-            });
+            },
+            refusals::Meaning::Setup => Self::status_error(method.as_str(), url, status, explained),
         }
-        Err(Self::status_error(method.as_str(), url, status, body))
     }
 
     /// A pull-scoped GET or HEAD, its answer sorted: `Some` for 200, `None`
@@ -633,13 +639,33 @@ impl RegistryClient {
         match answer.response.status() {
             StatusCode::OK => Ok(Some(answer)),
             StatusCode::NOT_FOUND => Ok(None),
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                if method == Method::HEAD =>
+            {
+                // A HEAD's refusal has no body to say why; the same GET's
+                // does (Artifact Registry's 403s name the permission, and
+                // say the repository may not exist). Only on a refusal.
+                drop(answer);
+                let access = match intent {
+                    Intent::Read => Access::Pull(&repository.path),
+                    Intent::Write => Access::Push(&repository.path),
+                };
+                let again = self
+                    .send(repository, access, Method::GET, url, build, true)
+                    .await?;
+                let body = match again.response.status() {
+                    refused if refused == status => again.error_text().await,
+                    _ => String::new(),
+                };
+                Err(self.refused(repository, &method, url, status, body))
+            }
             status => {
                 let body = if method == Method::HEAD {
                     String::new()
                 } else {
                     answer.error_text().await
                 };
-                Err(Self::status_error(method.as_str(), url, status, body))
+                Err(self.refused(repository, &method, url, status, body))
             }
         }
     }

@@ -1013,3 +1013,121 @@ async fn acr() {
         run.all()
     );
 }
+
+/// Google Artifact Registry's 403 for a repository the credentials may not
+/// use, or that does not exist (it cannot tell them apart, and says so):
+/// google-github-actions/auth#50 (downloadArtifacts, on the reads a push
+/// starts with), GoogleCloudPlatform/cymbal-superstore#4 (uploadArtifacts).
+fn gar_denied(permission: &str, resource: &str) -> Action {
+    refusal(
+        403,
+        "DENIED",
+        &format!(
+            "Permission \\\"artifactregistry.repositories.{permission}\\\" denied on resource \\\"{resource}\\\" (or it may not exist)"
+        ),
+    )
+}
+
+/// Google Artifact Registry, as a target:
+/// - a service account key as the password of the user `_json_key` (a JSON
+///   document with quotes, colons and escaped newlines), from `docker
+///   login`'s config (`docker login -u _json_key --password-stdin <
+///   key.json`, Artifact Registry's authentication documentation);
+/// - repository paths of the form `PROJECT/REPOSITORY/IMAGE` (four
+///   components here: `my-project/containers/team/app`);
+/// - no chunked uploads ("Artifact Registry does not support Docker chunked
+///   uploads … You must use monolithic uploads", its Docker API reference;
+///   dotnet/sdk-container-builds#287, kitops-ml/kitops#780): every blob
+///   goes up in one PUT, and a PATCH would be refused;
+/// - a repository that does not exist (GAR creates images on push, never
+///   repositories) or that the credentials may not write: 403 `DENIED` on
+///   the reads a push starts with and on the upload, "(or it may not
+///   exist)". The failure is an authentication failure (exit 3), and says
+///   what to create and which role to grant; a HEAD, which has no body, is
+///   asked again as a GET to learn the reason.
+#[tokio::test]
+async fn google_artifact_registry() {
+    const KEY: &str = "{\n  \"type\": \"service_account\",\n  \"project_id\": \"my-project\",\n  \"private_key_id\": \"4f1c\",\n  \"private_key\": \"-----BEGIN PRIVATE KEY-----\\nMIIEvQ-gar-Kx8\\n-----END PRIVATE KEY-----\\n\",\n  \"client_email\": \"mirror@my-project.iam.gserviceaccount.com\"\n}";
+    let staging = Registry::start(Auth::None);
+    let signed = signed_image(&staging, "upstream/app", false).await;
+    let target = Registry::start(Auth::Token(Issuer::start("_json_key", KEY)));
+    let absent = "projects/my-project/locations/europe-west1/repositories/absent";
+    let gar = Proxy::start(
+        &target.host,
+        vec![
+            Rule::new(
+                "PATCH",
+                "/blobs/uploads/",
+                usize::MAX,
+                refusal(400, "UNSUPPORTED", "chunked uploads are not supported"),
+            ),
+            Rule::new(
+                "HEAD",
+                "/v2/my-project/absent/",
+                usize::MAX,
+                gar_denied("downloadArtifacts", absent),
+            ),
+            Rule::new(
+                "GET",
+                "/v2/my-project/absent/",
+                usize::MAX,
+                gar_denied("downloadArtifacts", absent),
+            ),
+            Rule::new(
+                "POST",
+                "/v2/my-project/absent/",
+                usize::MAX,
+                gar_denied("uploadArtifacts", absent),
+            ),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .target("gar", &format!("{}/my-project/containers", gar.host))
+        .target("absent", &format!("{}/my-project/absent", gar.host))
+        .image_with(
+            "app",
+            &format!("{}/upstream/app", staging.host),
+            "[v1]",
+            "    path: team/app\n",
+        )
+        .write(dir.path());
+    let env = vec![docker_config(
+        dir.path(),
+        serde_json::json!({ gar.host.clone(): { "auth": basic_auth("_json_key", KEY) } }),
+    )];
+
+    let (run, report) = sync(dir.path(), &[], &env);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let result = |target: &str, tag: &str| -> Value {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["target"] == target && r["tag"] == tag)
+            .unwrap_or_else(|| panic!("no row {target} {tag}: {report:#}"))
+            .clone()
+    };
+    assert_eq!(result("gar", "v1")["outcome"], "copied", "{}", run.all());
+    assert_eq!(result("gar", &signed.sig_tag)["outcome"], "copied");
+    let denied = result("absent", "v1");
+    assert_eq!(denied["outcome"], "failed");
+    assert_eq!(denied["error"]["kind"], "auth", "{denied:#}");
+    let message = denied["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("artifactregistry.repositories.downloadArtifacts")
+            && message.contains("gcloud artifacts repositories create")
+            && message.contains("roles/artifactregistry.writer"),
+        "{message}"
+    );
+    assert_eq!(gar.applied(0), 0, "a chunked upload was tried");
+    signed.served_by(
+        &target.host,
+        "my-project/containers/team/app",
+        &target.credentials(),
+    );
+    assert!(!run.all().contains("MIIEvQ-gar-Kx8"), "the key was printed");
+
+    nothing_left_to_do(dir.path(), &["--target", "gar"], &env, &[&target]);
+    verified(dir.path(), &["--target", "gar"], &env);
+}
