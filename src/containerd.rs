@@ -69,6 +69,10 @@ pub struct Generated {
     pub cri: Option<(String, String)>,
     /// Mirror registries for which no credentials were found.
     pub without_credentials: Vec<String>,
+    /// Mirror registries whose credential is an identity token (as `az acr
+    /// login` stores): containerd can use it only through the CRI config
+    /// (`identitytoken`, which it exchanges), never as a static header.
+    pub identity_tokens: Vec<String>,
 }
 
 /// What a mirror's `Authorization` carries.
@@ -77,6 +81,8 @@ enum Secret {
     Credential { username: String, password: String },
     /// Text a secret or cloud-init replaces on the node.
     Placeholder(String),
+    /// An OAuth2 refresh token: the CRI snippet only.
+    IdentityToken(String),
 }
 
 /// What to write for a mirror registry, or `None` when there is nothing.
@@ -89,8 +95,8 @@ fn secret_for(auth: &Auth, registry: &str) -> Option<Secret> {
                 Some(Secret::Credential { username, password })
             }
             // An identity token works only through a token exchange, which a
-            // static header cannot do.
-            Credential::IdentityToken(_) => None,
+            // static header cannot do, and containerd's CRI plugin does.
+            Credential::IdentityToken(token) => Some(Secret::IdentityToken(token)),
         },
     }
 }
@@ -158,23 +164,25 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
     let mut found: BTreeMap<String, Option<(String, String)>> = BTreeMap::new();
     let mut cri = (String::new(), String::new());
     let mut without_credentials = Vec::new();
+    let mut identity_tokens = Vec::new();
     for (_, urls) in mirrors.values() {
         for (url, registry) in urls {
             if found.contains_key(registry) {
                 continue;
             }
-            let header = secret_for(auth, registry).map(|secret| match secret {
-                Secret::Credential { username, password } => {
-                    let host = url
-                        .split("://")
-                        .nth(1)
-                        .and_then(|rest| rest.split('/').next())
-                        .unwrap_or(registry);
+            let host = url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or(registry);
+            let table = format!(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n"
+            );
+            let secret = secret_for(auth, registry);
+            let header = match secret {
+                Some(Secret::Credential { username, password }) => {
                     let encoded = base64::engine::general_purpose::STANDARD
                         .encode(format!("{username}:{password}"));
-                    let table = format!(
-                        "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n"
-                    );
                     cri.0.push_str(&format!(
                         "{table}  username = \"{}\"\n  password = \"{}\"\n",
                         toml_escape(&username),
@@ -184,16 +192,29 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
                         "{table}  username = \"{}\"\n  password = \"{REDACTED}\"\n",
                         toml_escape(&username)
                     ));
-                    (format!("Basic {encoded}"), format!("Basic {REDACTED}"))
+                    Some((format!("Basic {encoded}"), format!("Basic {REDACTED}")))
                 }
-                Secret::Placeholder(text) => {
+                Some(Secret::Placeholder(text)) => {
                     let value = format!("Basic {text}");
-                    (value.clone(), value)
+                    Some((value.clone(), value))
                 }
-            });
-            if header.is_none() && !matches!(auth, Auth::None) {
-                without_credentials.push(registry.clone());
-            }
+                Some(Secret::IdentityToken(token)) => {
+                    cri.0.push_str(&format!(
+                        "{table}  identitytoken = \"{}\"\n",
+                        toml_escape(&token)
+                    ));
+                    cri.1
+                        .push_str(&format!("{table}  identitytoken = \"{REDACTED}\"\n"));
+                    identity_tokens.push(registry.clone());
+                    None
+                }
+                None => {
+                    if !matches!(auth, Auth::None) {
+                        without_credentials.push(registry.clone());
+                    }
+                    None
+                }
+            };
             found.insert(registry.clone(), header);
         }
     }
@@ -252,6 +273,7 @@ pub fn hosts_files(plan: &Plan, auth: &Auth) -> Generated {
         unmapped,
         cri,
         without_credentials,
+        identity_tokens,
     }
 }
 

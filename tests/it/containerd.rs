@@ -2,7 +2,9 @@
 //! `containerd-hosts --auth` writes hosts files that containerd follows to
 //! an htpasswd-protected mirror while the upstream is down; without
 //! `--auth` the mirror refuses (401) and containerd falls back to the
-//! (stopped) upstream and fails, as containerd does.
+//! (stopped) upstream and fails, as containerd does. The mirror's user is a
+//! Harbor robot account (`robot$PROJECT+NAME`): its `$` and `+` reach
+//! containerd's header and the CRI config as they are.
 
 use crate::support::config::MirrorYaml;
 use crate::support::containerd::Containerd;
@@ -26,7 +28,7 @@ fn digests(image: &Generated) -> Vec<String> {
 async fn containerd_pulls_every_platform_from_an_authenticated_mirror() {
     let upstream = Registry::start(Auth::None);
     let mirror = Registry::start(Auth::Htpasswd {
-        user: "alice".into(),
+        user: "robot$mirror+pull".into(),
         password: "mirror-pass-K8q".into(),
     });
     let app = images::generate(&Spec::new("team/app", "v1", false));
@@ -51,7 +53,7 @@ async fn containerd_pulls_every_platform_from_an_authenticated_mirror() {
     let (with, without) = (dir.path().join("with"), dir.path().join("without"));
     let secret_b64 = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
-        "alice:mirror-pass-K8q",
+        "robot$mirror+pull:mirror-pass-K8q",
     );
     let run = regmirror(
         dir.path(),
@@ -85,7 +87,8 @@ async fn containerd_pulls_every_platform_from_an_authenticated_mirror() {
         cri.contains(&format!(
             "[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{}\".auth]",
             mirror.host
-        )) && cri.contains("password = \"mirror-pass-K8q\""),
+        )) && cri.contains("username = \"robot$mirror+pull\"")
+            && cri.contains("password = \"mirror-pass-K8q\""),
         "{cri}"
     );
     #[cfg(unix)]

@@ -997,6 +997,72 @@ async fn acr() {
     nothing_left_to_do(dir.path(), &[], &env, &[&targets[0], &targets[1]]);
     verified(dir.path(), &[], &env);
 
+    // containerd nodes pulling through ACR with credentials: the identity
+    // token cannot be a static header (it must be exchanged), so it goes
+    // into the CRI plugin's `registry.configs` as `identitytoken`, which
+    // containerd exchanges itself; the exposed token is a user and password.
+    // (Images kept under the target prefix by their source path, as a
+    // containerd mirror needs.)
+    let nodes = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .target("login", &format!("{}/mirror", login.host))
+        .target("exposed", &format!("{}/mirror", exposed.host))
+        .image("app", &format!("{}/upstream/app", source.host), "[v1]")
+        .write(nodes.path());
+    let hosts = regmirror(
+        nodes.path(),
+        &[
+            "containerd-hosts",
+            "--out",
+            "certs.d",
+            "--auth",
+            "--cri-config",
+            "cri.toml",
+        ],
+        &env,
+    );
+    assert_eq!(hosts.code, 0, "{}", hosts.all());
+    assert!(
+        !hosts.stderr.contains("no credentials found"),
+        "{}",
+        hosts.stderr
+    );
+    assert!(
+        !hosts.all().contains(REFRESH),
+        "printed a secret: {}",
+        hosts.all()
+    );
+    let cri = std::fs::read_to_string(nodes.path().join("cri.toml"))
+        .unwrap_or_else(|e| panic!("cri.toml: {e}: {}", hosts.all()));
+    let section = |host: &str| {
+        let table = format!("registry.configs.\"{host}\".auth]");
+        let at = cri
+            .find(&table)
+            .unwrap_or_else(|| panic!("no {table}: {cri}"));
+        cri[at..].split("\n[").next().unwrap().to_string()
+    };
+    assert!(
+        section(&login.host).contains(&format!("identitytoken = \"{REFRESH}\"")),
+        "{cri}"
+    );
+    assert!(
+        section(&exposed.host).contains(&format!("username = \"{ACR_USER}\"")),
+        "{cri}"
+    );
+    let hosts_file = std::fs::read_to_string(
+        nodes
+            .path()
+            .join("certs.d")
+            .join(&source.host)
+            .join("hosts.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        hosts_file.matches("Authorization").count(),
+        1,
+        "a header for the exposed token only: {hosts_file}"
+    );
+
     // Three hours later: the refresh token has expired.
     let expired = config("eyJhbGciOiJSUzI1NiJ9.stale-Zq9");
     let (run, report) = sync(dir.path(), &["--target", "login"], &expired);
@@ -1130,4 +1196,100 @@ async fn google_artifact_registry() {
 
     nothing_left_to_do(dir.path(), &["--target", "gar"], &env, &[&target]);
     verified(dir.path(), &["--target", "gar"], &env);
+}
+
+/// Harbor, as a source and as a target:
+/// - robot accounts named `robot$PROJECT+NAME` (Harbor 2.2 and later): the
+///   `$` and `+` pass through `REGMIRROR_AUTH_<HOST>` as they are (no
+///   shell or `$VAR` expansion of our own) and reach the token service in
+///   Basic credentials;
+/// - a project must exist before a push (goharbor/harbor#20544,
+///   goharbor/harbor-helm#849): the manifest PUT to a project that does not
+///   is 404 `NOT_FOUND` "project … not found" (Harbor's manifest handler);
+///   the failure says to create the project;
+/// - a proxy-cache project as the source: its tag list holds only the tags
+///   pulled through it so far, while any tag asked for by name is fetched
+///   from upstream (Harbor's proxy cache documentation): tags named in
+///   `mirror.yaml` are all copied, whatever the list says.
+/// (A mount refused across projects is `body_limits_and_refused_mounts`.)
+#[tokio::test]
+async fn harbor() {
+    let upstream = Registry::start(Auth::None);
+    let repo = "dockerhub-proxy/library/app";
+    let v1 = images::generate(&Spec::new(repo, "v1", true));
+    let v2 = images::generate(&Spec {
+        base: 77,
+        ..Spec::new(repo, "v2", true)
+    });
+    images::push(&upstream.url(), repo, "v1", &v1).await;
+    images::push(&upstream.url(), repo, "v2", &v2).await;
+    // Only v1 was pulled through the cache so far.
+    let proxy_cache = Proxy::start(
+        &upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/tags/list",
+            usize::MAX,
+            Action::Respond {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: format!(r#"{{"name":"{repo}","tags":["v1"]}}"#).into_bytes(),
+            },
+        )],
+    );
+    let robot = "robot$acme+mirror";
+    let target = Registry::start(Auth::Token(Issuer::start(robot, "Hrb0r-R0bot-S3cret")));
+    let harbor = Proxy::start(
+        &target.host,
+        vec![Rule::new(
+            "PUT",
+            "/v2/newproj/",
+            usize::MAX,
+            refusal(404, "NOT_FOUND", "project newproj not found"),
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    MirrorYaml::new()
+        .target("acme", &format!("{}/acme", harbor.host))
+        .target("newproj", &format!("{}/newproj", harbor.host))
+        .image_with(
+            "app",
+            &format!("{}/{repo}", proxy_cache.host),
+            "[v1, v2]",
+            "    path: app\n",
+        )
+        .write(dir.path());
+    let env = vec![(
+        auth_var_for(&harbor.host),
+        format!("{robot}:Hrb0r-R0bot-S3cret"),
+    )];
+
+    let (run, report) = sync(dir.path(), &["--target", "acme"], &env);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(row(&report, "app", "v1").0, "copied");
+    assert_eq!(
+        row(&report, "app", "v2").0,
+        "copied",
+        "a tag the cache had not listed"
+    );
+    let creds = target.credentials();
+    for (tag, image) in [("v1", &v1), ("v2", &v2)] {
+        assert_eq!(
+            skopeo_raw(&target.host, "acme/app", tag, creds.clone()).as_deref(),
+            Some(image.root.2.as_slice())
+        );
+    }
+
+    let (run, report) = sync(dir.path(), &["--target", "newproj"], &env);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let (outcome, message) = row(&report, "app", "v1");
+    assert_eq!(outcome, "failed");
+    assert!(
+        message.contains("project newproj not found")
+            && message.contains("Harbor: the project must exist"),
+        "{message}"
+    );
+
+    nothing_left_to_do(dir.path(), &["--target", "acme"], &env, &[&target]);
+    verified(dir.path(), &["--target", "acme"], &env);
 }

@@ -278,6 +278,16 @@ fn containerd_hosts(
         (Some(_), None) => errln!("warning: no mirror has credentials; no CRI config written"),
         (None, _) => {}
     }
+    for registry in &generated.identity_tokens {
+        match cri_config {
+            Some(_) => errln!(
+                "note: `{registry}`'s credential is an identity token (as `az acr login` stores one): containerd exchanges it through the CRI config's `identitytoken`; its hosts get no `Authorization`"
+            ),
+            None => errln!(
+                "warning: `{registry}`'s credential is an identity token (as `az acr login` stores one), which containerd can use only through its CRI config: add `--cri-config FILE`; its hosts get no `Authorization`"
+            ),
+        }
+    }
     for registry in &generated.without_credentials {
         errln!(
             "warning: no credentials found for `{registry}` (set `{}` or `docker login {registry}`); its hosts get no `Authorization`",
