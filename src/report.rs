@@ -128,6 +128,20 @@ impl Failure {
 impl From<&crate::Error> for Failure {
     fn from(error: &crate::Error) -> Failure {
         if let Some(until) = error.rate_limited_until() {
+            // Deferred only when the registry asks us back later than a run
+            // waits (a long `Retry-After`, a spent pull budget); throttling
+            // that outlasted every retry without such a wait is a failure.
+            let later = until.is_some_and(|at| {
+                at.duration_since(SystemTime::now())
+                    .is_ok_and(|wait| wait > crate::registry::retry::MAX_DELAY)
+            });
+            if !later {
+                let mut failure = Failure::of(FailureKind::Other, error);
+                failure.chain.push(
+                    "the registry kept throttling through every retry without asking for a longer wait; set `write_rate_limit` or `rate_limit` for it below the paces the run found".into(),
+                );
+                return failure;
+            }
             return Failure {
                 retry_at: until,
                 ..Failure::of(FailureKind::RateLimited, error)
@@ -148,6 +162,11 @@ impl From<&crate::Error> for Failure {
         Failure::of(kind, error)
     }
 }
+
+/// The exit code of a run that deferred work and mirrored nothing: 75,
+/// `EX_TEMPFAIL` of `sysexits.h` ("a temporary failure … the user is
+/// invited to retry later").
+pub const EXIT_DEFERRED: i32 = 75;
 
 /// What allows a manifest a registry refused for its media types.
 const REFUSED_HINT: &str = "the target does not accept these media types (a registry setting, not a fault of the image): on Quay, an administrator allows them with `FEATURE_GENERAL_OCI_SUPPORT: true` and `ALLOWED_OCI_ARTIFACT_TYPES` (or `IGNORE_UNKNOWN_MEDIATYPES: true`) in Quay's config.yaml";
@@ -278,12 +297,31 @@ impl Summary {
     }
 
     /// The exit code the run deserves: 3 for auth, 4 for a verification
-    /// mismatch, 1 for any other failure, else 0. Deferred work is not a
-    /// failure: the next run does it; nor is a refused referrer (a warning).
+    /// mismatch, 1 for any other failure; else 0, or [`EXIT_DEFERRED`] when
+    /// work was deferred and nothing at all was mirrored. Deferred work is
+    /// not a failure (the next run does it), but a run that deferred
+    /// everything is not a success either; a refused referrer is a warning.
     pub fn exit_code(&self) -> i32 {
         if let Some(code) = self.interrupted {
             return code;
         }
+        let code = self.failure_code();
+        let deferred = self.count(Status::Deferred) > 0;
+        let mirrored = self.outcomes.iter().any(|o| {
+            matches!(
+                o.status,
+                Status::Copied | Status::Present | Status::Verified | Status::Planned
+            )
+        });
+        if code == 0 && deferred && !mirrored {
+            EXIT_DEFERRED
+        } else {
+            code
+        }
+    }
+
+    /// The exit code of the failures alone.
+    fn failure_code(&self) -> i32 {
         let kinds: Vec<FailureKind> = self
             .outcomes
             .iter()
@@ -415,6 +453,22 @@ mod tests {
             )])
             .exit_code(),
             4
+        );
+        // All deferred, nothing mirrored: not a success (EX_TEMPFAIL);
+        // deferred beside work done: the next run does the rest.
+        let deferred = || outcome(Status::Deferred, Some(FailureKind::RateLimited));
+        assert_eq!(summary(vec![deferred(), deferred()]).exit_code(), 75);
+        assert_eq!(
+            summary(vec![deferred(), outcome(Status::Present, None)]).exit_code(),
+            0
+        );
+        assert_eq!(
+            summary(vec![
+                deferred(),
+                outcome(Status::Failed, Some(FailureKind::Auth))
+            ])
+            .exit_code(),
+            3
         );
         // A referrer the target refuses is a warning; an image it refuses
         // fails the run.

@@ -772,6 +772,58 @@ async fn a_long_retry_after_defers_the_image_at_once() {
     assert_eq!(report["totals"]["deferred"], 1);
 }
 
+/// A run that deferred everything and mirrored nothing is not green: exit
+/// 75 (`EX_TEMPFAIL`), said under the table and in the report, so that a
+/// scheduled job that copied nothing does not pass for one that did.
+#[tokio::test]
+async fn a_run_that_deferred_everything_is_not_a_success() {
+    let setup = Setup::new(2, 1).await;
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/manifests/",
+            usize::MAX,
+            respond(429, &[("Retry-After", "7200")]),
+        )],
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 75, "{}", run.all());
+    assert_eq!(report["exit_code"], 75);
+    assert_eq!(report["totals"]["deferred"], 2);
+    assert!(
+        run.stderr
+            .contains("nothing was mirrored: every pair was deferred"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Throttling that outlasts every retry without the registry asking for a
+/// long wait is a failure (exit 1), not a deferral: deferring is for a
+/// registry that asks us back later than a run waits.
+#[tokio::test]
+async fn a_throttle_that_states_no_long_wait_fails_when_it_never_ends() {
+    let setup = Setup::new(2, 1).await;
+    let proxy = Proxy::start(
+        &setup.upstream.host,
+        vec![Rule::new(
+            "GET",
+            "/team/app0/manifests/",
+            usize::MAX,
+            respond(429, &[]),
+        )],
+    );
+    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let (run, report) = setup.sync(&[]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(outcome(&report, "app0", "t0"), "failed");
+    assert_eq!(outcome(&report, "app1", "t0"), "copied");
+    let message = report["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("kept throttling"), "{message}");
+}
+
 /// The registry's own count (`ratelimit-remaining: N;w=3600`, as Docker Hub
 /// sends): at `min_remaining` no new pull starts, so no 429 is ever earned;
 /// the deferred images are picked up by the next run.

@@ -21,7 +21,8 @@ pub struct Document {
     pub started_at: Option<String>,
     /// Wall time of the run.
     pub duration_seconds: f64,
-    /// The process's exit code (0 all good, 1 failures, 3 auth, 4 mismatch).
+    /// The process's exit code (0 all good, 1 failures, 3 auth, 4 mismatch,
+    /// 75 nothing mirrored because everything was deferred, 130/143 stopped).
     pub exit_code: i32,
     /// Counts over all results.
     pub totals: Totals,

@@ -60,14 +60,37 @@ fn more(out: &mut String, left_out: usize, what: &str) {
     }
 }
 
+/// The summary's first line: ✅ all done; ⚠️ done, with work deferred to
+/// the next run or referrers refused; ❌ failed, or nothing mirrored at all
+/// because everything was deferred (exit 75).
+fn headline(command: &str, summary: &Summary) -> String {
+    let (deferred, refused) = (
+        summary.count(Status::Deferred),
+        summary.count(Status::Refused),
+    );
+    match summary.exit_code() {
+        0 if deferred + refused == 0 => format!("✅ regmirror {command}"),
+        0 => {
+            let mut parts = Vec::new();
+            if deferred > 0 {
+                parts.push(format!("{deferred} deferred to the next run"));
+            }
+            if refused > 0 {
+                parts.push(format!("{refused} referrers refused"));
+            }
+            format!("⚠️ regmirror {command}: {}", parts.join(", "))
+        }
+        regmirror::report::EXIT_DEFERRED => {
+            format!("❌ regmirror {command}: nothing mirrored, {deferred} deferred by rate limits")
+        }
+        _ => format!("❌ regmirror {command}"),
+    }
+}
+
 /// The markdown for `command`'s run.
 pub fn markdown(command: &str, summary: &Summary) -> String {
     let mut out = String::new();
-    let verdict = match summary.exit_code() {
-        0 => "✅",
-        _ => "❌",
-    };
-    let _ = writeln!(out, "## {verdict} regmirror {command}\n");
+    let _ = writeln!(out, "## {}\n", headline(command, summary));
     let _ = writeln!(out, "**{}** {}\n", summary.counts(), totals(summary, " · "));
 
     problems(&mut out, summary, Status::Failed, "Failures", "failures");
@@ -216,7 +239,23 @@ mod tests {
         };
         assert_eq!(summary.exit_code(), 0);
         let text = markdown("sync", &summary);
-        assert!(text.starts_with("## ✅"), "{text}");
+        assert!(
+            text.starts_with("## ⚠️ regmirror sync: 1 deferred to the next run"),
+            "{text}"
+        );
+        let all_deferred = Summary {
+            outcomes: vec![sample(
+                "postgres",
+                "17",
+                Status::Deferred,
+                Some((FailureKind::RateLimited, &["rate limited"][..])),
+            )],
+            ..Summary::default()
+        };
+        assert!(
+            markdown("sync", &all_deferred)
+                .starts_with("## ❌ regmirror sync: nothing mirrored, 1 deferred by rate limits")
+        );
         assert!(!text.contains("### Failures"), "{text}");
         assert!(
             text.contains("### Deferred by rate limits (the next run picks them up) (1)"),

@@ -142,6 +142,13 @@ pub fn summary_table(summary: &Summary, rows: Rows) -> String {
         render_table(&header, &rows) + "\n"
     };
     let _ = writeln!(out, "{} {}", summary.counts(), totals(summary, "; "));
+    if summary.exit_code() == regmirror::report::EXIT_DEFERRED {
+        let _ = writeln!(
+            out,
+            "nothing was mirrored: every pair was deferred by a rate limit (exit {}); the next run picks them up",
+            regmirror::report::EXIT_DEFERRED
+        );
+    }
     // Deferred results and refused referrers are not failures: listed
     // apart, as in the step summary.
     for (heading, status) in [
