@@ -525,22 +525,8 @@ impl RegistryClient {
                     }
                 }
                 Err(fault) => {
-                    let retryable = match &fault {
-                        deadline::Fault::Stalled => true,
-                        deadline::Fault::Transport(source) => {
-                            !super::http::is_certificate_error(source)
-                                && retry::transport_is_retryable(source)
-                        }
-                    };
-                    let error = host.fault(method, realm, fault, None);
-                    if retryable {
-                        Attempt::Transient {
-                            result: Err(error),
-                            retry_after: None,
-                        }
-                    } else {
-                        Attempt::Final(Err(error))
-                    }
+                    let retryable = super::fault_may_pass(&fault);
+                    Attempt::transient_if(retryable, Err(host.fault(method, realm, fault, None)))
                 }
             }
         }))

@@ -401,24 +401,10 @@ impl RegistryClient {
                         }
                     }
                     Err(fault) => {
-                        let retryable = idempotent
-                            && match &fault {
-                                Fault::Stalled => true,
-                                Fault::Transport(source) => {
-                                    !is_certificate_error(source)
-                                        && retry::transport_is_retryable(source)
-                                }
-                            };
+                        let retryable = idempotent && fault_may_pass(&fault);
                         let error = host.fault(&method, url, fault, redirected_to.as_deref());
                         tracing::debug!(url = %ShownUrl::new(url), %error, retryable, "transport failure");
-                        if retryable {
-                            Attempt::Transient {
-                                result: Err(error),
-                                retry_after: None,
-                            }
-                        } else {
-                            Attempt::Final(Err(error))
-                        }
+                        Attempt::transient_if(retryable, Err(error))
                     }
                 }
             }
@@ -667,6 +653,18 @@ impl RegistryClient {
                 };
                 Err(self.refused(repository, &method, url, status, body))
             }
+        }
+    }
+}
+
+/// True for a request that got no answer in a way that may pass if it is
+/// sent again: a stall, or a transport failure other than an untrusted
+/// certificate.
+pub(super) fn fault_may_pass(fault: &Fault) -> bool {
+    match fault {
+        Fault::Stalled => true,
+        Fault::Transport(source) => {
+            !is_certificate_error(source) && retry::transport_is_retryable(source)
         }
     }
 }

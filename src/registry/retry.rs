@@ -43,6 +43,20 @@ pub enum Attempt<T> {
     },
 }
 
+impl<T> Attempt<T> {
+    /// `result`, sent again when `again` (it may pass), else final.
+    pub fn transient_if(again: bool, result: T) -> Attempt<T> {
+        if again {
+            Attempt::Transient {
+                result,
+                retry_after: None,
+            }
+        } else {
+            Attempt::Final(result)
+        }
+    }
+}
+
 /// True for statuses that may succeed if asked again.
 pub fn status_is_retryable(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)

@@ -62,6 +62,14 @@ impl Setup {
         yaml.write(self.dir.path());
     }
 
+    /// A proxy in front of the upstream playing `rules`, and `mirror.yaml`
+    /// reading through it into every target.
+    pub(crate) fn upstream_behind(&self, rules: Vec<Rule>) -> Proxy {
+        let proxy = Proxy::start(&self.upstream.host, rules);
+        self.config(&proxy.host, &self.target_hosts(), "");
+        proxy
+    }
+
     pub(crate) fn sync(&self, args: &[&str]) -> (crate::support::Run, Value) {
         let mut all = vec!["sync", "--json", "report.json"];
         all.extend_from_slice(args);
@@ -711,24 +719,20 @@ async fn targets_that_are_down_cost_the_source_no_pull() {
 async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
     let setup = Setup::new(3, 2).await;
     let in_a_second = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
-    let proxy = Proxy::start(
-        &setup.upstream.host,
-        vec![
-            Rule::new(
-                "GET",
-                "/manifests/",
-                2,
-                respond(429, &[("Retry-After", "1")]),
-            ),
-            Rule::new(
-                "GET",
-                "/manifests/",
-                1,
-                respond(503, &[("Retry-After", &in_a_second)]),
-            ),
-        ],
-    );
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let proxy = setup.upstream_behind(vec![
+        Rule::new(
+            "GET",
+            "/manifests/",
+            2,
+            respond(429, &[("Retry-After", "1")]),
+        ),
+        Rule::new(
+            "GET",
+            "/manifests/",
+            1,
+            respond(503, &[("Retry-After", &in_a_second)]),
+        ),
+    ]);
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!((proxy.applied(0), proxy.applied(1)), (2, 1));
@@ -748,16 +752,12 @@ async fn retry_after_in_seconds_and_as_a_date_is_honoured() {
 #[tokio::test]
 async fn a_long_retry_after_defers_the_image_at_once() {
     let setup = Setup::new(2, 1).await;
-    let proxy = Proxy::start(
-        &setup.upstream.host,
-        vec![Rule::new(
-            "GET",
-            "/team/app0/manifests/",
-            usize::MAX,
-            respond(429, &[("Retry-After", "7200")]),
-        )],
-    );
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let proxy = setup.upstream_behind(vec![Rule::new(
+        "GET",
+        "/team/app0/manifests/",
+        usize::MAX,
+        respond(429, &[("Retry-After", "7200")]),
+    )]);
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 0, "deferred is not failed: {}", run.all());
     assert_eq!(proxy.applied(0), 1, "asked again after a 429 for 2 h");
@@ -778,16 +778,12 @@ async fn a_long_retry_after_defers_the_image_at_once() {
 #[tokio::test]
 async fn a_run_that_deferred_everything_is_not_a_success() {
     let setup = Setup::new(2, 1).await;
-    let proxy = Proxy::start(
-        &setup.upstream.host,
-        vec![Rule::new(
-            "GET",
-            "/manifests/",
-            usize::MAX,
-            respond(429, &[("Retry-After", "7200")]),
-        )],
-    );
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let _proxy = setup.upstream_behind(vec![Rule::new(
+        "GET",
+        "/manifests/",
+        usize::MAX,
+        respond(429, &[("Retry-After", "7200")]),
+    )]);
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 75, "{}", run.all());
     assert_eq!(report["exit_code"], 75);
@@ -806,16 +802,12 @@ async fn a_run_that_deferred_everything_is_not_a_success() {
 #[tokio::test]
 async fn a_throttle_that_states_no_long_wait_fails_when_it_never_ends() {
     let setup = Setup::new(2, 1).await;
-    let proxy = Proxy::start(
-        &setup.upstream.host,
-        vec![Rule::new(
-            "GET",
-            "/team/app0/manifests/",
-            usize::MAX,
-            respond(429, &[]),
-        )],
-    );
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let _proxy = setup.upstream_behind(vec![Rule::new(
+        "GET",
+        "/team/app0/manifests/",
+        usize::MAX,
+        respond(429, &[]),
+    )]);
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert_eq!(outcome(&report, "app0", "t0"), "failed");
@@ -1059,26 +1051,22 @@ async fn tampering_in_transit_is_refused_and_nothing_of_it_is_pushed() {
     let setup = Setup::new(3, 2).await;
     let layer = setup.images[0].1.blobs[1].0.clone();
     let index = setup.images[1].1.root.clone();
-    let proxy = Proxy::start(
-        &setup.upstream.host,
-        vec![
-            Rule::new(
-                "GET",
-                &format!("/blobs/{layer}"),
-                usize::MAX,
-                Action::Corrupt,
-            ),
-            // The root, read by its tag: checked against the digest the
-            // registry states for it.
-            Rule::new(
-                "GET",
-                "/team/app1/manifests/v1",
-                usize::MAX,
-                Action::Corrupt,
-            ),
-        ],
-    );
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let _proxy = setup.upstream_behind(vec![
+        Rule::new(
+            "GET",
+            &format!("/blobs/{layer}"),
+            usize::MAX,
+            Action::Corrupt,
+        ),
+        // The root, read by its tag: checked against the digest the
+        // registry states for it.
+        Rule::new(
+            "GET",
+            "/team/app1/manifests/v1",
+            usize::MAX,
+            Action::Corrupt,
+        ),
+    ]);
     let (run, report) = setup.sync(&[]);
     assert_eq!(run.code, 1, "{}", run.all());
     let flipped = |bytes: &[u8]| {
@@ -1468,8 +1456,7 @@ async fn malformed_manifests_fail_alone_naming_the_place() {
             "  - name: {name}\n    source: PROXY/bad/{name}\n    tags: [v1]\n"
         ));
     }
-    let proxy = Proxy::start(&setup.upstream.host, rules);
-    setup.config(&proxy.host, &setup.target_hosts(), "");
+    let proxy = setup.upstream_behind(rules);
     let path = setup.dir.path().join("mirror.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&entries.replace("PROXY", &proxy.host));

@@ -58,6 +58,18 @@ impl Signed {
     }
 }
 
+/// Answers `GET /v2/<name>/referrers/<digest>` for `registry` from its
+/// own storage, as a registry with the OCI referrers API does (Docker Hub,
+/// ECR, ACR; distribution 2.8 behind has none).
+fn referrers_api(registry: &Registry) -> Rule {
+    Rule::new(
+        "GET",
+        "/referrers/",
+        usize::MAX,
+        Action::Referrers(registry.storage()),
+    )
+}
+
 /// `REGMIRROR_AUTH_<HOST>` for each (host, registry) pair.
 fn auth_for(pairs: &[(&str, &Registry)]) -> Vec<(String, String)> {
     pairs
@@ -117,6 +129,16 @@ fn aws_env(api: &str) -> Vec<(String, String)> {
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .to_vec()
+}
+
+/// The row of `tag` at `target`.
+fn row_at<'a>(report: &'a Value, target: &str, tag: &str) -> &'a Value {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == target && r["tag"] == tag)
+        .unwrap_or_else(|| panic!("no row {target} {tag}: {report:#}"))
 }
 
 /// The outcome and error message of `image`'s row for `tag`.
@@ -487,14 +509,6 @@ async fn ecr() {
     let sbom = images::sbom_of(&signed.image);
     images::push(&staging.url(), "upstream/app", &sbom.root.0, &sbom).await;
     // ECR has the OCI referrers API (distribution 2.8 behind does not).
-    let api_of = |registry: &Registry| {
-        Rule::new(
-            "GET",
-            "/referrers/",
-            usize::MAX,
-            Action::Referrers(registry.storage()),
-        )
-    };
     let no_digest_on_get = || {
         Rule::new(
             "GET",
@@ -503,7 +517,10 @@ async fn ecr() {
             Action::StripHeader("docker-content-digest"),
         )
     };
-    let source = Proxy::start(&staging.host, vec![api_of(&staging), no_digest_on_get()]);
+    let source = Proxy::start(
+        &staging.host,
+        vec![referrers_api(&staging), no_digest_on_get()],
+    );
     let target = Registry::start(Auth::Token(Issuer::start("AWS", ECR_PASSWORD)));
     let ecr = Proxy::start(
         &target.host,
@@ -521,7 +538,7 @@ async fn ecr() {
                 Action::StripHeader("location"),
             ),
             no_digest_on_get(),
-            api_of(&target),
+            referrers_api(&target),
         ],
     );
     // Private ECR takes the login as Basic credentials on every request.
@@ -776,15 +793,7 @@ async fn quay() {
     let notation = images::notation_signature_of(&signed.image);
     images::push(&staging.url(), "upstream/app", &notation.root.0, &notation).await;
     // The source has the referrers API (as Docker Hub, ECR and ACR do).
-    let source = Proxy::start(
-        &staging.host,
-        vec![Rule::new(
-            "GET",
-            "/referrers/",
-            usize::MAX,
-            Action::Referrers(staging.storage()),
-        )],
-    );
+    let source = Proxy::start(&staging.host, vec![referrers_api(&staging)]);
     let target = Registry::start(Auth::Token(Issuer::start(
         "acme+mirror",
         "R0BOT-T0KEN-QUAY-77",
@@ -894,15 +903,7 @@ async fn acr() {
     let signed = signed_image(&staging, "upstream/app", false).await;
     let sbom = images::sbom_of(&signed.image);
     images::push(&staging.url(), "upstream/app", &sbom.root.0, &sbom).await;
-    let source = Proxy::start(
-        &staging.host,
-        vec![Rule::new(
-            "GET",
-            "/referrers/",
-            usize::MAX,
-            Action::Referrers(staging.storage()),
-        )],
-    );
+    let source = Proxy::start(&staging.host, vec![referrers_api(&staging)]);
     let front_door = || {
         Action::Respond {
         status: 429,
@@ -919,12 +920,7 @@ async fn acr() {
             &target.host,
             vec![
                 Rule::new("HEAD", "/blobs/sha256:", 2, front_door()),
-                Rule::new(
-                    "GET",
-                    "/referrers/",
-                    usize::MAX,
-                    Action::Referrers(target.storage()),
-                ),
+                referrers_api(&target),
             ],
         );
         target
@@ -962,12 +958,7 @@ async fn acr() {
     assert_eq!(run.code, 0, "{}", run.all());
     for target in ["login", "exposed"] {
         for tag in ["v1", signed.sig_tag.as_str(), sbom.root.0.as_str()] {
-            let result = report["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["target"] == target && r["tag"] == tag)
-                .unwrap_or_else(|| panic!("no row {target} {tag}: {report:#}"));
+            let result = row_at(&report, target, tag);
             assert_eq!(result["outcome"], "copied", "{result:#}");
         }
     }
@@ -1165,18 +1156,14 @@ async fn google_artifact_registry() {
 
     let (run, report) = sync(dir.path(), &[], &env);
     assert_eq!(run.code, 3, "{}", run.all());
-    let result = |target: &str, tag: &str| -> Value {
-        report["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["target"] == target && r["tag"] == tag)
-            .unwrap_or_else(|| panic!("no row {target} {tag}: {report:#}"))
-            .clone()
-    };
-    assert_eq!(result("gar", "v1")["outcome"], "copied", "{}", run.all());
-    assert_eq!(result("gar", &signed.sig_tag)["outcome"], "copied");
-    let denied = result("absent", "v1");
+    assert_eq!(
+        row_at(&report, "gar", "v1")["outcome"],
+        "copied",
+        "{}",
+        run.all()
+    );
+    assert_eq!(row_at(&report, "gar", &signed.sig_tag)["outcome"], "copied");
+    let denied = row_at(&report, "absent", "v1");
     assert_eq!(denied["outcome"], "failed");
     assert_eq!(denied["error"]["kind"], "auth", "{denied:#}");
     let message = denied["error"]["message"].as_str().unwrap();
