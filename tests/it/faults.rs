@@ -1723,3 +1723,52 @@ async fn an_unpublished_write_limit_is_found_and_kept_to() {
         .unwrap_or_else(|| panic!("no pace settled on: {report:#}"));
     assert!(pace > 0.0 && pace <= 40.0, "{pace} a second");
 }
+
+/// `--log-format json`: stderr is one JSON object per line, for log
+/// pipelines: each copy and each failure an event with its level and
+/// message, the registry's text inside a string (never a workflow command),
+/// and the run's end one event with the counts and the exit code.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let setup = Setup::new(2, 1).await;
+    let _proxy = setup.upstream_behind(vec![Rule::new(
+        "GET",
+        "/team/app1/manifests/",
+        usize::MAX,
+        Action::Respond {
+            status: 400,
+            headers: vec![],
+            body: b"##[error]not ours".to_vec(),
+        },
+    )]);
+    let (run, _) = setup.sync(&["--log-format", "json"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let events: Vec<Value> = run
+        .stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    assert!(
+        events.iter().all(|e| e["level"].is_string()
+            && e["message"].is_string()
+            && e["timestamp"].is_string()),
+        "{events:#?}"
+    );
+    let said = |level: &str, text: &str| {
+        events
+            .iter()
+            .any(|e| e["level"] == level && e["message"].as_str().unwrap().contains(text))
+    };
+    assert!(said("INFO", "app0:v1 →"), "{events:#?}");
+    assert!(said("ERROR", "app1:v1 →"), "{events:#?}");
+    assert!(!run.stderr.contains("##[error]"), "{}", run.stderr);
+    let end = events.last().unwrap();
+    assert_eq!(end["exit_code"], 1, "{end:#}");
+    assert_eq!(
+        (end["copied"].as_u64(), end["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{end:#}"
+    );
+}

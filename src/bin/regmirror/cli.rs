@@ -24,6 +24,20 @@ pub struct Cli {
     /// Plain log lines instead of a progress bar, even on a terminal.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// `json`: stderr is one JSON object per line (a log event: `timestamp`,
+    /// `level`, `message` and its fields), for log pipelines; no bars, and
+    /// the run's end is one event instead of the table.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "REGMIRROR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How log events are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, with bars on a terminal.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How much a run says.

@@ -11,6 +11,7 @@ use regmirror::containerd;
 use regmirror::copy::Options;
 use regmirror::import;
 use regmirror::plan::{self, Plan, Selection};
+use regmirror::report::Status;
 use regmirror::{run as library, shard, verify};
 use tokio_util::sync::CancellationToken;
 
@@ -207,7 +208,29 @@ async fn sync(
         summary.interrupted = Some(signal.load(Ordering::SeqCst));
     }
     signals.abort();
-    err!("{}", render::summary_table(&summary, rows));
+    if crate::output::json() {
+        // Log pipelines get the end of the run as one event; the failures
+        // were events of their own as they happened.
+        let totals = summary.totals();
+        tracing::info!(
+            command,
+            exit_code = summary.exit_code(),
+            results = summary.outcomes.len(),
+            copied = summary.count(Status::Copied),
+            present = summary.count(Status::Present),
+            failed = summary.count(Status::Failed),
+            deferred = summary.count(Status::Deferred),
+            refused = summary.count(Status::Refused),
+            cancelled = summary.count(Status::Cancelled),
+            blobs_uploaded = totals.blobs_uploaded,
+            bytes_uploaded = totals.bytes_uploaded,
+            duration_seconds = summary.duration.as_secs_f64(),
+            "{command} finished: {}",
+            summary.counts()
+        );
+    } else {
+        err!("{}", render::summary_table(&summary, rows));
+    }
     reports::write(command, &summary, report);
     Ok(summary.exit_code() as u8)
 }

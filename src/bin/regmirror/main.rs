@@ -1,7 +1,8 @@
 //! The `regmirror` command: parse arguments, set up logging, run a command,
 //! and map its outcome to an exit code (DESIGN §2): 0 all good, 1 some
 //! image/target pairs failed, 2 config or usage error, 3 authentication
-//! failure, 4 verification found a digest mismatch, 130/143 stopped by
+//! failure, 4 verification found a digest mismatch, 75 nothing mirrored
+//! because every pair was deferred by a rate limit, 130/143 stopped by
 //! SIGINT/SIGTERM.
 //!
 //! # Layout
@@ -37,7 +38,10 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let verbosity = cli.verbosity();
     let terminal = std::io::stderr().is_terminal();
+    let json = cli.log_format == cli::LogFormat::Json;
+    output::set_json(json);
     let show_progress = terminal
+        && !json
         && !cli.no_progress
         && verbosity != Verbosity::Quiet
         && std::env::var_os("CI").is_none();
@@ -54,13 +58,25 @@ fn main() -> ExitCode {
     let stderr = output::NeutralStderr { bars: bars.clone() };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regmirror={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || stderr.clone())
-        .with_target(false)
-        .without_time()
-        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(move || stderr.clone())
+            .with_target(false)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || stderr.clone())
+            .with_target(false)
+            .without_time()
+            .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,10 +45,43 @@ pub fn stdout(text: &str) {
     print!("{}", github::neutralize(text));
 }
 
-/// Writes `text` to stderr, neutralized.
+/// Whether stderr is JSON lines (`--log-format json`).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes stderr JSON lines (`--log-format json`) or text.
+pub fn set_json(on: bool) {
+    JSON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True when stderr is JSON lines.
+pub fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes `text` to stderr, neutralized; with `--log-format json`, each of
+/// its lines as a log event of its own (`error: …` an error, `warning: …`
+/// a warning, anything else information).
 #[allow(clippy::disallowed_macros)]
 pub fn stderr(text: &str) {
-    eprint!("{}", github::neutralize(text));
+    if !json() {
+        eprint!("{}", github::neutralize(text));
+        return;
+    }
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (level, message) = if let Some(rest) = line.strip_prefix("error: ") {
+            ("ERROR", rest)
+        } else if let Some(rest) = line.strip_prefix("warning: ") {
+            ("WARN", rest)
+        } else {
+            ("INFO", line)
+        };
+        let event = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": level,
+            "message": message,
+        });
+        eprintln!("{}", github::neutralize(&event.to_string()));
+    }
 }
 
 /// Writes one workflow command of ours (from [`github::command`],
