@@ -1789,3 +1789,43 @@ fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
         assert!(mirror.contains(needle), "mirror.yml lacks `{needle}`");
     }
 }
+
+/// Shell completions and man pages are generated from the arguments clap
+/// reads, so they name every command and flag there is: bash's script is
+/// valid bash, zsh's and fish's are what those shells load, and `man --out`
+/// writes a page per command.
+#[test]
+fn completions_and_man_pages_come_from_the_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |args: &[&str]| {
+        let run = regmirror(dir.path(), args, &[]);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.all());
+        run.stdout
+    };
+    let bash = text(&["completions", "bash"]);
+    for word in ["containerd-hosts", "--log-format", "--only", "verify"] {
+        assert!(bash.contains(word), "bash lacks {word}");
+    }
+    std::fs::write(dir.path().join("regmirror.bash"), &bash).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .args(["-n", "regmirror.bash"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    assert!(text(&["completions", "zsh"]).starts_with("#compdef regmirror"));
+    assert!(text(&["completions", "fish"]).contains("complete -c regmirror"));
+    let page = text(&["man"]);
+    assert!(page.contains(".TH regmirror 1"), "{page}");
+    assert!(
+        page.contains("containerd\\-hosts") && page.contains("Exit codes"),
+        "{page}"
+    );
+    text(&["man", "--out", "man"]);
+    let sync = std::fs::read_to_string(dir.path().join("man/regmirror-sync.1")).unwrap();
+    assert!(sync.contains("\\-\\-deep"), "{sync}");
+}

@@ -9,7 +9,8 @@ use regmirror::shard::Shard;
 #[command(
     name = "regmirror",
     version = env!("REGMIRROR_VERSION"),
-    about = "Mirror container images byte for byte to the registries you control, and prove every target serves the same digest."
+    about = "Mirror container images byte for byte to the registries you control, and prove every target serves the same digest.",
+    after_help = "Exit codes: 0 all good; 1 some image/target pairs failed; 2 config or usage error; 3 authentication failure; 4 verification found a mismatch or a missing tag or part; 75 nothing mirrored because every pair was deferred by a rate limit; 130, 143 stopped by SIGINT, SIGTERM."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -232,6 +233,19 @@ pub enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArgs,
+    },
+    /// Print the shell completion script for SHELL (from these very
+    /// arguments): `regmirror completions bash > /etc/bash_completion.d/regmirror`.
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with `--out DIR` write `regmirror.1` and
+    /// one page per command (`regmirror-sync.1`, …) there.
+    Man {
+        /// Where to write the pages.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 

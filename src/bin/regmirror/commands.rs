@@ -123,6 +123,32 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
             };
             containerd_hosts(&config, &out, &auth, cri_config.as_deref(), dry_run)
         }
+        Command::Completions { shell } => {
+            let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "regmirror", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            Ok(0)
+        }
+        Command::Man { out } => {
+            let command = <crate::cli::Cli as clap::CommandFactory>::command();
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .and_then(|()| clap_mangen::generate_to(command, &dir))
+                        .with_context(|| format!("write the man pages to `{}`", dir.display()))?;
+                    outln!("{}", dir.display());
+                }
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(command)
+                        .render(&mut page)
+                        .context("render the man page")?;
+                    out!("{}", String::from_utf8_lossy(&page));
+                }
+            }
+            Ok(0)
+        }
         Command::Check { config } => {
             let plan = load_plan(&config, None)?;
             outln!("{}: ok; {}", config.config.display(), plan.size());
