@@ -156,6 +156,11 @@ impl Verifier {
         }
     }
 
+    /// How many bytes it has been fed.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
     /// True when more bytes than the expected size have arrived.
     pub fn overrun(&self) -> bool {
         self.size.is_some_and(|size| self.seen > size)

@@ -175,10 +175,24 @@ pub struct Writer {
 impl Writer {
     /// Creates the file at `path`, readable by this user only.
     pub async fn create(path: &Path) -> Result<Writer> {
+        Writer::open(path, false).await
+    }
+
+    /// Opens the file at `path` to write after what it holds (a download
+    /// resumed), creating it if it is not there.
+    pub async fn append(path: &Path) -> Result<Writer> {
+        Writer::open(path, true).await
+    }
+
+    async fn open(path: &Path, append: bool) -> Result<Writer> {
         let owned = path.to_path_buf();
         let file = tokio::task::spawn_blocking(move || {
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
+            if append {
+                options.append(true).create(true);
+            } else {
+                options.write(true).create(true).truncate(true);
+            }
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             options.open(owned)

@@ -68,8 +68,11 @@ impl RegistryClient {
             .map(Answer::chunks))
     }
 
-    /// Streams a blob into `path`, checking digest and size as it goes.
-    /// Retries from the start on a broken transfer.
+    /// Streams a blob into `path`, checking digest and size as it goes. A
+    /// transfer that breaks is taken up where it stopped: the bytes already
+    /// in the file (and their hash so far) are kept, and the rest asked for
+    /// with `Range` (a registry that answers the whole blob instead is read
+    /// from the start).
     pub async fn download_blob(
         &self,
         repository: &Repository,
@@ -78,14 +81,18 @@ impl RegistryClient {
         meter: &Meter,
     ) -> Result<()> {
         let url = self.url(repository, &["blobs", blob.digest.as_str()], &[])?;
+        // What a broken attempt kept: the hash of the bytes in the file.
+        let kept: tokio::sync::Mutex<Option<Verifier>> = tokio::sync::Mutex::new(None);
         // One request to the host's health, however often its body breaks.
         deadline::one_request(retry::run(|| async {
+            let mut kept = kept.lock().await;
             let result = self
-                .download_once(repository, blob, &url, path, meter)
+                .download_once(repository, blob, &url, path, meter, &mut kept)
                 .await;
             match &result {
                 // The answer's status was retried where it came; here, a
-                // body that broke or stalled is read again from the start.
+                // body that broke or stalled is read again from where it
+                // stopped.
                 Err(error @ (Error::Transport { .. } | Error::Stalled { .. }))
                     if retry::error_is_retryable(error) =>
                 {
@@ -108,27 +115,69 @@ impl RegistryClient {
         url: &str,
         path: &Path,
         meter: &Meter,
+        kept: &mut Option<Verifier>,
     ) -> Result<()> {
-        meter.restart();
+        let from = kept.as_ref().map_or(0, Verifier::seen);
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        let build = |request: RequestBuilder, _: &Arc<Watch>| match &range {
+            Some(range) => request.header(reqwest::header::RANGE, range),
+            None => request,
+        };
         let answer = self
-            .pull(repository, Method::GET, url, &|r, _| r)
+            .pull(repository, Method::GET, url, &build)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}@{}", blob.digest),
             })?;
-        let mut writer = crate::spool::Writer::create(path).await?;
-        let mut verifier = Verifier::new(blob.digest.clone(), Some(blob.size));
+        let partial = answer.response.status() == StatusCode::PARTIAL_CONTENT;
+        if partial && (from == 0 || content_range_start(&answer.response) != Some(from)) {
+            return Err(Error::status(
+                "GET",
+                url,
+                206,
+                &format!(
+                    "a part of the blob that does not start at byte {from}, where it was asked to"
+                ),
+            ));
+        }
+        let (mut writer, mut verifier) = match kept.take() {
+            Some(verifier) if partial => {
+                tracing::debug!(url = %ShownUrl::new(url), from, "blob download resumed");
+                (crate::spool::Writer::append(path).await?, verifier)
+            }
+            _ => {
+                // From the first byte (a first attempt, or a registry
+                // that answered the whole blob to a `Range`).
+                meter.restart();
+                (
+                    crate::spool::Writer::create(path).await?,
+                    Verifier::new(blob.digest.clone(), Some(blob.size)),
+                )
+            }
+        };
         let mut chunks = std::pin::pin!(answer.chunks());
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
+        let broke = loop {
+            let Some(chunk) = chunks.next().await else {
+                break None;
+            };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => break Some(error),
+            };
             verifier.update(&chunk);
             if verifier.overrun() {
-                break;
+                break None;
             }
             meter.add(chunk.len() as u64);
             writer.write(chunk).await?;
-        }
+        };
         writer.finish().await?;
+        if let Some(error) = broke {
+            // Every byte that came is in the file: the next attempt asks
+            // for the rest.
+            *kept = Some(verifier);
+            return Err(error);
+        }
         Ok(verifier.finish(&format!("blob {} from {repository}", blob.digest))?)
     }
 
@@ -392,4 +441,12 @@ impl RegistryClient {
             .await?;
         Ok(())
     }
+}
+
+/// Where a `206 Partial Content` answer starts: `Content-Range: bytes
+/// START-END/SIZE`.
+fn content_range_start(response: &Response) -> Option<u64> {
+    let value = header(response, reqwest::header::CONTENT_RANGE.as_str())?;
+    let range = value.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
 }

@@ -623,7 +623,8 @@ impl RegistryClient {
             .send(repository, access, method.clone(), url, build, true)
             .await?;
         match answer.response.status() {
-            StatusCode::OK => Ok(Some(answer)),
+            // 206: the part of a blob asked for with `Range`.
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => Ok(Some(answer)),
             StatusCode::NOT_FOUND => Ok(None),
             status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
                 if method == Method::HEAD =>

@@ -985,7 +985,28 @@ async fn resets_and_server_error_bursts_are_retried() {
         .iter()
         .filter(|s| s.method == "GET" && s.path.ends_with(&layer))
         .count();
-    assert_eq!(layer_gets, 3, "two broken downloads, then one whole");
+    assert_eq!(layer_gets, 3, "two broken downloads, then the rest");
+    // Each attempt after a break asks only for what is missing (`Range`
+    // from the first byte not yet in the spool), as the bytes already there
+    // are kept with their hash.
+    let offsets: Vec<Option<u64>> = upstream_proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&layer))
+        .map(|s| {
+            s.headers.iter().find_map(|h| {
+                let (name, value) = h.split_once(':')?;
+                let value = value.trim().strip_prefix("bytes=")?;
+                (name.eq_ignore_ascii_case("range"))
+                    .then(|| value.trim_end_matches('-').parse().ok())?
+            })
+        })
+        .collect();
+    assert_eq!(offsets[0], None, "{offsets:?}");
+    assert!(
+        matches!(offsets[1..], [Some(a), Some(b)] if a > 0 && b > a),
+        "{offsets:?}"
+    );
     let other_blob_gets = setup
         .upstream
         .requests()

@@ -181,6 +181,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub at: std::time::Instant,
+    /// The request's header lines, as sent (`Range: bytes=…`).
+    pub headers: Vec<String>,
 }
 
 pub struct Proxy {
@@ -281,6 +283,7 @@ fn serve(
         method: method.clone(),
         path: path.clone(),
         at: std::time::Instant::now(),
+        headers: request.lines.iter().map(|l| l.trim().to_string()).collect(),
     });
     let action = picked.map(|(_, action, n)| (action, n));
     // A rate limit lets the request through (as if no rule matched) or
