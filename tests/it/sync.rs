@@ -1054,6 +1054,8 @@ fn shipped_schemas_match_the_code_and_the_configs() {
     for (args, file) in [
         (&["schema"][..], "docs/mirror.schema.json"),
         (&["schema", "--report"][..], "docs/report.schema.json"),
+        (&["schema", "--markdown"][..], "docs/mirror-yaml.md"),
+        (&["schema", "--report", "--markdown"][..], "docs/report.md"),
     ] {
         let run = regmirror(root, args, &[]);
         assert_eq!(run.code, 0, "{}", run.all());

@@ -183,6 +183,10 @@ pub enum Command {
         /// The `--json` report's schema instead.
         #[arg(long)]
         report: bool,
+        /// The schema as a reference page (markdown): every key, its type,
+        /// default and meaning (`docs/mirror-yaml.md`, `docs/report.md`).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Print the resolved work (images, tags, targets, pinned digests) without contacting any registry.
     Plan {

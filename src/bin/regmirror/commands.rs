@@ -74,15 +74,27 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
     };
     match cli.command {
         Command::Import { from, file, dest } => import(from, &file, dest.as_deref()),
-        Command::Schema { report } => {
-            out!(
-                "{}",
-                if report {
-                    json::schema()
+        Command::Schema { report, markdown } => {
+            let schema = if report {
+                json::schema()
+            } else {
+                regmirror::config::schema()
+            };
+            if markdown {
+                let (title, generator) = if report {
+                    (
+                        "The `--json` report",
+                        "regmirror schema --report --markdown",
+                    )
                 } else {
-                    regmirror::config::schema()
-                }
-            );
+                    ("`mirror.yaml` reference", "regmirror schema --markdown")
+                };
+                let value: serde_json::Value =
+                    serde_json::from_str(&schema).expect("the schema is JSON");
+                out!("{}", render::reference::markdown(title, generator, &value));
+            } else {
+                out!("{schema}");
+            }
             Ok(0)
         }
         Command::Plan {

@@ -7,6 +7,7 @@
 pub mod github;
 pub mod json;
 pub mod markdown;
+pub mod reference;
 
 use std::fmt::Write as _;
 
