@@ -1046,8 +1046,8 @@ fn yaml_snippets_in_the_docs_check() {
     assert!(checked >= 3, "only {checked} snippets found");
 }
 
-/// The schemas in `docs/` are what the code generates, and every shipped
-/// config names the schema for editors and passes it.
+/// The schemas and references in `docs/` are what the code generates, and
+/// every shipped config names the schema for editors and passes it.
 #[test]
 fn shipped_schemas_match_the_code_and_the_configs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1056,6 +1056,7 @@ fn shipped_schemas_match_the_code_and_the_configs() {
         (&["schema", "--report"][..], "docs/report.schema.json"),
         (&["schema", "--markdown"][..], "docs/mirror-yaml.md"),
         (&["schema", "--report", "--markdown"][..], "docs/report.md"),
+        (&["man", "--markdown"][..], "docs/cli.md"),
     ] {
         let run = regmirror(root, args, &[]);
         assert_eq!(run.code, 0, "{}", run.all());

@@ -250,6 +250,10 @@ pub enum Command {
         /// Where to write the pages.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// The command line reference as one markdown page instead
+        /// (`docs/cli.md`).
+        #[arg(long, conflicts_with = "out")]
+        markdown: bool,
     },
 }
 

@@ -142,8 +142,12 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
             out!("{}", String::from_utf8_lossy(&script));
             Ok(0)
         }
-        Command::Man { out } => {
+        Command::Man { out, markdown } => {
             let command = <crate::cli::Cli as clap::CommandFactory>::command();
+            if markdown {
+                out!("{}", render::reference::cli(&command));
+                return Ok(0);
+            }
             match out {
                 Some(dir) => {
                     std::fs::create_dir_all(&dir)
