@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::faults::{Setup, outcome, small};
 use crate::support::check::{TagState, deep_check};
 use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Spec};
+use crate::support::lab::{Lab, outcome, small};
 use crate::support::proxy::{Action, Proxy, Rule};
 use crate::support::{Auth, Registry, regmirror, regmirror_command};
 
@@ -44,7 +44,7 @@ fn json_reply(body: String, headers: &[(&str, String)]) -> Action {
 /// the target keeps its digest.
 #[tokio::test]
 async fn hostile_tags_never_leave_the_target_prefix() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let target = &setup.targets[0];
     let victim = small("victim", 7);
     images::push(&target.url(), "victim", "v1", &victim).await;
@@ -120,7 +120,7 @@ async fn credentials_never_reach_another_host() {
             ),
         }
     });
-    let setup = Setup::new(2, 1).await;
+    let setup = Lab::new(2, 1).await;
     // Both ends ask for Basic credentials, so regmirror holds a password for each.
     let basic = || {
         Rule::new(
@@ -242,7 +242,7 @@ async fn credentials_never_reach_another_host() {
 /// link, image or HTML).
 #[tokio::test]
 async fn registry_text_cannot_command_the_runner_or_the_summary() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     // Both of the runner's grammars: `::name::` at a line's start, and the
     // legacy `##[name]`, which actions/runner's ActionCommand.TryParse finds
     // anywhere in a line.
@@ -306,7 +306,7 @@ async fn registry_text_cannot_command_the_runner_or_the_summary() {
 /// distinct manifest, and the image copies complete.
 #[tokio::test]
 async fn a_manifest_tree_fetches_each_digest_once() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let (child, child_type, child_bytes) = setup.images[0].1.root.clone();
     let entries = |digest: &str, media_type: &str, size: usize| {
         let entry = serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
@@ -399,7 +399,7 @@ fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 /// the run ends within seconds, not after minutes of time-outs.
 #[tokio::test]
 async fn a_dead_target_is_marked_down_and_the_healthy_one_goes_on() {
-    let setup = Setup::new(6, 1).await;
+    let setup = Lab::new(6, 1).await;
     let (dead, accepted) = black_hole();
     setup.config(
         &setup.upstream.host,
@@ -460,7 +460,7 @@ async fn a_dead_target_is_marked_down_and_the_healthy_one_goes_on() {
 /// naming it, while the run ends within seconds.
 #[tokio::test]
 async fn a_trickling_body_is_a_stall() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let trickle = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
@@ -604,7 +604,7 @@ async fn an_upload_longer_than_the_time_out_that_keeps_moving_lands() {
 /// run's exit code as the copies made it.
 #[tokio::test]
 async fn an_unwritable_report_does_not_change_the_exit_code() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     setup.config(&setup.upstream.host, &setup.target_hosts(), "");
     let run = regmirror(
         setup.dir.path(),
@@ -640,7 +640,7 @@ async fn an_unwritable_report_does_not_change_the_exit_code() {
 /// spool never holds more than one image's blobs, and nothing is left.
 #[tokio::test]
 async fn the_spool_holds_only_what_is_in_flight() {
-    let setup = Setup::new(10, 1).await;
+    let setup = Lab::new(10, 1).await;
     setup.config(&setup.upstream.host, &setup.target_hosts(), "");
     let spool = setup.dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
@@ -789,7 +789,7 @@ fn sigterm(pid: u32) {
 /// names a complete image or is absent.
 #[tokio::test]
 async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
-    let setup = Setup::new(12, 1).await;
+    let setup = Lab::new(12, 1).await;
     let slow = slow_blobs(&setup.upstream, Duration::from_millis(400));
     setup.config(&slow.host, &setup.target_hosts(), "");
     let spool = setup.dir.path().join("spool");
@@ -864,7 +864,7 @@ async fn sigterm_stops_cleanly_and_reports_the_unfinished() {
 /// `verify --deep --content`, which reads each blob once and names it.
 #[tokio::test]
 async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     setup.config(&setup.upstream.host, &setup.target_hosts(), "");
     let (run, _) = setup.sync(&[]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -916,7 +916,7 @@ async fn verify_content_finds_a_corrupted_layer_that_heads_call_present() {
 /// failed as "authentication failed" (exit 3).
 #[tokio::test]
 async fn destination_checks_use_the_push_scope_docker_hub_needs() {
-    let setup = Setup::new(1, 0).await;
+    let setup = Lab::new(1, 0).await;
     let issuer = crate::support::token::Issuer::start_docker_hub("robot", "hub-pass-R2d", 300);
     let hub = Registry::start(Auth::Token(issuer));
     one_target(&hub.host)
@@ -945,7 +945,7 @@ async fn destination_checks_use_the_push_scope_docker_hub_needs() {
 /// period that the first one gave the jobs in flight.
 #[tokio::test]
 async fn a_second_signal_stops_at_once() {
-    let setup = Setup::new(2, 1).await;
+    let setup = Lab::new(2, 1).await;
     // Every blob takes 20 s: the jobs are in flight when the signals come.
     let stuck = slow_blobs(&setup.upstream, Duration::from_secs(20));
     setup.config(&stuck.host, &setup.target_hosts(), "");
@@ -980,7 +980,7 @@ async fn a_second_signal_stops_at_once() {
 /// `::error` annotations, the `--json` report or the step summary.
 #[tokio::test]
 async fn no_url_secret_reaches_any_output_when_a_request_fails() {
-    let setup = Setup::new(3, 1).await;
+    let setup = Lab::new(3, 1).await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_host = dead.local_addr().unwrap().to_string();
     drop(dead);
@@ -1035,7 +1035,7 @@ async fn no_url_secret_reaches_any_output_when_a_request_fails() {
     let summary = std::fs::read_to_string(setup.dir.path().join("summary.md")).unwrap();
     for (name, outcome) in [("app0", "failed"), ("app1", "failed"), ("app2", "failed")] {
         let report: Value = serde_json::from_str(&report).unwrap();
-        assert_eq!(crate::faults::outcome(&report, name, "t0"), outcome);
+        assert_eq!(crate::support::lab::outcome(&report, name, "t0"), outcome);
     }
     // Every upload session the target opened, and its secret state.
     let states: Vec<String> = target
@@ -1086,7 +1086,7 @@ async fn no_url_secret_reaches_any_output_when_a_request_fails() {
 /// itself, and each tag is copied once.
 #[tokio::test]
 async fn a_tag_list_that_repeats_tags_copies_each_once_without_a_collision() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let target = &setup.targets[0];
     let page = |tags: &[&str], next: Option<&str>| {
         let headers: Vec<(&str, String)> = next
@@ -1133,7 +1133,7 @@ async fn a_tag_list_that_repeats_tags_copies_each_once_without_a_collision() {
 /// `cancelled`.
 #[tokio::test]
 async fn sigterm_after_the_tag_was_written_reports_the_pair_copied() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let hold = Action::Delay(Duration::from_secs(30));
     let source = Proxy::start(
         &setup.upstream.host,
@@ -1176,7 +1176,7 @@ async fn sigterm_after_the_tag_was_written_reports_the_pair_copied() {
 }
 
 /// The tags of `setup`'s images that `host` has (a HEAD of each).
-async fn tags_present(host: &str, setup: &Setup) -> usize {
+async fn tags_present(host: &str, setup: &Lab) -> usize {
     let http = reqwest::Client::new();
     let mut present = 0;
     for (name, _) in &setup.images {
@@ -1203,7 +1203,7 @@ async fn tags_present(host: &str, setup: &Setup) -> usize {
 /// target's pairs failed with the cause named.
 #[tokio::test]
 async fn a_silent_target_does_not_hold_up_a_healthy_one() {
-    let setup = Setup::new(12, 2).await;
+    let setup = Lab::new(12, 2).await;
     let (alone_target, healthy) = (&setup.targets[0], &setup.targets[1]);
     setup.config(&setup.upstream.host, &[&alone_target.host], "");
     let started = Instant::now();
@@ -1262,7 +1262,7 @@ async fn a_silent_target_does_not_hold_up_a_healthy_one() {
 /// distinct requests, not of one request's own retries.
 #[tokio::test]
 async fn one_requests_retries_never_mark_a_host_down() {
-    let setup = Setup::new(1, 1).await;
+    let setup = Lab::new(1, 1).await;
     let target = Proxy::start(
         &setup.targets[0].host,
         vec![Rule::new("", "", 3, Action::Delay(Duration::from_secs(4)))],

@@ -7,105 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::support::config::MirrorYaml;
 use crate::support::images::{self, Generated, Spec, skopeo_raw};
-use crate::support::{Auth, Registry, Request, auth_env, auth_var, regmirror, token};
+use crate::support::lab::Lab;
+use crate::support::{Auth, Registry, Request, auth_env, auth_var, regmirror};
 use base64::Engine as _;
-
-/// An upstream and three targets: plain, htpasswd, and token auth.
-struct Lab {
-    upstream: Registry,
-    targets: Vec<(&'static str, Registry)>,
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn start() -> Lab {
-        let issuer = token::Issuer::start("robot", "token-pass-Q7x");
-        Lab {
-            upstream: Registry::start(Auth::None),
-            targets: vec![
-                ("plain", Registry::start(Auth::None)),
-                (
-                    "basic",
-                    Registry::start(Auth::Htpasswd {
-                        user: "alice".into(),
-                        password: "basic-pass-W3z".into(),
-                    }),
-                ),
-                ("token", Registry::start(Auth::Token(issuer))),
-            ],
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// A lab whose upstream holds one multi-arch image, `team/app:v1`,
-    /// configured as image `app` to every target.
-    async fn with_app() -> (Lab, Generated) {
-        let lab = Lab::start();
-        let spec = Spec::new("team/app", "v1", false);
-        let image = images::generate(&spec);
-        images::push(&lab.upstream.url(), &spec.repo, &spec.tag, &image).await;
-        lab.write_config(&format!(
-            "  - name: app\n    source: {}/team/app\n    tags: [v1]\n",
-            lab.upstream.host
-        ));
-        (lab, image)
-    }
-
-    fn target(&self, name: &str) -> &Registry {
-        &self.targets.iter().find(|(n, _)| *n == name).unwrap().1
-    }
-
-    /// Credentials: `basic` through `REGMIRROR_AUTH_*`, `token` through a
-    /// Docker `config.json` (`auths` with base64 `auth`), as docker login leaves it.
-    fn env(&self) -> Vec<(String, String)> {
-        let mut env = auth_env(self.target("basic"));
-        let token = self.target("token");
-        let (user, password) = token.credentials().unwrap();
-        let config_dir = self.dir.path().join("docker");
-        std::fs::create_dir_all(&config_dir).unwrap();
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let config = serde_json::json!({"auths": {token.host.clone(): {"auth": auth}}});
-        std::fs::write(config_dir.join("config.json"), config.to_string()).unwrap();
-        env.push(("DOCKER_CONFIG".into(), config_dir.display().to_string()));
-        env
-    }
-
-    fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = self
-            .targets
-            .iter()
-            .filter_map(|(_, r)| r.credentials())
-            .map(|(_, p)| p)
-            .collect();
-        if let Auth::Token(issuer) = &self.target("token").auth {
-            secrets.extend(issuer.issued.lock().unwrap().iter().cloned());
-        }
-        secrets
-    }
-
-    fn write_config(&self, images: &str) -> String {
-        let config = format!(
-            "version: 1\ntargets:\n  plain: {}/mirror\n  basic: {}/mirror\n  token: {}/mirror\ndefaults:\n  targets: [plain, basic, token]\nimages:\n{images}",
-            self.target("plain").host,
-            self.target("basic").host,
-            self.target("token").host
-        );
-        std::fs::write(self.dir.path().join("mirror.yaml"), &config).unwrap();
-        config
-    }
-
-    fn run(&self, args: &[&str]) -> crate::support::Run {
-        let run = regmirror(self.dir.path(), args, &self.env());
-        let output = run.all();
-        for secret in self.secrets() {
-            assert!(
-                !output.contains(&secret),
-                "a credential leaked into the output of {args:?}:\n{output}"
-            );
-        }
-        run
-    }
-}
 
 fn unique_blobs<'a>(images: impl IntoIterator<Item = &'a Generated>) -> HashMap<String, u64> {
     images
@@ -124,7 +28,7 @@ fn non_v2(request: &Request) -> bool {
 /// layers; one upload per blob per repository; then a no-op run of HEADs only.
 #[tokio::test]
 async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
-    let lab = Lab::start();
+    let lab = Lab::auth();
     let specs = [
         (Spec::new("library/app-oci", "v1", false), "app-oci"),
         (Spec::new("library/app-oci", "v2", false), "app-oci"),
@@ -159,7 +63,7 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
 
     // Byte-exact on every target, read back by skopeo.
     for ((spec, _), image) in specs.iter().zip(&generated) {
-        for (name, target) in &lab.targets {
+        for (name, target) in lab.named_targets() {
             let raw = skopeo_raw(
                 &target.host,
                 &format!("mirror/{}", spec.repo),
@@ -222,7 +126,7 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
         0
     );
 
-    for (name, target) in &lab.targets {
+    for (name, target) in lab.named_targets() {
         let requests = target.requests();
         // Shared base layers are mounted across repositories, not uploaded again.
         let mounts = requests
@@ -265,7 +169,7 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
 
     // Up to date: HEADs only, nothing counted as a pull, nothing written.
     let up_mark = lab.upstream.mark();
-    let marks: Vec<usize> = lab.targets.iter().map(|(_, t)| t.mark()).collect();
+    let marks: Vec<usize> = lab.named_targets().map(|(_, t)| t.mark()).collect();
     let noop = lab.run(&["sync"]);
     assert_eq!(noop.code, 0, "{}", noop.all());
     assert!(
@@ -300,7 +204,7 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
             .count_since(up_mark, "HEAD", Request::is_manifest),
         4
     );
-    for ((name, target), mark) in lab.targets.iter().zip(marks) {
+    for ((name, target), mark) in lab.named_targets().zip(marks) {
         // One HEAD per tag; nothing refers to these images.
         assert_eq!(
             target.count_since(mark, "HEAD", Request::is_manifest),
@@ -331,7 +235,7 @@ async fn sync_mirrors_byte_for_byte_reads_once_and_noop_is_head_only() {
 #[tokio::test]
 async fn a_blob_another_repository_holds_is_mounted_without_a_head() {
     for jobs in ["1", "3"] {
-        let lab = Lab::start();
+        let lab = Lab::auth();
         let slow = crate::support::proxy::Proxy::start(
             &lab.upstream.host,
             vec![crate::support::proxy::Rule::new(
@@ -360,7 +264,7 @@ async fn a_blob_another_repository_holds_is_mounted_without_a_head() {
         let unique = unique_blobs(&generated).len();
         // The base layer of each of the three platforms.
         let shared = 3;
-        for (name, target) in &lab.targets {
+        for (name, target) in lab.named_targets() {
             let requests = target.requests();
             let heads = requests
                 .iter()

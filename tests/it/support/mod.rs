@@ -8,6 +8,7 @@ pub mod check;
 pub mod config;
 pub mod containerd;
 pub mod images;
+pub mod lab;
 pub mod proxy;
 pub mod standin;
 pub mod token;
