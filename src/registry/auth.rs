@@ -409,9 +409,7 @@ impl RegistryClient {
             // The token service throttles like the registry (ACR's
             // `/oauth2/token`): a rate limit, not a refusal of who we are.
             let wait = super::body::retry_after(&response);
-            let chunks = deadline::body(response, host.window, ())
-                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
-            let body = super::body::error_text(chunks).await;
+            let body = token_error_text(host, &method, realm, response).await;
             return Err(Error::RateLimited {
                 registry: host.registry.clone(),
                 until: wait.map(|wait| std::time::SystemTime::now() + wait),
@@ -425,9 +423,7 @@ impl RegistryClient {
             // Not the credentials: the request. Docker Hub's token service
             // refuses a name of more than two components this way
             // (google/go-containerregistry#1687).
-            let chunks = deadline::body(response, host.window, ())
-                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
-            let mut body = super::body::error_text(chunks).await;
+            let mut body = token_error_text(host, &method, realm, response).await;
             if body.contains("invalid repository name") {
                 body.push_str(
                     " (Docker Hub takes repositories of two components, namespace/name: set `path:` on the image)",
@@ -458,9 +454,7 @@ impl RegistryClient {
         }
         if !response.status().is_success() {
             // The token service failing (5xx after retries): not who we are.
-            let chunks = deadline::body(response, host.window, ())
-                .map(|chunk| chunk.map_err(|fault| host.fault(&method, realm, fault, None)));
-            let body = super::body::error_text(chunks).await;
+            let body = token_error_text(host, &method, realm, response).await;
             return Err(Error::status(method.as_str(), realm, status, &body));
         }
         #[derive(serde::Deserialize)]
@@ -532,6 +526,20 @@ impl RegistryClient {
         }))
         .await
     }
+}
+
+/// The start of a token service's error body, for a message: bounded, made
+/// neutral, and without the query values of the realm asked (as every
+/// registry error body is; see [`crate::text::scrubbed`]).
+async fn token_error_text(
+    host: &Host,
+    method: &Method,
+    realm: &str,
+    response: reqwest::Response,
+) -> String {
+    let chunks = deadline::body(response, host.window, ())
+        .map(|chunk| chunk.map_err(|fault| host.fault(method, realm, fault, None)));
+    crate::text::scrubbed(&super::body::error_text(chunks).await, realm)
 }
 
 #[cfg(test)]
