@@ -277,6 +277,7 @@ impl Engine {
             started: Some(started_at),
             interrupted: None,
             throttled: self.client.paces(),
+            requests: self.client.requests(),
         }
     }
 

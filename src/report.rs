@@ -49,6 +49,15 @@ impl Status {
             Status::Refused => "refused",
         }
     }
+
+    /// The name the `--json` report and metrics use (`failed`, `planned`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Status::Planned => "planned",
+            Status::Failed => "failed",
+            other => other.as_str(),
+        }
+    }
 }
 
 /// Why something failed, as far as the exit code cares.
@@ -227,6 +236,8 @@ pub struct Summary {
     pub interrupted: Option<i32>,
     /// Per registry that throttled: how often, and the paces found.
     pub throttled: Vec<(String, crate::registry::pace::Settled)>,
+    /// Requests sent per registry (every attempt, token requests aside).
+    pub requests: Vec<(String, u64)>,
 }
 
 impl Outcome {

@@ -73,6 +73,7 @@ pub async fn verify(plan: Plan, depth: Depth, anonymous: bool) -> Result<(Vec<Ch
     summary.outcomes.splice(0..0, failures);
     summary.started = Some(started_at);
     summary.throttled = client.paces();
+    summary.requests = client.requests();
     Ok((checks, summary))
 }
 

@@ -412,5 +412,6 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         started: None,
         interrupted: None,
         throttled: Vec::new(),
+        requests: Vec::new(),
     }
 }

@@ -96,6 +96,8 @@ struct Host {
     window: Duration,
     /// Stalls in a row; down for the run after too many.
     health: Health,
+    /// Requests sent (each attempt), for reports and metrics.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Host {
@@ -243,6 +245,18 @@ impl RegistryClient {
         found
     }
 
+    /// Requests sent so far (every attempt, token requests aside), per
+    /// registry name, sorted by name.
+    pub fn requests(&self) -> Vec<(String, u64)> {
+        let hosts = self.hosts.lock().expect("hosts lock poisoned");
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for host in hosts.values() {
+            *counts.entry(host.registry.clone()).or_default() +=
+                host.sent.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        counts.into_iter().collect()
+    }
+
     /// Before the first write to `repository`: creates it where the
     /// registry needs that (`create_repositories`, ECR Public).
     pub async fn prepare_push(&self, repository: &Repository) -> Result<()> {
@@ -289,6 +303,7 @@ impl RegistryClient {
                     referrers_api: tokio::sync::Mutex::new(None),
                     window: options.timeout,
                     health: Health::default(),
+                    sent: Default::default(),
                 })
             })
             .clone()
@@ -328,6 +343,7 @@ impl RegistryClient {
                     host.limits.before_write().await;
                 }
                 let started = tokio::time::Instant::now();
+                host.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut request = host.http.request(method.clone(), url);
                 if let Some(value) = authorization {
                     request = request.header(AUTHORIZATION, value);

@@ -11,6 +11,8 @@
 //! - `registries`: Docker Hub, GHCR, ECR, Quay, ACR, GAR and Harbor as they
 //!   behave, played in front of real registries; one end-to-end test each.
 //! - `seeds`: the five seed scenarios in `examples/`.
+//! - `serve`: `regmirror serve` on a schedule, its endpoints, reloads and
+//!   stop, and a real Prometheus scraping it.
 //! - `terminal`: what a user sees on a terminal (a pseudo-terminal, replayed
 //!   through a terminal emulator).
 //! - `support`: registries, the token issuer, the fault proxy, the stand-in
@@ -23,6 +25,7 @@ mod faults;
 mod hostile;
 mod registries;
 mod seeds;
+mod serve;
 mod support;
 mod sync;
 mod terminal;

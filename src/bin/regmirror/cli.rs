@@ -107,6 +107,31 @@ pub struct ReportArgs {
     pub summary: Option<PathBuf>,
 }
 
+/// How `serve` runs.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Time between the starts of two runs (`90s`, `15m`, `6h`); each wait
+    /// is stretched by up to a tenth at random, so replicas and services
+    /// started together do not meet the registries at once.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration, env = "REGMIRROR_INTERVAL")]
+    pub interval: std::time::Duration,
+    /// Serve `/healthz`, `/readyz`, `/metrics` (Prometheus) and
+    /// `/runs/latest` (the last `--json` report) on this address
+    /// (`127.0.0.1:9090`; `0.0.0.0:9090` in a container). Off unless given.
+    #[arg(long, value_name = "ADDR", env = "REGMIRROR_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Keep each run's JSON report in DIR (`sync-<time>.json`), the newest
+    /// `--keep-reports` of them.
+    #[arg(long, value_name = "DIR", env = "REGMIRROR_REPORTS")]
+    pub reports: Option<PathBuf>,
+    /// How many reports `--reports` keeps.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub keep_reports: usize,
+    /// Image × tag jobs in flight at once (as `sync --jobs`).
+    #[arg(long, default_value_t = regmirror::copy::Options::default().jobs)]
+    pub jobs: usize,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Bring every selected image × tag × target up to date, then verify what was written.
@@ -127,6 +152,15 @@ pub enum Command {
         jobs: usize,
         #[command(flatten)]
         report: ReportArgs,
+    },
+    /// Run `sync` as a service: once at start, then every `--interval`;
+    /// reloads `mirror.yaml` when it changes (or on SIGHUP); serves health,
+    /// readiness, Prometheus metrics and the last report on `--listen`.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        service: ServeArgs,
     },
     /// Compare the digest at the source and at every target; exit 4 on any difference.
     Verify {

@@ -11,7 +11,7 @@ use regmirror::containerd;
 use regmirror::copy::Options;
 use regmirror::import;
 use regmirror::plan::{self, Plan, Selection};
-use regmirror::report::Status;
+use regmirror::report::{Status, Summary};
 use regmirror::{run as library, shard, verify};
 use tokio_util::sync::CancellationToken;
 
@@ -190,6 +190,9 @@ pub async fn run(cli: Cli, bars: Option<MultiProgress>) -> Result<u8, Failure> {
             };
             sync("sync", plan, options, bars, rows, &report).await
         }
+        Command::Serve { config, service } => {
+            crate::serve::serve(&config.config, service, rows).await
+        }
         Command::Copy {
             source,
             destinations,
@@ -250,6 +253,14 @@ async fn sync(
         summary.interrupted = Some(signal.load(Ordering::SeqCst));
     }
     signals.abort();
+    finished(command, &summary, rows);
+    reports::write(command, &summary, report);
+    Ok(summary.exit_code() as u8)
+}
+
+/// The end of a run on stderr: the table, or (`--log-format json`) one
+/// event with the counts; the failures were events of their own.
+pub fn finished(command: &str, summary: &Summary, rows: render::Rows) {
     if crate::output::json() {
         // Log pipelines get the end of the run as one event; the failures
         // were events of their own as they happened.
@@ -271,10 +282,8 @@ async fn sync(
             summary.counts()
         );
     } else {
-        err!("{}", render::summary_table(&summary, rows));
+        err!("{}", render::summary_table(summary, rows));
     }
-    reports::write(command, &summary, report);
-    Ok(summary.exit_code() as u8)
 }
 
 /// `import`: another tool's configuration as `mirror.yaml`, on stdout.

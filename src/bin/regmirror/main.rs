@@ -12,7 +12,9 @@
 //!   library's `run` facade (or a pure function), and prints.
 //! - `progress`: the terminal's progress bars and the Actions log group.
 //! - `reports`: `--json`, `--summary` and annotations, after a run.
-//! - `signals`: SIGINT/SIGTERM cancel the run.
+//! - `signals`: SIGINT/SIGTERM cancel the run; SIGHUP reloads `serve`'s
+//!   configuration.
+//! - `serve`: `sync` on a schedule, with health, metrics and reports.
 //! - `output`: stderr that no registry text can turn into a workflow command.
 //! - `render`: tables, the `--json` report, step-summary markdown, workflow
 //!   commands: how the library's data looks.
@@ -25,6 +27,7 @@ mod output;
 mod progress;
 mod render;
 mod reports;
+mod serve;
 mod signals;
 
 use std::io::IsTerminal;

@@ -1,5 +1,6 @@
 //! SIGINT and SIGTERM (a cancelled CI job): the first cancels the run, so
 //! it stops cleanly and reports; a second ends the process at once.
+//! SIGHUP asks `serve` to read its configuration again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -45,4 +46,22 @@ async fn next_signal() -> i32 {
         let _ = tokio::signal::ctrl_c().await;
         130
     }
+}
+
+/// Notified on each SIGHUP (never where there is no such signal).
+pub fn hangups() -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    notify.notify_one();
+                }
+            });
+        }
+    }
+    notify
 }

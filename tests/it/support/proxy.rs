@@ -190,6 +190,8 @@ pub struct Proxy {
     pub host: String,
     rules: Arc<Vec<(Rule, AtomicUsize)>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, the answer to every request, before any rule.
+    everything: Arc<Mutex<Option<Action>>>,
 }
 
 impl Proxy {
@@ -203,16 +205,30 @@ impl Proxy {
                 .collect(),
         );
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let everything = Arc::new(Mutex::new(None));
         let upstream = upstream.to_string();
-        let (shared_rules, shared_seen) = (rules.clone(), seen.clone());
+        let (shared_rules, shared_seen, shared_everything) =
+            (rules.clone(), seen.clone(), everything.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let (upstream, rules, seen) =
                     (upstream.clone(), shared_rules.clone(), shared_seen.clone());
-                std::thread::spawn(move || serve(client, &upstream, &rules, &seen));
+                let everything = shared_everything.lock().unwrap().clone();
+                std::thread::spawn(move || serve(client, &upstream, &rules, &seen, everything));
             }
         });
-        Proxy { host, rules, seen }
+        Proxy {
+            host,
+            rules,
+            seen,
+            everything,
+        }
+    }
+
+    /// From now on, `action` for every request (a registry that broke),
+    /// or with `None` the rules again (it is back).
+    pub fn answer_everything(&self, action: Option<Action>) {
+        *self.everything.lock().unwrap() = action;
     }
 
     /// How many requests rule `index` was applied to.
@@ -253,6 +269,7 @@ fn serve(
     upstream: &str,
     rules: &[(Rule, AtomicUsize)],
     seen: &Mutex<Vec<Seen>>,
+    everything: Option<Action>,
 ) {
     let mut head_reader = BufReader::new(client.try_clone().unwrap());
     let mut client = client;
@@ -278,7 +295,10 @@ fn serve(
         }
     }
     head.extend_from_slice(b"Connection: close\r\n\r\n");
-    let picked = pick(rules, &method, &path, content_length, &body);
+    let picked = match everything {
+        Some(action) => Some((usize::MAX, action, 0)),
+        None => pick(rules, &method, &path, content_length, &body),
+    };
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),
