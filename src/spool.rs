@@ -80,6 +80,8 @@ impl Spool {
 
     /// A spool in `base`, after removing the abandoned ones there.
     pub fn in_dir(base: &Path) -> Result<Spool> {
+        std::fs::create_dir_all(base)
+            .map_err(|e| Error::io(format!("create the spool directory {}", base.display()), e))?;
         remove_abandoned(base);
         let mut builder = tempfile::Builder::new();
         builder.prefix(PREFIX);
@@ -391,6 +393,16 @@ mod tests {
         assert_eq!(a.unwrap(), b.unwrap());
         assert!(c.is_ok());
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    /// `REGMIRROR_SPOOL` on a fresh volume (a Kubernetes `emptyDir`
+    /// mounted above it) names a directory nobody has made yet.
+    #[test]
+    fn a_spool_directory_not_made_yet_is_made() {
+        let volume = tempfile::tempdir().unwrap();
+        let base = volume.path().join("regmirror/spool");
+        let spool = Spool::in_dir(&base).unwrap();
+        assert!(spool.dir.path().starts_with(&base));
     }
 
     #[test]

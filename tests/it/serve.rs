@@ -372,3 +372,252 @@ async fn a_real_prometheus_scrapes_what_was_copied_and_when() {
         .await;
     assert!(present >= 1.0);
 }
+
+/// The shipped image (`scripts/image-layout`, as the release builds it)
+/// run by a real containerd and runc with host networking, a read-only
+/// root filesystem, the image's own unprivileged user, the configuration
+/// mounted read-only and the spool on a tmpfs (the Kubernetes manifests'
+/// shape): `serve` mirrors the upstream into the target, and SIGTERM ends
+/// it with 0. The release binary is static (musl); the one under test is
+/// this build's (glibc), so the host's glibc directories are mounted
+/// read-only where its loader looks, and nothing else is added.
+#[tokio::test]
+async fn the_shipped_image_serves_under_containerd_read_only_and_unprivileged() {
+    use crate::support::containerd::Containerd;
+    let lab = Lab::new(1, 1).await;
+    let config = lab.dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    lab.config(&lab.upstream.host, &lab.target_hosts(), "");
+    std::fs::rename(
+        lab.dir.path().join("mirror.yaml"),
+        config.join("mirror.yaml"),
+    )
+    .unwrap();
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = lab.dir.path().join("regmirror");
+    let strip = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&binary)
+        .arg(env!("CARGO_BIN_EXE_regmirror"))
+        .status()
+        .expect("strip (binutils) is installed");
+    assert!(strip.success());
+    let layout = std::process::Command::new(root.join("scripts/image-layout"))
+        .args(["--out", "layout", "--version", "9.9.9"])
+        .arg(format!("linux/amd64={}", binary.display()))
+        .current_dir(lab.dir.path())
+        .output()
+        .unwrap();
+    assert!(layout.status.success(), "{layout:?}");
+    let tar = std::process::Command::new("tar")
+        .args(["-C", "layout", "-cf", "image.tar", "."])
+        .current_dir(lab.dir.path())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+
+    let containerd = Containerd::start();
+    let image = lab.dir.path().join("image.tar").display().to_string();
+    let import = containerd.ctr(&["images", "import", "--index-name", "regmirror:test", &image]);
+    assert!(import.status.success(), "{import:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mount_config = format!(
+        "type=bind,src={},dst=/etc/regmirror/config,options=rbind:ro",
+        config.display()
+    );
+    let log = lab.dir.path().join("container.log");
+    let mut run = containerd
+        .ctr_command(&[
+            "run",
+            "--net-host",
+            "--read-only",
+            "--mount",
+            "type=bind,src=/usr/lib64,dst=/lib64,options=rbind:ro",
+            "--mount",
+            "type=bind,src=/usr/lib/x86_64-linux-gnu,dst=/lib/x86_64-linux-gnu,options=rbind:ro",
+            "--mount",
+            &mount_config,
+            "--mount",
+            "type=tmpfs,src=tmpfs,dst=/var/lib/regmirror,options=nosuid:nodev:mode=1777",
+            "--env",
+            "REGMIRROR_SPOOL=/var/lib/regmirror/spool",
+            "regmirror:test",
+            "regmirror-serve",
+            "/regmirror",
+            "serve",
+            "--config=/etc/regmirror/config/mirror.yaml",
+            "--interval=2s",
+            &format!("--listen={listen}"),
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(lab.dir.path().join("ctr.err")).unwrap())
+        .spawn()
+        .expect("ctr run");
+    // Stops the task whatever happens below: a container outlives its
+    // containerd (its shim keeps it).
+    struct Task<'a>(&'a Containerd);
+    impl Drop for Task<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .ctr(&["task", "kill", "-s", "SIGKILL", "regmirror-serve"]);
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = self
+                .0
+                .ctr(&["task", "delete", "--force", "regmirror-serve"]);
+            let _ = self.0.ctr(&["containers", "delete", "regmirror-serve"]);
+        }
+    }
+    let _task = Task(&containerd);
+    let said = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(lab.dir.path().join("ctr.err")).unwrap_or_default()
+        )
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (name, image) = &lab.images[0];
+    loop {
+        if deep_check(&lab.targets[0].host, &format!("m/team/{name}"), "v1").await
+            == TagState::Complete(image.root.0.clone())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing arrived:\n{}", said());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready = reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "{}", said());
+
+    // The image's user, not root.
+    let tasks = containerd.ctr(&["task", "ls"]);
+    let tasks = String::from_utf8_lossy(&tasks.stdout);
+    let pid = tasks
+        .lines()
+        .find(|l| l.starts_with("regmirror-serve"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no task in:\n{tasks}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "{uid}");
+
+    let kill = containerd.ctr(&["task", "kill", "-s", "SIGTERM", "regmirror-serve"]);
+    assert!(kill.status.success(), "{kill:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no stop on SIGTERM:\n{}", said());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", said());
+}
+
+/// The Kubernetes manifests in `deploy/kubernetes/` pass the Kubernetes
+/// schemas offline (`kubernetes-validate --strict`, from PyPI), their
+/// `mirror.yaml` passes `check`, and each pod runs as the image's user with
+/// a read-only root filesystem, its spool and reports on a volume, the
+/// configuration where the arguments say.
+#[test]
+fn kubernetes_manifests_validate_and_keep_the_service_unprivileged() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("deploy/kubernetes");
+    let files: Vec<PathBuf> = ["configmap.yaml", "deployment.yaml", "cronjob.yaml"]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
+    let validate = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.30.0"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate is installed (scripts/install-deps)");
+    assert!(
+        validate.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&validate.stdout),
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
+    let documents: Vec<serde_json::Value> = files
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.split("\n---\n")
+                .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let of_kind = |kind: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let config = of_kind("ConfigMap")["data"]["mirror.yaml"]
+        .as_str()
+        .unwrap();
+    let checked = tempfile::tempdir().unwrap();
+    std::fs::write(checked.path().join("mirror.yaml"), config).unwrap();
+    let check = crate::support::regmirror(checked.path(), &["check"], &[]);
+    assert_eq!(check.code, 0, "{}", check.all());
+
+    let deployment = &of_kind("Deployment")["spec"]["template"]["spec"];
+    let cronjob = &of_kind("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    for (what, pod) in [("Deployment", deployment), ("CronJob", cronjob)] {
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532, "{what}");
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["securityContext"]["readOnlyRootFilesystem"], true,
+            "{what}"
+        );
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        let mounted = |path: &str, writable: bool| {
+            mounts.iter().any(|m| {
+                path.starts_with(m["mountPath"].as_str().unwrap())
+                    && (!writable || m["readOnly"] != true)
+            })
+        };
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let config = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--config="))
+            .unwrap();
+        assert!(mounted(config, false), "{what}: {config} is not mounted");
+        if let Some(reports) = args.iter().find_map(|a| a.strip_prefix("--reports=")) {
+            assert!(mounted(reports, true), "{what}: {reports} is not writable");
+        }
+        let spool = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "REGMIRROR_SPOOL")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap();
+        assert!(
+            mounted(spool, true),
+            "{what}: the spool {spool} is not writable"
+        );
+    }
+    // The probes ask what `serve` answers.
+    let container = &deployment["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+}

@@ -64,12 +64,14 @@ impl Containerd {
 
     /// `ctr --address SOCKET ARGS…`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("ctr is installed")
+        self.ctr_command(args).output().expect("ctr is installed")
+    }
+
+    /// The command [`Containerd::ctr`] runs, for one that runs on (`ctr run`).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("--address").arg(self.socket()).args(args);
+        command
     }
 }
 

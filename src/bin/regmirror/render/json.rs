@@ -32,6 +32,10 @@ pub struct Document {
     /// throttle), with the pace regmirror found for each kind of request:
     /// what to write into `registries.<host>` next time.
     pub registries: Vec<Throttled>,
+    /// Requests sent to each registry, by its name in `mirror.yaml`
+    /// (every attempt, retries included; token requests aside): what a
+    /// run cost each registry.
+    pub requests: std::collections::BTreeMap<String, u64>,
 }
 
 /// A registry that throttled.
@@ -236,6 +240,7 @@ impl Document {
                 bytes_uploaded: totals.bytes_uploaded,
             },
             results: summary.outcomes.iter().map(row).collect(),
+            requests: summary.requests.iter().cloned().collect(),
             registries: summary
                 .throttled
                 .iter()

@@ -318,4 +318,51 @@ mod tests {
         // `absent()` or on its age both work).
         assert!(!text.contains("last_success_timestamp_seconds{image=\"nginx\"}"));
     }
+
+    /// docs/service.md's table names every metric, and no other.
+    #[test]
+    fn the_metrics_reference_names_every_metric() {
+        // A family shows once it has a series.
+        let metrics = Metrics::new();
+        metrics.record(
+            &Summary {
+                outcomes: vec![outcome("k3s", "ghcr", Status::Copied)],
+                requests: vec![("docker.io".into(), 7)],
+                throttled: vec![(
+                    "docker.io".into(),
+                    regmirror::registry::pace::Settled {
+                        throttled: 2,
+                        pace: Vec::new(),
+                    },
+                )],
+                ..Summary::default()
+            },
+            SystemTime::now(),
+        );
+        metrics.reloaded(true);
+        let text = metrics.encode();
+        let mut served: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (name, kind) = l.split_once(' ').unwrap();
+                match kind {
+                    "counter" => format!("{name}_total"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect();
+        let page = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/service.md"),
+        )
+        .unwrap();
+        let mut documented: Vec<String> = page
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `regmirror_"))
+            .map(|l| format!("regmirror_{}", l.split('`').next().unwrap()))
+            .collect();
+        served.sort();
+        documented.sort();
+        assert_eq!(served, documented);
+    }
 }

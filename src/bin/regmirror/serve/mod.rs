@@ -296,6 +296,7 @@ async fn run(
     let mut summary = match summary {
         Ok(summary) => summary,
         Err(error) => {
+            let error = anyhow::Error::new(error);
             tracing::error!("the run could not start: {error:#}");
             shared.metrics.failed_to_start();
             return 1;
