@@ -66,7 +66,8 @@ pub enum Error {
 
     /// The registry's TLS certificate did not verify.
     #[error(
-        "TLS to `{url}` failed: the certificate is not trusted (if `{registry}` uses a private CA, set `registries.{registry}.ca` to its PEM file)"
+        "TLS to `{url}` failed: the certificate is not trusted (if `{registry}` uses a private CA, set `registries.{registry}.ca` to its PEM file; see {})",
+        crate::troubleshooting!("untrusted-certificate")
     )]
     Tls {
         registry: String,

@@ -46,6 +46,20 @@
 //! `--json` report, step-summary markdown and workflow commands, and maps a
 //! run to its exit code.
 
+/// The address of the troubleshooting entry `$anchor` in the manual
+/// (`docs/troubleshooting.md`, published by .github/workflows/pages.yml), for
+/// an error message to name; a literal, so that it fits in `concat!`. A test
+/// checks that every anchor named exists.
+#[macro_export]
+macro_rules! troubleshooting {
+    ($anchor:literal) => {
+        concat!(
+            "https://acme.github.io/regmirror/troubleshooting/#",
+            $anchor
+        )
+    };
+}
+
 pub mod audit;
 pub mod config;
 pub mod containerd;

@@ -147,7 +147,12 @@ impl From<&crate::Error> for Failure {
             if !later {
                 let mut failure = Failure::of(FailureKind::Other, error);
                 failure.chain.push(
-                    "the registry kept throttling through every retry without asking for a longer wait; set `write_rate_limit` or `rate_limit` for it below the paces the run found".into(),
+                    concat!(
+                        "the registry kept throttling through every retry without asking for a longer wait; set `write_rate_limit` or `rate_limit` for it below the paces the run found (see ",
+                        crate::troubleshooting!("rate-limited"),
+                        ")"
+                    )
+                    .into(),
                 );
                 return failure;
             }
@@ -178,7 +183,11 @@ impl From<&crate::Error> for Failure {
 pub const EXIT_DEFERRED: i32 = 75;
 
 /// What allows a manifest a registry refused for its media types.
-const REFUSED_HINT: &str = "the target does not accept these media types (a registry setting, not a fault of the image): on Quay, an administrator allows them with `FEATURE_GENERAL_OCI_SUPPORT: true` and `ALLOWED_OCI_ARTIFACT_TYPES` (or `IGNORE_UNKNOWN_MEDIATYPES: true`) in Quay's config.yaml";
+const REFUSED_HINT: &str = concat!(
+    "the target does not accept these media types (a registry setting, not a fault of the image): on Quay, an administrator allows them with `FEATURE_GENERAL_OCI_SUPPORT: true` and `ALLOWED_OCI_ARTIFACT_TYPES` (or `IGNORE_UNKNOWN_MEDIATYPES: true`) in Quay's config.yaml (see ",
+    crate::troubleshooting!("referrer-refused"),
+    ")"
+);
 
 /// Blobs and bytes moved for one target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -253,4 +253,41 @@ mod properties {
             }
         }
     }
+
+    /// Every `troubleshooting!("anchor")` in the code names an entry of
+    /// docs/troubleshooting.md (`<a id="anchor">`), and there is at least one.
+    #[test]
+    fn troubleshooting_links_in_messages_name_entries_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let page = std::fs::read_to_string(root.join("docs/troubleshooting.md")).unwrap();
+        let mut named = Vec::new();
+        let mut dirs = vec![root.join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let code = std::fs::read_to_string(&path).unwrap();
+                    for (at, _) in code.match_indices("troubleshooting!(\"") {
+                        let rest = &code[at + "troubleshooting!(\"".len()..];
+                        let anchor = &rest[..rest.find('"').unwrap()];
+                        named.push((path.clone(), anchor.to_string()));
+                    }
+                }
+            }
+        }
+        assert!(named.len() >= 8, "{named:?}");
+        for (file, anchor) in named {
+            if anchor == "anchor" || anchor == "x" {
+                continue; // this test's own text
+            }
+            assert!(
+                page.contains(&format!("<a id=\"{anchor}\"></a>")),
+                "{}: no troubleshooting entry `{anchor}`",
+                file.display()
+            );
+        }
+        assert!(crate::troubleshooting!("x").starts_with("https://"));
+    }
 }

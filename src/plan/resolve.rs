@@ -268,8 +268,9 @@ pub fn resolve(file_name: &str, file: ConfigFile) -> Result<Plan, Problems> {
                         at,
                         place("path"),
                         format!(
-                            "`{repository}` has {} path components, and Docker Hub takes two (namespace/name): set `path:` (e.g. `path: {last}`)",
-                            repository.path.split('/').count()
+                            "`{repository}` has {} path components, and Docker Hub takes two (namespace/name): set `path:` (e.g. `path: {last}`; see {})",
+                            repository.path.split('/').count(),
+                            crate::troubleshooting!("docker-hub-path")
                         ),
                     ));
                 }
@@ -751,7 +752,7 @@ images:
         );
         assert!(
             problem.message.contains(
-                "Docker Hub takes two (namespace/name): set `path:` (e.g. `path: postgres`)"
+                "Docker Hub takes two (namespace/name): set `path:` (e.g. `path: postgres`; see https://acme.github.io/regmirror/troubleshooting/#docker-hub-path)"
             ),
             "{}",
             problem.message

@@ -443,7 +443,11 @@ impl RegistryClient {
                 // What `az acr login` stores: an ACR refresh token, which
                 // lasts 3 hours.
                 Some(Credential::IdentityToken(_)) => {
-                    " (an identity token, as `az acr login` stores one; they expire: log in again, `az acr login --name REGISTRY`)"
+                    concat!(
+                        " (an identity token, as `az acr login` stores one; they expire: log in again, `az acr login --name REGISTRY`; see ",
+                        crate::troubleshooting!("acr-token-expired"),
+                        ")"
+                    )
                 }
                 _ => "",
             };

@@ -81,9 +81,10 @@ impl Lookup {
         match self {
             Lookup::Found(_, from) => format!("the credentials from {from} were refused"),
             Lookup::Missing(looked) => format!(
-                "no credentials found (looked at {}): run `docker login {registry}`, or set `{}=user:token`",
+                "no credentials found (looked at {}): run `docker login {registry}`, or set `{}=user:token` (see {})",
                 looked.join(", "),
-                env_var_name(registry)
+                env_var_name(registry),
+                crate::troubleshooting!("no-credentials")
             ),
             Lookup::Failed(why) => format!("{why}, so no credentials were sent"),
         }
@@ -271,7 +272,7 @@ mod tests {
         let missing = lookup_in("ghcr.io", &config, &none).explain("ghcr.io");
         assert_eq!(
             missing,
-            "no credentials found (looked at `REGMIRROR_AUTH_GHCR_IO`, `/ci/docker/config.json`, `GITHUB_TOKEN`): run `docker login ghcr.io`, or set `REGMIRROR_AUTH_GHCR_IO=user:token`"
+            "no credentials found (looked at `REGMIRROR_AUTH_GHCR_IO`, `/ci/docker/config.json`, `GITHUB_TOKEN`): run `docker login ghcr.io`, or set `REGMIRROR_AUTH_GHCR_IO=user:token` (see https://acme.github.io/regmirror/troubleshooting/#no-credentials)"
         );
         let failing = |_: &str| {
             Err(Why::HelperFailure {

@@ -29,13 +29,21 @@ const KNOWN: &[Known] = &[
     Known {
         needle: "write_package",
         registry: "GHCR",
-        hint: "the package exists and these credentials may not write to it: in the package's settings on GitHub, under \"Manage Actions access\", add this workflow's repository with the Write role, or push with a token that has `write:packages`",
+        hint: concat!(
+            "the package exists and these credentials may not write to it: in the package's settings on GitHub, under \"Manage Actions access\", add this workflow's repository with the Write role, or push with a token that has `write:packages` (see ",
+            crate::troubleshooting!("ghcr-push-refused"),
+            ")"
+        ),
         meaning: Meaning::Permission,
     },
     Known {
         needle: "installation not allowed to",
         registry: "GHCR",
-        hint: "the workflow's `GITHUB_TOKEN` may not write packages: give the job `permissions: packages: write`",
+        hint: concat!(
+            "the workflow's `GITHUB_TOKEN` may not write packages: give the job `permissions: packages: write` (see ",
+            crate::troubleshooting!("ghcr-push-refused"),
+            ")"
+        ),
         meaning: Meaning::Permission,
     },
     // Google Artifact Registry: no credentials reached it
@@ -54,7 +62,11 @@ const KNOWN: &[Known] = &[
     Known {
         needle: "artifactregistry.repositories.",
         registry: "Artifact Registry",
-        hint: "the repository must exist (create it: `gcloud artifacts repositories create REPOSITORY --repository-format=docker --location=LOCATION --project=PROJECT`), and these credentials need `roles/artifactregistry.writer` on it (`roles/artifactregistry.reader` to read)",
+        hint: concat!(
+            "the repository must exist (create it: `gcloud artifacts repositories create REPOSITORY --repository-format=docker --location=LOCATION --project=PROJECT`), and these credentials need `roles/artifactregistry.writer` on it (`roles/artifactregistry.reader` to read; see ",
+            crate::troubleshooting!("gar-permission-denied"),
+            ")"
+        ),
         meaning: Meaning::Permission,
     },
     // Harbor: projects are never created on push (goharbor/harbor#20544,
@@ -63,7 +75,11 @@ const KNOWN: &[Known] = &[
     Known {
         needle: "project",
         registry: "Harbor",
-        hint: "the project must exist before a push: create it in Harbor (Projects → New Project, or `POST /api/v2.0/projects`), and give the robot account push permission on it",
+        hint: concat!(
+            "the project must exist before a push: create it in Harbor (Projects → New Project, or `POST /api/v2.0/projects`), and give the robot account push permission on it (see ",
+            crate::troubleshooting!("harbor-project-not-found"),
+            ")"
+        ),
         meaning: Meaning::Setup,
     },
 ];

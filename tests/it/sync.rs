@@ -1647,7 +1647,7 @@ fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
         .iter()
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().to_string())
         .collect();
-    assert_eq!(names, ["ci.yml", "mirror.yml", "release.yml"]);
+    assert_eq!(names, ["ci.yml", "mirror.yml", "pages.yml", "release.yml"]);
     files.push((root.join("action.yml"), "builtin:vendor.github-actions"));
     let reference = regex::Regex::new(r"inputs\.([A-Za-z0-9_-]+)").unwrap();
     for (file, schema) in &files {
@@ -1695,6 +1695,13 @@ fn workflows_and_action_are_valid_and_use_only_defined_inputs() {
     ] {
         assert!(mirror.contains(needle), "mirror.yml lacks `{needle}`");
     }
+    // The site is built as CI builds it: strict.
+    let pages = std::fs::read_to_string(root.join(".github/workflows/pages.yml")).unwrap();
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    for text in [&pages, &ci] {
+        assert!(text.contains("mkdocs build --strict"));
+    }
+    assert!(pages.contains("actions/deploy-pages@"));
 }
 
 /// Shell completions and man pages are generated from the arguments clap
@@ -1741,6 +1748,10 @@ fn completions_and_man_pages_come_from_the_arguments() {
 /// (an anchor after it is not checked here).
 #[test]
 fn relative_links_in_the_docs_resolve() {
+    const REPOSITORY: [&str; 2] = [
+        "https://github.com/acme/regmirror/blob/main/",
+        "https://github.com/acme/regmirror/tree/main/",
+    ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut pages = vec![root.join("README.md")];
     for entry in std::fs::read_dir(root.join("docs")).unwrap() {
@@ -1757,6 +1768,15 @@ fn relative_links_in_the_docs_resolve() {
             let rest = &text[at + 2..];
             let Some(end) = rest.find(')') else { continue };
             let target = &rest[..end];
+            // The site links to files beside `docs/` by their address on
+            // GitHub (mkdocs takes a relative link out of `docs/` for a
+            // broken one): those must name files here.
+            let target = REPOSITORY
+                .iter()
+                .find_map(|prefix| target.strip_prefix(prefix))
+                .map(|path| format!("/{path}"))
+                .unwrap_or_else(|| target.to_string());
+            let target = target.as_str();
             if target.is_empty()
                 || target.starts_with('#')
                 || target.contains("://")
@@ -1767,7 +1787,11 @@ fn relative_links_in_the_docs_resolve() {
             }
             let file = target.split('#').next().unwrap();
             checked += 1;
-            if !page.parent().unwrap().join(file).exists() {
+            let path = match file.strip_prefix('/') {
+                Some(in_repository) => root.join(in_repository),
+                None => page.parent().unwrap().join(file),
+            };
+            if !path.exists() {
                 broken.push(format!("{}: {target}", page.display()));
             }
         }
