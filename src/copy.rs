@@ -278,6 +278,7 @@ impl Engine {
             interrupted: None,
             throttled: self.client.paces(),
             requests: self.client.requests(),
+            spool_waited: self.spool.budget.waited(),
         }
     }
 
@@ -627,7 +628,7 @@ impl Engine {
         let blobs = image.blobs();
         // The spool keeps this image's blobs while its destinations are
         // written, and lets each go once no job needs it.
-        let _lease = self.spool.lease(blobs.iter().map(|b| &b.digest));
+        let lease = self.spool.lease(blobs.iter().map(|b| &b.digest));
         if let Source::Registry(repository) = job.source.as_ref() {
             for blob in &blobs {
                 self.record(repository, &blob.digest);
@@ -656,6 +657,22 @@ impl Engine {
                 }
             }
         }
+        // Room in the spool for all of it at once, or a wait for it (the
+        // spool's budget): a job never holds part of its room while it
+        // waits for the rest.
+        let bytes: u64 = needed.values().map(|blob| blob.size).sum();
+        if self.spool.budget.exceeded_by(bytes) {
+            tracing::warn!(
+                "{}:{}: its blobs ({bytes} bytes) are more than the spool may hold ({} bytes, `{}`): it waits for an empty spool and runs alone, and may still fill the disk",
+                job.image,
+                job.reference,
+                self.spool.budget.limit().unwrap_or_default(),
+                crate::spool::budget::VARIABLE
+            );
+        }
+        let room = self.spool.budget.reserve(bytes).await;
+        // Dropped in this order: the files go, then their room.
+        let _held = (lease, room);
         let prefetched: Result<Vec<PathBuf>> = stream::iter(needed.values())
             .map(|blob| self.spooled(job, blob))
             .buffer_unordered(self.options.blobs_per_destination.max(1))

@@ -247,6 +247,8 @@ pub struct Summary {
     pub throttled: Vec<(String, crate::registry::pace::Settled)>,
     /// Requests sent per registry (every attempt, token requests aside).
     pub requests: Vec<(String, u64)>,
+    /// How long jobs waited for room in the spool, in all.
+    pub spool_waited: Duration,
 }
 
 impl Outcome {

@@ -10,6 +10,9 @@
 //! the blobs in flight, not by the run. The directory is private (0700, its
 //! files 0600) and unique per run.
 //!
+//! Jobs reserve room for what they fetch within a [`budget`], and wait for
+//! it, so many images in flight never fill the disk.
+//!
 //! A run that is killed cannot remove its spool, so each spool holds a lock
 //! on its `.lock` file while it lives, and a new spool removes the spools
 //! next to it whose lock nobody holds.
@@ -25,6 +28,9 @@ use tokio::sync::OnceCell;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
+pub mod budget;
+pub use budget::{Budget, Room};
+
 /// Verified blobs on disk, by digest.
 pub struct Spool {
     dir: tempfile::TempDir,
@@ -33,6 +39,8 @@ pub struct Spool {
     /// One entry per digest: the first asker fetches, the others wait on
     /// the cell. A failed fetch leaves the cell empty for the next asker.
     entries: Mutex<HashMap<Digest, Entry>>,
+    /// The disk it may use ([`budget`]).
+    pub budget: Budget,
 }
 
 /// A blob in the spool: its file once fetched, and the jobs that need it.
@@ -75,7 +83,9 @@ impl Spool {
             .or_else(|| std::env::var_os("RUNNER_TEMP"))
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        Spool::in_dir(&base)
+        let mut spool = Spool::in_dir(&base)?;
+        spool.budget = Budget::for_spool_in(&base)?;
+        Ok(spool)
     }
 
     /// A spool in `base`, after removing the abandoned ones there.
@@ -102,6 +112,7 @@ impl Spool {
             dir,
             _lock: lock,
             entries: Mutex::new(HashMap::new()),
+            budget: Budget::new(None),
         })
     }
 

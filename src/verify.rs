@@ -413,5 +413,6 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         interrupted: None,
         throttled: Vec::new(),
         requests: Vec::new(),
+        spool_waited: std::time::Duration::ZERO,
     }
 }

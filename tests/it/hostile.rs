@@ -1301,3 +1301,97 @@ async fn an_upload_draining_slowly_from_socket_buffers_is_not_stalled() {
         TagState::Complete(link.image.root.0.clone())
     );
 }
+
+/// The spool's budget (issue 28): six images of about 6 MiB each, synced
+/// six at a time to two targets, with `REGMIRROR_SPOOL_MAX=8MiB`: the
+/// spool never holds more than 8 MiB (polled while it runs), every image
+/// arrives whole, and the report says jobs waited for room. The same run
+/// without the budget holds more than 8 MiB at once, so it is the budget
+/// that kept it down.
+#[tokio::test]
+async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
+    const BUDGET: u64 = 8 << 20;
+    let mut lab = Lab::new(0, 2).await;
+    for i in 0..6u64 {
+        let name = format!("big{i}");
+        let image = images::generate(&Spec {
+            platforms: vec![("amd64", None)],
+            base: 500 + i,
+            layer_size: 2 << 20,
+            attestations: false,
+            ..Spec::new(&format!("team/{name}"), "v1", false)
+        });
+        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
+        lab.images.push((name, image));
+    }
+    // Peak bytes in the spool while `regmirror sync` runs with `extra` env.
+    let run = |extra: Vec<(String, String)>| {
+        let spool = lab.dir.path().join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let mut env = vec![("REGMIRROR_SPOOL".to_string(), spool.display().to_string())];
+        env.extend(extra);
+        let mut child = regmirror_command(
+            lab.dir.path(),
+            &["sync", "--jobs", "6", "--json", "report.json"],
+            &env,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut peak = 0u64;
+        while child.try_wait().unwrap().is_none() {
+            peak = peak.max(tree_size(&spool));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(lab.dir.path().join("report.json")).unwrap())
+                .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (output.status.code(), peak, report, stderr)
+    };
+
+    lab.config(&lab.upstream.host, &lab.target_hosts(), "");
+    let (code, peak, report, stderr) = run(vec![(
+        "REGMIRROR_SPOOL_MAX".to_string(),
+        "8MiB".to_string(),
+    )]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(peak <= BUDGET, "the spool held {peak} bytes, over {BUDGET}");
+    assert!(peak > 0, "the spool was never seen in use");
+    assert!(
+        report["totals"]["spool_wait_seconds"].as_f64().unwrap() > 0.0,
+        "{report:#}"
+    );
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
+
+    // Without a budget (two fresh targets), all six fetch at once.
+    lab.targets = vec![Registry::start(Auth::None), Registry::start(Auth::None)];
+    lab.config(&lab.upstream.host, &lab.target_hosts(), "");
+    let (code, peak, _, stderr) = run(vec![(
+        "REGMIRROR_SPOOL_MAX".to_string(),
+        "unlimited".to_string(),
+    )]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        peak > BUDGET,
+        "without a budget the spool held only {peak} bytes"
+    );
+}
+
+/// Bytes in the files under `dir` now (files may vanish while it looks).
+fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => tree_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -84,6 +84,9 @@ pub struct Totals {
     pub manifests_pushed: usize,
     /// Bytes uploaded.
     pub bytes_uploaded: u64,
+    /// Seconds jobs waited, in all, for room in the spool
+    /// (`REGMIRROR_SPOOL_MAX`, or three quarters of the free disk).
+    pub spool_wait_seconds: f64,
 }
 
 /// How one image × tag × target ended.
@@ -238,6 +241,7 @@ impl Document {
                 blobs_skipped: totals.blobs_skipped,
                 manifests_pushed: totals.manifests_pushed,
                 bytes_uploaded: totals.bytes_uploaded,
+                spool_wait_seconds: summary.spool_waited.as_secs_f64(),
             },
             results: summary.outcomes.iter().map(row).collect(),
             requests: summary.requests.iter().cloned().collect(),

@@ -58,7 +58,7 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// table and the step summary.
 pub fn totals(summary: &Summary, separator: &str) -> String {
     let totals = summary.totals();
-    format!(
+    let mut text = format!(
         "in {:.1}s{separator}blobs: {} uploaded ({}), {} mounted, {} skipped{separator}{} manifests pushed",
         summary.duration.as_secs_f64(),
         totals.blobs_uploaded,
@@ -66,7 +66,15 @@ pub fn totals(summary: &Summary, separator: &str) -> String {
         totals.blobs_mounted,
         totals.blobs_skipped,
         totals.manifests_pushed,
-    )
+    );
+    // Said only when it happened: the spool's budget held jobs back.
+    if summary.spool_waited >= std::time::Duration::from_millis(100) {
+        text.push_str(&format!(
+            "{separator}jobs waited {:.1}s for room in the spool (`REGMIRROR_SPOOL_MAX`)",
+            summary.spool_waited.as_secs_f64()
+        ));
+    }
+    text
 }
 
 /// Which outcomes get a row in the table on stderr.
