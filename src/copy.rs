@@ -640,7 +640,7 @@ impl Engine {
         // 3. What each destination lacks; fetch what cannot be mounted.
         // A `--deep` check of a tag that already names the image HEADs every
         // blob, so that only what was missing is reported as repaired.
-        let missing = join_all(work.iter().map(|(i, before)| {
+        let mut missing = join_all(work.iter().map(|(i, before)| {
             let repository = &job.destinations[*i].repository;
             let repair = before.as_ref() == Some(source_digest);
             self.missing_blobs(repository, &blobs, !repair)
@@ -654,6 +654,69 @@ impl Engine {
                     .is_none()
                 {
                     needed.insert(blob.digest.clone(), blob.clone());
+                }
+            }
+        }
+        // Per destination, the blobs streamed to it (counted as uploads).
+        let mut streamed_to: HashMap<usize, Vec<Descriptor>> = HashMap::new();
+        // A blob bigger than the spool may hold never goes there: it is
+        // streamed from the source to every destination that lacks it, at
+        // once (what fails to arrive so goes through the spool after all).
+        if let (Some(limit), Source::Registry(source)) =
+            (self.spool.budget.limit(), job.source.as_ref())
+        {
+            let streamed: Vec<Descriptor> = needed
+                .values()
+                .filter(|blob| blob.size > limit)
+                .cloned()
+                .collect();
+            for blob in &streamed {
+                needed.remove(&blob.digest);
+                let lacking: Vec<usize> = work
+                    .iter()
+                    .zip(&missing)
+                    .filter(|(_, lacking)| {
+                        lacking
+                            .as_ref()
+                            .is_ok_and(|l| l.iter().any(|b| b.digest == blob.digest))
+                    })
+                    .map(|((i, _), _)| *i)
+                    .filter(|i| {
+                        let repository = &job.destinations[*i].repository;
+                        self.mount_source(repository, &blob.digest).is_none()
+                    })
+                    .collect();
+                // Twice at most (a connection that broke); what still did
+                // not arrive fails its destination: never through the spool,
+                // which cannot hold it.
+                let mut left = lacking;
+                for attempt in 1..=2 {
+                    let repositories: Vec<&Repository> = left
+                        .iter()
+                        .map(|i| &job.destinations[*i].repository)
+                        .collect();
+                    let results = self.stream_blob(job, source, blob, &repositories).await;
+                    let mut again = Vec::new();
+                    for (i, result) in left.into_iter().zip(results) {
+                        match result {
+                            Ok(true) => streamed_to.entry(i).or_default().push(blob.clone()),
+                            Ok(false) => {}
+                            Err(error) if attempt == 1 => {
+                                tracing::debug!(digest = %blob.digest, "streaming failed, again: {error}");
+                                again.push(i);
+                            }
+                            Err(error) => {
+                                let at = work.iter().position(|(w, _)| *w == i);
+                                if let Some(at) = at {
+                                    missing[at] = Err(error);
+                                }
+                            }
+                        }
+                    }
+                    left = again;
+                    if left.is_empty() {
+                        break;
+                    }
                 }
             }
         }
@@ -682,17 +745,27 @@ impl Engine {
             return shared_failure(error);
         }
         // 4 and 5, every destination at once.
+        let streamed_to = &streamed_to;
         let writes = work.iter().zip(missing).map(|((i, before), lacking)| {
             let destination = &job.destinations[*i];
             async move {
-                let lacking = lacking?;
+                let mut lacking = lacking?;
+                // What was streamed here is written; it counts as uploaded.
+                let streamed = streamed_to.get(i).map(Vec::as_slice).unwrap_or_default();
+                lacking.retain(|blob| !streamed.iter().any(|s| s.digest == blob.digest));
+                let with_streamed = |transfer: &Transfer| Transfer {
+                    blobs_uploaded: transfer.blobs_uploaded + streamed.len(),
+                    bytes_uploaded: transfer.bytes_uploaded
+                        + streamed.iter().map(|b| b.size).sum::<u64>(),
+                    ..*transfer
+                };
                 let written = |transfer: &Transfer| {
                     finished.record(
                         *i,
                         Outcome {
                             before: before.clone(),
                             after: Some(image.root.digest.clone()),
-                            transfer: *transfer,
+                            transfer: with_streamed(transfer),
                             ..Outcome::new(
                                 &job.image,
                                 &destination.tag,
@@ -703,9 +776,11 @@ impl Engine {
                         },
                     )
                 };
-                let transfer = self
-                    .push(job, image, destination, lacking, before.as_ref(), &written)
-                    .await?;
+                let transfer = with_streamed(
+                    &self
+                        .push(job, image, destination, lacking, before.as_ref(), &written)
+                        .await?,
+                );
                 let wrote =
                     transfer.blobs_uploaded + transfer.blobs_mounted + transfer.manifests_pushed
                         > 0;

@@ -301,6 +301,46 @@ impl RegistryClient {
         .await
     }
 
+    /// Uploads `blob` from `body` as it comes (a blob streamed from its
+    /// source to its targets without the spool): one session and one PUT
+    /// with the blob's size, never sent again (the bytes are gone once
+    /// sent). A body that ends in an error aborts the PUT before its last
+    /// byte, so the registry commits nothing.
+    pub async fn upload_stream(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+        body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+        meter: &Arc<Meter>,
+    ) -> Result<()> {
+        let upload_url = self.open_session(repository).await?;
+        let url = Self::closing_url(&upload_url, &blob.digest)?;
+        let body = Mutex::new(Some(body));
+        let size = blob.size;
+        let meter = meter.clone();
+        let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
+            let body = match body.lock().expect("body lock poisoned").take() {
+                Some(body) => {
+                    let meter = meter.clone();
+                    let chunks = body.inspect_ok(move |chunk| meter.add(chunk.len() as u64));
+                    reqwest::Body::wrap_stream(watch.body(chunks, size))
+                }
+                // Sent once already (a token refreshed after a 401): the
+                // stream cannot be replayed, so this request fails.
+                None => reqwest::Body::wrap_stream(futures::stream::once(async {
+                    Err::<Bytes, _>(std::io::Error::other("a streamed blob can be sent once"))
+                })),
+            };
+            r.header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body)
+        };
+        let created = |status| status == StatusCode::CREATED;
+        self.push(repository, Method::PUT, &url, &build, false, created)
+            .await?;
+        Ok(())
+    }
+
     /// Uploads `blob` in parts of [`PART_SIZE`]: a PATCH per part with its
     /// `Content-Range`, each to the `Location` the last answer gave, then a
     /// PUT with the digest and no body. Only for a registry that refused the

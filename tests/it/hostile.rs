@@ -1395,3 +1395,111 @@ fn tree_size(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Blobs bigger than the spool's budget stream (issue 28): an image with
+/// two 20 MiB layers and an 8 MiB budget reaches two targets byte for byte
+/// (`verify --deep --content`), each big layer read from the upstream once
+/// and never in the spool (polled: it stays under the budget). When the
+/// upstream serves a big layer with a byte flipped, the streams are cut
+/// before their last byte: neither target has that layer, nothing is
+/// tagged, and the image fails naming the digest.
+#[tokio::test]
+async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_commits_nothing() {
+    const BUDGET: u64 = 8 << 20;
+    let mut lab = Lab::new(0, 2).await;
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        base: 900,
+        layer_size: 20 << 20,
+        attestations: false,
+        ..Spec::new("team/huge", "v1", false)
+    });
+    images::push(&lab.upstream.url(), "team/huge", "v1", &image).await;
+    let big: Vec<String> = image
+        .blobs
+        .iter()
+        .filter(|(_, bytes)| bytes.len() as u64 > BUDGET)
+        .map(|(digest, _)| digest.clone())
+        .collect();
+    assert_eq!(big.len(), 2);
+    lab.images.push(("huge".into(), image));
+    let spool = lab.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let env = vec![
+        ("REGMIRROR_SPOOL".to_string(), spool.display().to_string()),
+        ("REGMIRROR_SPOOL_MAX".to_string(), "8MiB".to_string()),
+    ];
+    let sync = |lab: &Lab| {
+        let mut child = regmirror_command(lab.dir.path(), &["sync", "--json", "report.json"], &env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut peak = 0u64;
+        while child.try_wait().unwrap().is_none() {
+            peak = peak.max(tree_size(&spool));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(lab.dir.path().join("report.json")).unwrap())
+                .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        (output.status.code(), peak, report, stderr)
+    };
+
+    lab.config(&lab.upstream.host, &lab.target_hosts(), "");
+    let mark = lab.upstream.mark();
+    let (code, peak, report, stderr) = sync(&lab);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(peak <= BUDGET, "the spool held {peak} bytes");
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
+    for digest in &big {
+        let fetched = lab
+            .upstream
+            .requests()
+            .iter()
+            .skip(mark)
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest.as_str()))
+            .count();
+        assert_eq!(
+            fetched, 1,
+            "{digest} was read from the upstream {fetched} times"
+        );
+    }
+    assert_eq!(report["totals"]["blobs_uploaded"], 8, "{report:#}");
+    let verify = regmirror(lab.dir.path(), &["verify", "--deep", "--content"], &env);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+
+    // A layer tampered with on the way, to two fresh targets.
+    lab.targets = vec![Registry::start(Auth::None), Registry::start(Auth::None)];
+    let _proxy = lab.upstream_behind(vec![Rule::new(
+        "GET",
+        &format!("/blobs/{}", big[0]),
+        usize::MAX,
+        Action::Corrupt,
+    )]);
+    let (code, peak, report, stderr) = sync(&lab);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(peak <= BUDGET, "the spool held {peak} bytes");
+    let failed = &report["results"][0];
+    assert_eq!(failed["outcome"], "failed", "{report:#}");
+    assert!(
+        failed["error"].to_string().contains(&big[0]),
+        "the failure names the layer: {failed:#}"
+    );
+    for target in &lab.targets {
+        let has = reqwest::Client::new()
+            .head(format!("{}/v2/m/team/huge/blobs/{}", target.url(), big[0]))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(has.as_u16(), 404, "a tampered layer was committed");
+        assert_eq!(
+            deep_check(&target.host, "m/team/huge", "v1").await,
+            TagState::Absent
+        );
+    }
+}
