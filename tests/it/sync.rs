@@ -447,11 +447,23 @@ async fn release_image_layout_is_deterministic_and_runs_once_pushed() {
         .status()
         .expect("strip (binutils) is installed");
     assert!(strip.success());
+    // The completions and man pages, as the release makes them.
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(share.join("completions")).unwrap();
+    let completion = regmirror(dir.path(), &["completions", "bash"], &[]);
+    std::fs::write(share.join("completions/regmirror.bash"), completion.stdout).unwrap();
+    let man = regmirror(
+        dir.path(),
+        &["man", "--out", share.join("man/man1").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(man.code, 0, "{}", man.all());
     let binary = binary.display();
     let build = |out: &str| {
         let output = std::process::Command::new(root.join("scripts/image-layout"))
             .args(["--out", out, "--version", "9.9.9"])
             .args(["--source", "https://github.com/acme/regmirror"])
+            .args(["--share", "share"])
             .arg(format!("linux/amd64={binary}"))
             .arg(format!("linux/arm64={binary}"))
             .current_dir(dir.path())
@@ -514,6 +526,10 @@ async fn release_image_layout_is_deterministic_and_runs_once_pushed() {
         .unwrap();
     assert!(untar.success());
     assert!(unpacked.join("etc/ssl/certs/ca-certificates.crt").is_file());
+    let shipped = unpacked.join("usr/share/regmirror");
+    assert!(shipped.join("man/man1/regmirror-sync.1").is_file());
+    let bash = std::fs::read_to_string(shipped.join("completions/regmirror.bash")).unwrap();
+    assert!(bash.contains("regmirror"), "{bash}");
     let version = std::process::Command::new(unpacked.join("regmirror"))
         .arg("--version")
         .output()
