@@ -34,7 +34,8 @@
 //!   auth, deadlines, limits, retries, the manifest and blob verbs, a
 //!   meter of each transfer for progress bars, ECR Public repositories).
 //! - [`source`], [`layout`]: where images are read from (a registry, or an
-//!   OCI layout directory); [`spool`]: blobs on disk while jobs need them.
+//!   OCI layout directory); [`spool`]: blobs on disk while jobs need them,
+//!   within a budget (blobs bigger than it stream past it, `copy::write`).
 //! - [`github`]: a GitHub project's release tags (octocrab).
 //!
 //! Other commands: [`import`] (a `mirror.yaml` from regsync or skopeo sync),
