@@ -316,29 +316,16 @@ impl RegistryClient {
         let upload_url = self.open_session(repository).await?;
         let url = Self::closing_url(&upload_url, &blob.digest)?;
         let body = Mutex::new(Some(body));
-        let size = blob.size;
-        let meter = meter.clone();
-        let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
-            let body = match body.lock().expect("body lock poisoned").take() {
-                Some(body) => {
-                    let meter = meter.clone();
-                    let chunks = body.inspect_ok(move |chunk| meter.add(chunk.len() as u64));
-                    reqwest::Body::wrap_stream(watch.body(chunks, size))
-                }
-                // Sent once already (a token refreshed after a 401): the
-                // stream cannot be replayed, so this request fails.
-                None => reqwest::Body::wrap_stream(futures::stream::once(async {
-                    Err::<Bytes, _>(std::io::Error::other("a streamed blob can be sent once"))
-                })),
-            };
-            r.header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, size)
-                .body(body)
+        // Sent once already (a token refreshed after a 401): the stream
+        // cannot be replayed, so that request fails.
+        let body = move || {
+            body.lock()
+                .expect("body lock poisoned")
+                .take()
+                .ok_or_else(|| std::io::Error::other("a streamed blob can be sent once"))
         };
-        let created = |status| status == StatusCode::CREATED;
-        self.push(repository, Method::PUT, &url, &build, false, created)
-            .await?;
-        Ok(())
+        self.put_blob(repository, &url, blob.size, meter, body)
+            .await
     }
 
     /// Uploads `blob` in parts of [`PART_SIZE`]: a PATCH per part with its
@@ -453,18 +440,34 @@ impl RegistryClient {
         }
         let url = Self::closing_url(&upload_url, &blob.digest)?;
         let path = path.to_path_buf();
-        let size = blob.size;
+        // Opened per attempt; `send` builds the request once (not idempotent).
+        let body =
+            move || std::fs::File::open(&path).map(|file| crate::spool::read_chunks(file).boxed());
+        self.put_blob(repository, &url, blob.size, meter, body)
+            .await
+    }
+
+    /// The PUT that closes an upload at `url` with the blob as its body
+    /// (`size` bytes, from what `body` opens when the request is built),
+    /// counted into `meter` as it goes. The body reports its progress: a
+    /// target that stops reading stalls the upload, a slow one that keeps
+    /// reading never does.
+    async fn put_blob(
+        &self,
+        repository: &Repository,
+        url: &str,
+        size: u64,
+        meter: &Arc<Meter>,
+        body: impl Fn() -> std::io::Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>>
+        + Send
+        + Sync,
+    ) -> Result<()> {
         let meter = meter.clone();
         let build = move |r: RequestBuilder, watch: &Arc<Watch>| {
-            // Opened per attempt; `send` builds the request once (not idempotent).
-            // The body reports its progress: a target that stops reading
-            // stalls the upload, a slow one that keeps reading never does.
-            let body = match std::fs::File::open(&path) {
-                Ok(file) => {
+            let body = match body() {
+                Ok(chunks) => {
                     let meter = meter.clone();
-                    let chunks = crate::spool::read_chunks(file).inspect_ok(move |chunk| {
-                        meter.add(chunk.len() as u64);
-                    });
+                    let chunks = chunks.inspect_ok(move |chunk| meter.add(chunk.len() as u64));
                     reqwest::Body::wrap_stream(watch.body(chunks, size))
                 }
                 // Never an empty body standing in for the blob: the request fails.
@@ -477,7 +480,7 @@ impl RegistryClient {
                 .body(body)
         };
         let created = |status| status == StatusCode::CREATED;
-        self.push(repository, Method::PUT, &url, &build, false, created)
+        self.push(repository, Method::PUT, url, &build, false, created)
             .await?;
         Ok(())
     }

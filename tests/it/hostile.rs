@@ -1324,39 +1324,10 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
         images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
         lab.images.push((name, image));
     }
-    // Peak bytes in the spool while `regmirror sync` runs with `extra` env.
-    let run = |extra: Vec<(String, String)>| {
-        let spool = lab.dir.path().join("spool");
-        std::fs::create_dir_all(&spool).unwrap();
-        let mut env = vec![("REGMIRROR_SPOOL".to_string(), spool.display().to_string())];
-        env.extend(extra);
-        let mut child = regmirror_command(
-            lab.dir.path(),
-            &["sync", "--jobs", "6", "--json", "report.json"],
-            &env,
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-        let mut peak = 0u64;
-        while child.try_wait().unwrap().is_none() {
-            peak = peak.max(tree_size(&spool));
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let report: Value =
-            serde_json::from_slice(&std::fs::read(lab.dir.path().join("report.json")).unwrap())
-                .unwrap_or_else(|e| panic!("{e}: {stderr}"));
-        (output.status.code(), peak, report, stderr)
-    };
+    let run = |lab: &Lab, max: &str| sync_watching_the_spool(lab, &["--jobs", "6"], max);
 
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
-    let (code, peak, report, stderr) = run(vec![(
-        "REGMIRROR_SPOOL_MAX".to_string(),
-        "8MiB".to_string(),
-    )]);
+    let (code, peak, report, stderr) = run(&lab, "8MiB");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(peak <= BUDGET, "the spool held {peak} bytes, over {BUDGET}");
     assert!(peak > 0, "the spool was never seen in use");
@@ -1370,15 +1341,46 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
     // Without a budget (two fresh targets), all six fetch at once.
     lab.targets = vec![Registry::start(Auth::None), Registry::start(Auth::None)];
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
-    let (code, peak, _, stderr) = run(vec![(
-        "REGMIRROR_SPOOL_MAX".to_string(),
-        "unlimited".to_string(),
-    )]);
+    let (code, peak, _, stderr) = run(&lab, "unlimited");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         peak > BUDGET,
         "without a budget the spool held only {peak} bytes"
     );
+}
+
+/// `sync --json report.json ARGS` in `lab` with its spool in `lab/spool`
+/// and `REGMIRROR_SPOOL_MAX=max`: the exit code, the most bytes the spool
+/// held (polled every 2 ms), the report and stderr.
+fn sync_watching_the_spool(
+    lab: &Lab,
+    args: &[&str],
+    max: &str,
+) -> (Option<i32>, u64, Value, String) {
+    let spool = lab.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let env = [
+        ("REGMIRROR_SPOOL".to_string(), spool.display().to_string()),
+        ("REGMIRROR_SPOOL_MAX".to_string(), max.to_string()),
+    ];
+    let mut all = vec!["sync", "--json", "report.json"];
+    all.extend_from_slice(args);
+    let mut child = regmirror_command(lab.dir.path(), &all, &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(tree_size(&spool));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.path().join("report.json")).unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (output.status.code(), peak, report, stderr)
 }
 
 /// Bytes in the files under `dir` now (files may vanish while it looks).
@@ -1423,31 +1425,7 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
         .collect();
     assert_eq!(big.len(), 2);
     lab.images.push(("huge".into(), image));
-    let spool = lab.dir.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    let env = vec![
-        ("REGMIRROR_SPOOL".to_string(), spool.display().to_string()),
-        ("REGMIRROR_SPOOL_MAX".to_string(), "8MiB".to_string()),
-    ];
-    let sync = |lab: &Lab| {
-        let mut child = regmirror_command(lab.dir.path(), &["sync", "--json", "report.json"], &env)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut peak = 0u64;
-        while child.try_wait().unwrap().is_none() {
-            peak = peak.max(tree_size(&spool));
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let report: Value =
-            serde_json::from_slice(&std::fs::read(lab.dir.path().join("report.json")).unwrap())
-                .unwrap_or_else(|e| panic!("{e}: {stderr}"));
-        (output.status.code(), peak, report, stderr)
-    };
-
+    let sync = |lab: &Lab| sync_watching_the_spool(lab, &[], "8MiB");
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
     let mark = lab.upstream.mark();
     let (code, peak, report, stderr) = sync(&lab);
@@ -1469,7 +1447,7 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
         );
     }
     assert_eq!(report["totals"]["blobs_uploaded"], 8, "{report:#}");
-    let verify = regmirror(lab.dir.path(), &["verify", "--deep", "--content"], &env);
+    let verify = regmirror(lab.dir.path(), &["verify", "--deep", "--content"], &[]);
     assert_eq!(verify.code, 0, "{}", verify.all());
 
     // A layer tampered with on the way, to two fresh targets.

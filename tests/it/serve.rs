@@ -10,7 +10,7 @@ use crate::support::config::MirrorYaml;
 use crate::support::images;
 use crate::support::lab::{Lab, small};
 use crate::support::proxy::{Action, Proxy};
-use crate::support::regmirror_command;
+use crate::support::{free_port, regmirror_command, stripped_binary};
 
 /// A `regmirror serve` process, stopped by PID when dropped.
 struct Service {
@@ -24,11 +24,7 @@ impl Service {
     /// `serve --interval 2s --listen` on a free port, in `lab`'s directory,
     /// with `args` more.
     fn start(lab: &Lab, args: &[&str]) -> Service {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let log = lab.dir.path().join("serve.log");
         let mut all = vec!["serve", "--interval", "2s", "--listen", &listen];
@@ -278,11 +274,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -395,14 +387,7 @@ async fn the_shipped_image_serves_under_containerd_read_only_and_unprivileged() 
     .unwrap();
 
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = lab.dir.path().join("regmirror");
-    let strip = std::process::Command::new("strip")
-        .arg("-o")
-        .arg(&binary)
-        .arg(env!("CARGO_BIN_EXE_regmirror"))
-        .status()
-        .expect("strip (binutils) is installed");
-    assert!(strip.success());
+    let binary = stripped_binary(lab.dir.path());
     let layout = std::process::Command::new(root.join("scripts/image-layout"))
         .args(["--out", "layout", "--version", "9.9.9"])
         .arg(format!("linux/amd64={}", binary.display()))
@@ -421,11 +406,7 @@ async fn the_shipped_image_serves_under_containerd_read_only_and_unprivileged() 
     let image = lab.dir.path().join("image.tar").display().to_string();
     let import = containerd.ctr(&["images", "import", "--index-name", "regmirror:test", &image]);
     assert!(import.status.success(), "{import:?}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mount_config = format!(
         "type=bind,src={},dst=/etc/regmirror/config,options=rbind:ro",

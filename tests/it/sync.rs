@@ -438,15 +438,7 @@ async fn non_canonical_manifest_keeps_its_digest() {
 async fn release_image_layout_is_deterministic_and_runs_once_pushed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    // Stripped, as a release binary is (the debug build is 300 MB).
-    let binary = dir.path().join("regmirror");
-    let strip = std::process::Command::new("strip")
-        .arg("-o")
-        .arg(&binary)
-        .arg(env!("CARGO_BIN_EXE_regmirror"))
-        .status()
-        .expect("strip (binutils) is installed");
-    assert!(strip.success());
+    let binary = crate::support::stripped_binary(dir.path());
     // The completions and man pages, as the release makes them.
     let share = dir.path().join("share");
     std::fs::create_dir_all(share.join("completions")).unwrap();

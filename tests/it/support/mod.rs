@@ -390,3 +390,27 @@ pub fn check_jsonschema(schema: &str, instance: &Path) -> Result<(), String> {
         ))
     }
 }
+
+/// A loopback port nothing listens on now (for a server the test starts:
+/// it could be taken in between, which loopback tests do not race for).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The regmirror under test, stripped as a release binary is (the debug
+/// build is 300 MB), at `dir/regmirror`.
+pub fn stripped_binary(dir: &Path) -> PathBuf {
+    let binary = dir.join("regmirror");
+    let strip = Command::new("strip")
+        .arg("-o")
+        .arg(&binary)
+        .arg(env!("CARGO_BIN_EXE_regmirror"))
+        .status()
+        .expect("strip (binutils) is installed");
+    assert!(strip.success());
+    binary
+}
