@@ -1398,13 +1398,14 @@ fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Blobs bigger than the spool's budget stream (issue 28): an image with
-/// two 20 MiB layers and an 8 MiB budget reaches two targets byte for byte
-/// (`verify --deep --content`), each big layer read from the upstream once
-/// and never in the spool (polled: it stays under the budget). When the
-/// upstream serves a big layer with a byte flipped, the streams are cut
-/// before their last byte: neither target has that layer, nothing is
-/// tagged, and the image fails naming the digest.
+/// Blobs bigger than the spool's budget stream (issue 28): two images,
+/// each with two 20 MiB layers, synced at once with an 8 MiB budget, reach
+/// two targets byte for byte (`verify --deep --content`), each big layer
+/// read from the upstream once and never in the spool (polled: it stays
+/// under the budget). When the upstream serves a big layer with a byte
+/// flipped, the streams are cut before their last byte: neither target
+/// has that layer, nothing of that image is tagged, it fails naming the
+/// digest, and the other image is copied all the same.
 #[tokio::test]
 async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_commits_nothing() {
     const BUDGET: u64 = 8 << 20;
@@ -1425,6 +1426,16 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
         .collect();
     assert_eq!(big.len(), 2);
     lab.images.push(("huge".into(), image));
+    // A second such image, synced at the same time.
+    let second = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        base: 901,
+        layer_size: 20 << 20,
+        attestations: false,
+        ..Spec::new("team/huge2", "v1", false)
+    });
+    images::push(&lab.upstream.url(), "team/huge2", "v1", &second).await;
+    lab.images.push(("huge2".into(), second));
     let sync = |lab: &Lab| sync_watching_the_spool(lab, &[], "8MiB");
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
     let mark = lab.upstream.mark();
@@ -1446,7 +1457,7 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
             "{digest} was read from the upstream {fetched} times"
         );
     }
-    assert_eq!(report["totals"]["blobs_uploaded"], 8, "{report:#}");
+    assert_eq!(report["totals"]["blobs_uploaded"], 16, "{report:#}");
     let verify = regmirror(lab.dir.path(), &["verify", "--deep", "--content"], &[]);
     assert_eq!(verify.code, 0, "{}", verify.all());
 
@@ -1463,6 +1474,9 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
     assert!(peak <= BUDGET, "the spool held {peak} bytes");
     let failed = &report["results"][0];
     assert_eq!(failed["outcome"], "failed", "{report:#}");
+    // The other image is not held back by the one that failed.
+    assert_eq!(outcome(&report, "huge2", "t0"), "copied", "{report:#}");
+    assert_eq!(outcome(&report, "huge2", "t1"), "copied", "{report:#}");
     assert!(
         failed["error"].to_string().contains(&big[0]),
         "the failure names the layer: {failed:#}"
