@@ -657,69 +657,12 @@ impl Engine {
                 }
             }
         }
-        // Per destination, the blobs streamed to it (counted as uploads).
-        let mut streamed_to: HashMap<usize, Vec<Descriptor>> = HashMap::new();
         // A blob bigger than the spool may hold never goes there: it is
-        // streamed from the source to every destination that lacks it, at
-        // once (what fails to arrive so goes through the spool after all).
-        if let (Some(limit), Source::Registry(source)) =
-            (self.spool.budget.limit(), job.source.as_ref())
-        {
-            let streamed: Vec<Descriptor> = needed
-                .values()
-                .filter(|blob| blob.size > limit)
-                .cloned()
-                .collect();
-            for blob in &streamed {
-                needed.remove(&blob.digest);
-                let lacking: Vec<usize> = work
-                    .iter()
-                    .zip(&missing)
-                    .filter(|(_, lacking)| {
-                        lacking
-                            .as_ref()
-                            .is_ok_and(|l| l.iter().any(|b| b.digest == blob.digest))
-                    })
-                    .map(|((i, _), _)| *i)
-                    .filter(|i| {
-                        let repository = &job.destinations[*i].repository;
-                        self.mount_source(repository, &blob.digest).is_none()
-                    })
-                    .collect();
-                // Twice at most (a connection that broke); what still did
-                // not arrive fails its destination: never through the spool,
-                // which cannot hold it.
-                let mut left = lacking;
-                for attempt in 1..=2 {
-                    let repositories: Vec<&Repository> = left
-                        .iter()
-                        .map(|i| &job.destinations[*i].repository)
-                        .collect();
-                    let results = self.stream_blob(job, source, blob, &repositories).await;
-                    let mut again = Vec::new();
-                    for (i, result) in left.into_iter().zip(results) {
-                        match result {
-                            Ok(true) => streamed_to.entry(i).or_default().push(blob.clone()),
-                            Ok(false) => {}
-                            Err(error) if attempt == 1 => {
-                                tracing::debug!(digest = %blob.digest, "streaming failed, again: {error}");
-                                again.push(i);
-                            }
-                            Err(error) => {
-                                let at = work.iter().position(|(w, _)| *w == i);
-                                if let Some(at) = at {
-                                    missing[at] = Err(error);
-                                }
-                            }
-                        }
-                    }
-                    left = again;
-                    if left.is_empty() {
-                        break;
-                    }
-                }
-            }
-        }
+        // streamed to every destination that lacks it, at once. Per
+        // destination, the blobs streamed to it (counted as uploads).
+        let streamed_to = self
+            .stream_what_the_spool_cannot_hold(job, work, &mut needed, &mut missing)
+            .await;
         // Room in the spool for all of it at once, or a wait for it (the
         // spool's budget): a job never holds part of its room while it
         // waits for the rest.
@@ -795,6 +738,78 @@ impl Engine {
             }
         });
         join_all(writes).await
+    }
+
+    /// Streams each blob of `needed` bigger than the spool's budget from
+    /// the job's (registry) source to every destination of `work` that
+    /// lacks it and cannot mount it, taking it out of `needed`. A stream
+    /// that fails is tried once more for the destinations that did not get
+    /// the blob; what still did not arrive fails its destination in
+    /// `missing` (never through the spool, which cannot hold it). Per
+    /// destination index, the blobs streamed to it.
+    async fn stream_what_the_spool_cannot_hold(
+        &self,
+        job: &Job,
+        work: &[(usize, Option<Digest>)],
+        needed: &mut BTreeMap<Digest, Descriptor>,
+        missing: &mut [Result<Vec<Descriptor>>],
+    ) -> HashMap<usize, Vec<Descriptor>> {
+        let mut streamed_to: HashMap<usize, Vec<Descriptor>> = HashMap::new();
+        let (Some(limit), Source::Registry(source)) =
+            (self.spool.budget.limit(), job.source.as_ref())
+        else {
+            return streamed_to;
+        };
+        let streamed: Vec<Descriptor> = needed
+            .values()
+            .filter(|blob| blob.size > limit)
+            .cloned()
+            .collect();
+        for blob in &streamed {
+            needed.remove(&blob.digest);
+            let mut left: Vec<usize> = work
+                .iter()
+                .zip(missing.iter())
+                .filter(|(_, lacking)| {
+                    lacking
+                        .as_ref()
+                        .is_ok_and(|l| l.iter().any(|b| b.digest == blob.digest))
+                })
+                .map(|((i, _), _)| *i)
+                .filter(|i| {
+                    let repository = &job.destinations[*i].repository;
+                    self.mount_source(repository, &blob.digest).is_none()
+                })
+                .collect();
+            for attempt in 1..=2 {
+                let repositories: Vec<&Repository> = left
+                    .iter()
+                    .map(|i| &job.destinations[*i].repository)
+                    .collect();
+                let results = self.stream_blob(job, source, blob, &repositories).await;
+                let mut again = Vec::new();
+                for (i, result) in left.into_iter().zip(results) {
+                    match result {
+                        Ok(true) => streamed_to.entry(i).or_default().push(blob.clone()),
+                        Ok(false) => {}
+                        Err(error) if attempt == 1 => {
+                            tracing::debug!(digest = %blob.digest, "streaming failed, again: {error}");
+                            again.push(i);
+                        }
+                        Err(error) => {
+                            if let Some(at) = work.iter().position(|(w, _)| *w == i) {
+                                missing[at] = Err(error);
+                            }
+                        }
+                    }
+                }
+                left = again;
+                if left.is_empty() {
+                    break;
+                }
+            }
+        }
+        streamed_to
     }
 
     /// Fails an image that lacks a platform the job requires, before

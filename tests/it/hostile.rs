@@ -1349,6 +1349,21 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
     );
 }
 
+/// `team/<name>:v1` pushed to `lab`'s upstream: one platform, two 20 MiB
+/// layers and a 5 MiB one, from `seed`.
+async fn huge_image(lab: &Lab, name: &str, seed: u64) -> images::Generated {
+    let repo = format!("team/{name}");
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        base: seed,
+        layer_size: 20 << 20,
+        attestations: false,
+        ..Spec::new(&repo, "v1", false)
+    });
+    images::push(&lab.upstream.url(), &repo, "v1", &image).await;
+    image
+}
+
 /// `sync --json report.json ARGS` in `lab` with its spool in `lab/spool`
 /// and `REGMIRROR_SPOOL_MAX=max`: the exit code, the most bytes the spool
 /// held (polled every 2 ms), the report and stderr.
@@ -1410,14 +1425,7 @@ fn tree_size(dir: &Path) -> u64 {
 async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_commits_nothing() {
     const BUDGET: u64 = 8 << 20;
     let mut lab = Lab::new(0, 2).await;
-    let image = images::generate(&Spec {
-        platforms: vec![("amd64", None)],
-        base: 900,
-        layer_size: 20 << 20,
-        attestations: false,
-        ..Spec::new("team/huge", "v1", false)
-    });
-    images::push(&lab.upstream.url(), "team/huge", "v1", &image).await;
+    let image = huge_image(&lab, "huge", 900).await;
     let big: Vec<String> = image
         .blobs
         .iter()
@@ -1427,14 +1435,7 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
     assert_eq!(big.len(), 2);
     lab.images.push(("huge".into(), image));
     // A second such image, synced at the same time.
-    let second = images::generate(&Spec {
-        platforms: vec![("amd64", None)],
-        base: 901,
-        layer_size: 20 << 20,
-        attestations: false,
-        ..Spec::new("team/huge2", "v1", false)
-    });
-    images::push(&lab.upstream.url(), "team/huge2", "v1", &second).await;
+    let second = huge_image(&lab, "huge2", 901).await;
     lab.images.push(("huge2".into(), second));
     let sync = |lab: &Lab| sync_watching_the_spool(lab, &[], "8MiB");
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
