@@ -22,9 +22,10 @@
 //! A job with `platforms` writes the index cut from the source's instead,
 //! and compares the targets with that (`platforms`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,6 +47,7 @@ use crate::spool::Spool;
 
 mod platforms;
 mod referrers;
+mod streaming;
 mod write;
 
 use write::{FirstWriter, Probe, WriteKey, Written};
@@ -155,6 +157,13 @@ pub struct Engine {
     probes: Mutex<HashMap<(String, Digest), Probe>>,
     /// Source tag lists for referrer discovery.
     source_tags: referrers::SourceTags,
+    /// Per blob, the registries (api hosts) it is being or was streamed
+    /// to this run: another job that needs it there waits for that write
+    /// and mounts it, rather than reading it from the source again.
+    streams: Mutex<HashMap<Digest, HashSet<String>>>,
+    /// Bytes read from sources into the spool, and streamed past it.
+    spooled: AtomicU64,
+    streamed: AtomicU64,
 }
 
 /// What a job has done so far, kept for a run cancelled in the middle of
@@ -228,6 +237,9 @@ impl Engine {
             first_writers: Mutex::default(),
             probes: Mutex::default(),
             source_tags: referrers::SourceTags::default(),
+            streams: Mutex::default(),
+            spooled: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
         })
     }
 
@@ -279,6 +291,8 @@ impl Engine {
             throttled: self.client.paces(),
             requests: self.client.requests(),
             spool_waited: self.spool.budget.waited(),
+            spooled: self.spooled.load(Ordering::Relaxed),
+            streamed: self.streamed.load(Ordering::Relaxed),
         }
     }
 
@@ -657,11 +671,12 @@ impl Engine {
                 }
             }
         }
-        // A blob bigger than the spool may hold never goes there: it is
-        // streamed to every destination that lacks it, at once. Per
-        // destination, the blobs streamed to it (counted as uploads).
+        // Big blobs no job has spooled, and blobs bigger than the spool may
+        // hold, are streamed to every destination that lacks them, at once
+        // (see `streaming`). Per destination, the blobs streamed to it
+        // (counted as uploads).
         let streamed_to = self
-            .stream_what_the_spool_cannot_hold(job, work, &mut needed, &mut missing)
+            .stream_blobs(job, work, &mut needed, &mut missing)
             .await;
         // Room in the spool for all of it at once, or a wait for it (the
         // spool's budget): a job never holds part of its room while it
@@ -738,78 +753,6 @@ impl Engine {
             }
         });
         join_all(writes).await
-    }
-
-    /// Streams each blob of `needed` bigger than the spool's budget from
-    /// the job's (registry) source to every destination of `work` that
-    /// lacks it and cannot mount it, taking it out of `needed`. A stream
-    /// that fails is tried once more for the destinations that did not get
-    /// the blob; what still did not arrive fails its destination in
-    /// `missing` (never through the spool, which cannot hold it). Per
-    /// destination index, the blobs streamed to it.
-    async fn stream_what_the_spool_cannot_hold(
-        &self,
-        job: &Job,
-        work: &[(usize, Option<Digest>)],
-        needed: &mut BTreeMap<Digest, Descriptor>,
-        missing: &mut [Result<Vec<Descriptor>>],
-    ) -> HashMap<usize, Vec<Descriptor>> {
-        let mut streamed_to: HashMap<usize, Vec<Descriptor>> = HashMap::new();
-        let (Some(limit), Source::Registry(source)) =
-            (self.spool.budget.limit(), job.source.as_ref())
-        else {
-            return streamed_to;
-        };
-        let streamed: Vec<Descriptor> = needed
-            .values()
-            .filter(|blob| blob.size > limit)
-            .cloned()
-            .collect();
-        for blob in &streamed {
-            needed.remove(&blob.digest);
-            let mut left: Vec<usize> = work
-                .iter()
-                .zip(missing.iter())
-                .filter(|(_, lacking)| {
-                    lacking
-                        .as_ref()
-                        .is_ok_and(|l| l.iter().any(|b| b.digest == blob.digest))
-                })
-                .map(|((i, _), _)| *i)
-                .filter(|i| {
-                    let repository = &job.destinations[*i].repository;
-                    self.mount_source(repository, &blob.digest).is_none()
-                })
-                .collect();
-            for attempt in 1..=2 {
-                let repositories: Vec<&Repository> = left
-                    .iter()
-                    .map(|i| &job.destinations[*i].repository)
-                    .collect();
-                let results = self.stream_blob(job, source, blob, &repositories).await;
-                let mut again = Vec::new();
-                for (i, result) in left.into_iter().zip(results) {
-                    match result {
-                        Ok(true) => streamed_to.entry(i).or_default().push(blob.clone()),
-                        Ok(false) => {}
-                        Err(error) if attempt == 1 => {
-                            tracing::debug!(digest = %blob.digest, "streaming failed, again: {error}");
-                            again.push(i);
-                        }
-                        Err(error) => {
-                            if let Some(at) = work.iter().position(|(w, _)| *w == i) {
-                                missing[at] = Err(error);
-                            }
-                        }
-                    }
-                }
-                left = again;
-                if left.is_empty() {
-                    break;
-                }
-            }
-        }
-        streamed_to
     }
 
     /// Fails an image that lacks a platform the job requires, before

@@ -249,6 +249,10 @@ pub struct Summary {
     pub requests: Vec<(String, u64)>,
     /// How long jobs waited for room in the spool, in all.
     pub spool_waited: Duration,
+    /// Bytes read from sources into the spool.
+    pub spooled: u64,
+    /// Bytes read from sources and streamed to targets, past the spool.
+    pub streamed: u64,
 }
 
 impl Outcome {

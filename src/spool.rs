@@ -140,6 +140,12 @@ impl Spool {
         entries.values().filter(|e| e.cell.get().is_some()).count()
     }
 
+    /// Whether `digest` is in the spool now (fetched, not yet released).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        let entries = self.entries.lock().expect("spool lock poisoned");
+        entries.get(digest).is_some_and(|e| e.cell.initialized())
+    }
+
     /// The file holding `digest`, fetching it with `fetch(path)` if no one has.
     /// `fetch` must write the verified blob to `path` or fail.
     pub async fn get<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<PathBuf>

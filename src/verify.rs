@@ -414,5 +414,7 @@ pub fn summary(checks: &[Check], duration: std::time::Duration) -> Summary {
         throttled: Vec::new(),
         requests: Vec::new(),
         spool_waited: std::time::Duration::ZERO,
+        spooled: 0,
+        streamed: 0,
     }
 }

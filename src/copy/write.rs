@@ -130,129 +130,6 @@ impl Engine {
         Ok(*path == repository.path && *present)
     }
 
-    /// Streams `blob` from the job's source to `repositories` at once,
-    /// without the spool (a blob bigger than the spool may hold): one
-    /// download, teed to an upload per repository through a bounded
-    /// buffer, hashed on the way. The last chunk goes out only once the
-    /// digest and size are proven, so a mismatch aborts every upload
-    /// before the registry can commit it. A repository that stops taking
-    /// chunks for [`STREAM_LAG`] is cut off, so it cannot hold the others
-    /// for ever. Per repository: `Ok(true)` written by this stream,
-    /// `Ok(false)` written by another job, or why it was not (the
-    /// source's fault when the download failed, else the upload's).
-    pub(super) async fn stream_blob(
-        &self,
-        job: &Job,
-        source: &Repository,
-        blob: &Descriptor,
-        repositories: &[&Repository],
-    ) -> Vec<Result<bool>> {
-        let mut senders = Vec::new();
-        let mut uploads = Vec::new();
-        for &repository in repositories {
-            let cell = self.cell(Self::key(false, repository, &blob.digest));
-            if cell.initialized() {
-                uploads.push(futures::future::Either::Left(async { Ok(false) }));
-                continue;
-            }
-            let (sender, receiver) =
-                tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(STREAM_DEPTH);
-            senders.push(Some(sender));
-            uploads.push(futures::future::Either::Right(async move {
-                let mine = AtomicBool::new(false);
-                cell.get_or_try_init(|| async {
-                    mine.store(true, Ordering::Relaxed);
-                    let shown = self.show(Direction::Upload, job, &repository.to_string(), blob);
-                    let body = futures::stream::unfold(receiver, |mut receiver| async {
-                        receiver.recv().await.map(|chunk| (chunk, receiver))
-                    });
-                    self.client
-                        .upload_stream(repository, blob, Box::pin(body), &shown.meter)
-                        .await?;
-                    self.record(repository, &blob.digest);
-                    Ok::<_, Error>(Written::Uploaded)
-                })
-                .await
-                .map(|_| mine.load(Ordering::Relaxed))
-            }));
-        }
-        if senders.is_empty() {
-            return futures::future::join_all(uploads).await;
-        }
-        let feed = async {
-            let fed = self.feed(job, source, blob, &mut senders).await;
-            if let Err(error) = &fed {
-                // Every upload ends in an error before its last byte.
-                for sender in senders.iter().flatten() {
-                    let _ = sender
-                        .send(Err(std::io::Error::other(error.to_string())))
-                        .await;
-                }
-            }
-            // Dropped: an upload whose body ended whole completes.
-            senders.clear();
-            fed
-        };
-        let (fed, written) = futures::future::join(feed, futures::future::join_all(uploads)).await;
-        match fed {
-            Ok(()) => written,
-            // The source's fault is each failed upload's reason.
-            Err(error) => {
-                let failed = written.iter().filter(|w| w.is_err()).count();
-                let mut reasons = error.share(failed);
-                written
-                    .into_iter()
-                    .map(|w| match w {
-                        Err(_) => Err(reasons.next().expect("one reason per failure")),
-                        ok => ok,
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// The download half of [`Engine::stream_blob`]: each chunk to every
-    /// sender still taking them, the last only once the blob is proven.
-    async fn feed(
-        &self,
-        job: &Job,
-        source: &Repository,
-        blob: &Descriptor,
-        senders: &mut [Option<tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>>],
-    ) -> Result<()> {
-        use futures::StreamExt as _;
-        let chunks = self
-            .client
-            .get_blob(source, &blob.digest)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("{source}@{}", blob.digest),
-            })?;
-        let shown = self.show(Direction::Download, job, &source.to_string(), blob);
-        let mut verifier = crate::digest::Verifier::new(blob.digest.clone(), Some(blob.size));
-        let mut chunks = std::pin::pin!(chunks);
-        let mut held: Option<bytes::Bytes> = None;
-        loop {
-            let chunk = match chunks.next().await {
-                Some(chunk) => chunk?,
-                None => break,
-            };
-            verifier.update(&chunk);
-            if verifier.overrun() {
-                break;
-            }
-            shown.meter.add(chunk.len() as u64);
-            if let Some(previous) = held.replace(chunk) {
-                tee(senders, previous).await?;
-            }
-        }
-        verifier.finish(&format!("blob {} from {source}", blob.digest))?;
-        if let Some(last) = held {
-            tee(senders, last).await?;
-        }
-        Ok(())
-    }
-
     /// The spooled file for `blob`, fetched from the job's source at most once.
     pub(super) async fn spooled(&self, job: &Job, blob: &Descriptor) -> Result<PathBuf> {
         self.spool
@@ -260,7 +137,9 @@ impl Engine {
                 let shown = self.show(Direction::Download, job, &job.source.to_string(), blob);
                 job.source
                     .fetch_blob(&self.client, blob, &path, &shown.meter)
-                    .await
+                    .await?;
+                self.spooled.fetch_add(blob.size, Ordering::Relaxed);
+                Ok(())
             })
             .await
     }
@@ -268,7 +147,13 @@ impl Engine {
     /// A meter for `blob` moving to or from `peer`, shown to the reporter
     /// until the returned guard drops (the transfer ended, or its job was
     /// dropped).
-    fn show(&self, direction: Direction, job: &Job, peer: &str, blob: &Descriptor) -> Shown<'_> {
+    pub(super) fn show(
+        &self,
+        direction: Direction,
+        job: &Job,
+        peer: &str,
+        blob: &Descriptor,
+    ) -> Shown<'_> {
         let meter = Arc::new(Meter::new(
             direction,
             (&job.image, &job.reference),
@@ -336,13 +221,7 @@ impl Engine {
         digest: &Digest,
         cell: &Arc<OnceCell<Written>>,
     ) {
-        let (path, first) = self
-            .first_writers
-            .lock()
-            .expect("first writers lock poisoned")
-            .entry((repository.api_host().to_string(), digest.clone()))
-            .or_insert_with(|| (repository.path.clone(), cell.clone()))
-            .clone();
+        let (path, first) = self.claim_first_write(repository, digest, cell);
         if path != repository.path {
             // Waits while the first writer is busy; an empty cell (it
             // failed) is left empty.
@@ -350,6 +229,23 @@ impl Engine {
                 .get_or_try_init(|| async { Err::<Written, ()>(()) })
                 .await;
         }
+    }
+
+    /// Makes `repository` (writing `digest` through `cell`) its registry's
+    /// first writer of the blob, unless another repository is already:
+    /// the first writer.
+    pub(super) fn claim_first_write(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        cell: &Arc<OnceCell<Written>>,
+    ) -> FirstWriter {
+        self.first_writers
+            .lock()
+            .expect("first writers lock poisoned")
+            .entry((repository.api_host().to_string(), digest.clone()))
+            .or_insert_with(|| (repository.path.clone(), cell.clone()))
+            .clone()
     }
 
     /// Puts a child manifest by digest unless the repository has it. True if
@@ -454,35 +350,4 @@ impl Drop for Shown<'_> {
     fn drop(&mut self) {
         self.reporter.transfer_finished(&self.meter);
     }
-}
-
-/// Chunks a streamed blob may have waiting for each target.
-const STREAM_DEPTH: usize = 8;
-
-/// How long a target may take no chunk of a streamed blob before it is
-/// cut off (it gets the blob through the spool afterwards).
-pub(super) const STREAM_LAG: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Sends `chunk` to every sender still taking chunks; one that is gone (its
-/// upload failed) or takes none for [`STREAM_LAG`] is dropped. Fails when
-/// none is left.
-async fn tee(
-    senders: &mut [Option<tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>>],
-    chunk: bytes::Bytes,
-) -> Result<()> {
-    for slot in senders.iter_mut() {
-        if let Some(sender) = slot {
-            let sent = tokio::time::timeout(STREAM_LAG, sender.send(Ok(chunk.clone()))).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                *slot = None;
-            }
-        }
-    }
-    if senders.iter().all(Option::is_none) {
-        return Err(Error::io(
-            "stream a blob to its targets",
-            std::io::Error::other("no target is taking it any more"),
-        ));
-    }
-    Ok(())
 }

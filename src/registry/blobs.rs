@@ -68,6 +68,51 @@ impl RegistryClient {
             .map(Answer::chunks))
     }
 
+    /// A blob's bytes from byte `from` on (a `Range` request when `from` is
+    /// not 0), as [`Self::get_blob`] gives them, with the offset of the
+    /// first byte the answer holds: `from`, or 0 when the registry answered
+    /// the whole blob (the caller skips what it has). A part that starts
+    /// anywhere else is refused.
+    pub async fn get_blob_from(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<
+        Option<(
+            u64,
+            impl futures::Stream<Item = Result<Bytes>> + Send + use<>,
+        )>,
+    > {
+        let url = self.url(repository, &["blobs", digest.as_str()], &[])?;
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        let build = |request: RequestBuilder, _: &Arc<Watch>| match &range {
+            Some(range) => request.header(reqwest::header::RANGE, range),
+            None => request,
+        };
+        let Some(answer) = self.pull(repository, Method::GET, &url, &build).await? else {
+            return Ok(None);
+        };
+        let start = if answer.response.status() == StatusCode::PARTIAL_CONTENT {
+            match content_range_start(&answer.response) {
+                Some(start) if start == from && from > 0 => start,
+                _ => {
+                    return Err(Error::status(
+                        "GET",
+                        &url,
+                        206,
+                        &format!(
+                            "a part of the blob that does not start at byte {from}, where it was asked to"
+                        ),
+                    ));
+                }
+            }
+        } else {
+            0
+        };
+        Ok(Some((start, answer.chunks())))
+    }
+
     /// Streams a blob into `path`, checking digest and size as it goes. A
     /// transfer that breaks is taken up where it stopped: the bytes already
     /// in the file (and their hash so far) are kept, and the rest asked for
@@ -118,28 +163,13 @@ impl RegistryClient {
         kept: &mut Option<Verifier>,
     ) -> Result<()> {
         let from = kept.as_ref().map_or(0, Verifier::seen);
-        let range = (from > 0).then(|| format!("bytes={from}-"));
-        let build = |request: RequestBuilder, _: &Arc<Watch>| match &range {
-            Some(range) => request.header(reqwest::header::RANGE, range),
-            None => request,
-        };
-        let answer = self
-            .pull(repository, Method::GET, url, &build)
+        let (start, chunks) = self
+            .get_blob_from(repository, &blob.digest, from)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("{repository}@{}", blob.digest),
             })?;
-        let partial = answer.response.status() == StatusCode::PARTIAL_CONTENT;
-        if partial && (from == 0 || content_range_start(&answer.response) != Some(from)) {
-            return Err(Error::status(
-                "GET",
-                url,
-                206,
-                &format!(
-                    "a part of the blob that does not start at byte {from}, where it was asked to"
-                ),
-            ));
-        }
+        let partial = start > 0;
         let (mut writer, mut verifier) = match kept.take() {
             Some(verifier) if partial => {
                 tracing::debug!(url = %ShownUrl::new(url), from, "blob download resumed");
@@ -155,7 +185,7 @@ impl RegistryClient {
                 )
             }
         };
-        let mut chunks = std::pin::pin!(answer.chunks());
+        let mut chunks = std::pin::pin!(chunks);
         let broke = loop {
             let Some(chunk) = chunks.next().await else {
                 break None;
@@ -249,9 +279,10 @@ impl RegistryClient {
         meter: &Arc<Meter>,
     ) -> Result<()> {
         let session = Mutex::new(session);
-        // Once a PUT is refused for its size, every later attempt goes
-        // straight to parts instead of sending the whole blob again.
-        let in_parts = AtomicBool::new(false);
+        // Once a PUT is refused for its size (this blob's, or a smaller
+        // one's earlier), the blob goes straight to parts instead of being
+        // sent whole again.
+        let in_parts = AtomicBool::new(!self.takes_whole(repository, blob.size));
         // One request to the host's health, however often it is sent again.
         deadline::one_request(retry::run(|| async {
             let session = session.lock().expect("session lock poisoned").take();
@@ -299,6 +330,15 @@ impl RegistryClient {
             }
         }))
         .await
+    }
+
+    /// Whether the registry may take a blob of `size` in one PUT: none as
+    /// big was refused for its size (413) this run.
+    pub fn takes_whole(&self, repository: &Repository, size: u64) -> bool {
+        size < self
+            .host(repository)
+            .whole_put_refused
+            .load(Ordering::Relaxed)
     }
 
     /// Uploads `blob` from `body` as it comes (a blob streamed from its
@@ -480,9 +520,15 @@ impl RegistryClient {
                 .body(body)
         };
         let created = |status| status == StatusCode::CREATED;
-        self.push(repository, Method::PUT, url, &build, false, created)
-            .await?;
-        Ok(())
+        let put = self
+            .push(repository, Method::PUT, url, &build, false, created)
+            .await;
+        if let Err(Error::Status { status: 413, .. }) = &put {
+            self.host(repository)
+                .whole_put_refused
+                .fetch_min(size, Ordering::Relaxed);
+        }
+        put.map(drop)
     }
 }
 

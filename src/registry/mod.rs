@@ -98,6 +98,10 @@ struct Host {
     health: Health,
     /// Requests sent (each attempt), for reports and metrics.
     sent: std::sync::atomic::AtomicU64,
+    /// The smallest blob this run sent in one PUT and the registry refused
+    /// for its size (413; `u64::MAX` until then): blobs as big go up in
+    /// parts from the start.
+    whole_put_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Host {
@@ -304,6 +308,7 @@ impl RegistryClient {
                     window: options.timeout,
                     health: Health::default(),
                     sent: Default::default(),
+                    whole_put_refused: std::sync::atomic::AtomicU64::new(u64::MAX),
                 })
             })
             .clone()

@@ -1302,22 +1302,23 @@ async fn an_upload_draining_slowly_from_socket_buffers_is_not_stalled() {
     );
 }
 
-/// The spool's budget (issue 28): six images of about 6 MiB each, synced
-/// six at a time to two targets, with `REGMIRROR_SPOOL_MAX=8MiB`: the
-/// spool never holds more than 8 MiB (polled while it runs), every image
-/// arrives whole, and the report says jobs waited for room. The same run
-/// without the budget holds more than 8 MiB at once, so it is the budget
-/// that kept it down.
+/// The spool's budget (issue 28): six images of about 2 MiB each (blobs
+/// under 1 MiB, which go through the spool rather than stream), synced six
+/// at a time to two targets, with `REGMIRROR_SPOOL_MAX=4MiB`: the spool
+/// never holds more than 4 MiB (polled while it runs), every image arrives
+/// whole, and the report says jobs waited for room. The same run without
+/// the budget holds more than 4 MiB at once, so it is the budget that kept
+/// it down.
 #[tokio::test]
 async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
-    const BUDGET: u64 = 8 << 20;
+    const BUDGET: u64 = 4 << 20;
     let mut lab = Lab::new(0, 2).await;
     for i in 0..6u64 {
         let name = format!("big{i}");
         let image = images::generate(&Spec {
             platforms: vec![("amd64", None)],
             base: 500 + i,
-            layer_size: 2 << 20,
+            layer_size: 900 << 10,
             attestations: false,
             ..Spec::new(&format!("team/{name}"), "v1", false)
         });
@@ -1327,7 +1328,7 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
     let run = |lab: &Lab, max: &str| sync_watching_the_spool(lab, &["--jobs", "6"], max);
 
     lab.config(&lab.upstream.host, &lab.target_hosts(), "");
-    let (code, peak, report, stderr) = run(&lab, "8MiB");
+    let (code, peak, report, stderr) = run(&lab, "4MiB");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(peak <= BUDGET, "the spool held {peak} bytes, over {BUDGET}");
     assert!(peak > 0, "the spool was never seen in use");
@@ -1495,4 +1496,150 @@ async fn a_blob_bigger_than_the_spool_streams_to_every_target_and_a_bad_one_comm
             TagState::Absent
         );
     }
+}
+
+/// Streaming when it pays (issue 28): a blob of 1 MiB or more that no
+/// earlier job put into the spool goes from the download straight to every
+/// target lacking it, with no disk. Two images sharing a 4 MiB base layer,
+/// synced at once to two targets with no spool budget: the spool never
+/// holds a big blob (polled), each distinct blob is read from the upstream
+/// once (the second image mounts the shared layer the first streamed),
+/// `totals.streamed_bytes` counts the big blobs and `spooled_bytes` only
+/// the small ones, and `verify --deep --content` is clean.
+///
+/// Then, to fresh targets: a source connection cut in the middle of a big
+/// layer is taken up with `Range` where it stopped (the stream goes on;
+/// nothing is read twice); and a target that drops one streamed upload
+/// gets that blob through the spool (read once more), the other target
+/// keeps its stream.
+#[tokio::test]
+async fn blobs_every_target_lacks_stream_past_the_spool_and_recover_from_cuts() {
+    const BIG: usize = 1 << 20;
+    let mut lab = Lab::new(0, 2).await;
+    for name in ["a", "b"] {
+        let image = images::generate(&Spec {
+            platforms: vec![("amd64", None)],
+            base: 950,
+            layer_size: 4 << 20,
+            attestations: false,
+            ..Spec::new(&format!("team/{name}"), "v1", false)
+        });
+        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
+        lab.images.push((name.into(), image));
+    }
+    let mut sizes: std::collections::HashMap<String, usize> = Default::default();
+    for (_, image) in &lab.images {
+        for (digest, bytes) in &image.blobs {
+            sizes.insert(digest.clone(), bytes.len());
+        }
+    }
+    let big: u64 = sizes
+        .values()
+        .filter(|s| **s >= BIG)
+        .map(|s| *s as u64)
+        .sum();
+    let small: u64 = sizes
+        .values()
+        .filter(|s| **s < BIG)
+        .map(|s| *s as u64)
+        .sum();
+    assert_eq!(sizes.values().filter(|s| **s >= BIG).count(), 5);
+    let reads = |lab: &Lab, mark: usize, digest: &str| {
+        lab.upstream
+            .requests()
+            .iter()
+            .skip(mark)
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest))
+            .count()
+    };
+
+    lab.config(&lab.upstream.host, &lab.target_hosts(), "");
+    let mark = lab.upstream.mark();
+    let (code, peak, report, stderr) = sync_watching_the_spool(&lab, &[], "unlimited");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(peak < BIG as u64, "the spool held {peak} bytes");
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
+    for digest in sizes.keys() {
+        assert_eq!(reads(&lab, mark, digest), 1, "{digest} read again");
+    }
+    assert_eq!(report["totals"]["streamed_bytes"], big, "{report:#}");
+    assert_eq!(report["totals"]["spooled_bytes"], small, "{report:#}");
+    let verify = regmirror(lab.dir.path(), &["verify", "--deep", "--content"], &[]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
+
+    // A source connection cut 1.5 MiB into the shared base layer.
+    let (base, _) = lab.images[0].1.blobs[1].clone();
+    assert!(sizes[&base] >= BIG);
+    lab.targets = vec![Registry::start(Auth::None), Registry::start(Auth::None)];
+    let cut = lab.upstream_behind(vec![Rule::new(
+        "GET",
+        &format!("/blobs/{base}"),
+        1,
+        Action::CutResponseAfter(3 << 19),
+    )]);
+    let (code, peak, report, stderr) = sync_watching_the_spool(&lab, &[], "unlimited");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(cut.applied(0), 1, "the cut never came");
+    assert!(peak < BIG as u64, "the spool held {peak} bytes");
+    let ranges: Vec<String> = cut
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&base))
+        .map(|s| {
+            s.headers
+                .iter()
+                .find(|h| h.to_ascii_lowercase().starts_with("range:"))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], "", "{ranges:?}");
+    let from: u64 = ranges[1]
+        .split_once("bytes=")
+        .and_then(|(_, r)| r.trim_end_matches('-').trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `Range` after the cut: {ranges:?}"));
+    assert!(from > 0, "{ranges:?}");
+    assert_eq!(report["totals"]["streamed_bytes"], big, "{report:#}");
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
+    drop(cut);
+
+    // t0 drops one streamed upload of a 4 MiB layer.
+    lab.targets = vec![Registry::start(Auth::None), Registry::start(Auth::None)];
+    let dropping = Proxy::start(
+        &lab.targets[0].host,
+        vec![
+            Rule::new(
+                "PUT",
+                "/blobs/uploads/",
+                1,
+                Action::CutRequestAfter(3 << 19),
+            )
+            .larger_than((4 << 20) - 1),
+        ],
+    );
+    lab.config(
+        &lab.upstream.host,
+        &[&dropping.host, &lab.targets[1].host],
+        "",
+    );
+    let mark = lab.upstream.mark();
+    let (code, _, report, stderr) = sync_watching_the_spool(&lab, &[], "unlimited");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(dropping.applied(0), 1, "no upload was dropped");
+    let big_reads: usize = sizes
+        .iter()
+        .filter(|(_, s)| **s >= BIG)
+        .map(|(d, _)| reads(&lab, mark, d))
+        .sum();
+    assert_eq!(big_reads, 6, "one stream each, then the spool for t0's");
+    assert_eq!(
+        report["totals"]["spooled_bytes"],
+        small + (4 << 20),
+        "{report:#}"
+    );
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
 }

@@ -674,6 +674,15 @@ async fn body_limits_and_refused_mounts() {
     let signature = cosign_signature(&image.root.0);
     let sig_tag = format!("{}.sig", image.root.0.replace(':', "-"));
     images::push(&staging.url(), "upstream/big", &sig_tag, &signature).await;
+    // Another image, with layers of its own, synced after the first.
+    let later = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        layer_size: 6 << 20,
+        base: 502,
+        attestations: false,
+        ..Spec::new("upstream/later", "v1", false)
+    });
+    images::push(&staging.url(), "upstream/later", "v1", &later).await;
     let target = Registry::start(Auth::None);
     let limited = Proxy::start(
         &target.host,
@@ -706,8 +715,10 @@ async fn body_limits_and_refused_mounts() {
         .target("acr", &format!("{}/mirror", limited.host))
         .image_with("one", &from, "[v1]", "    path: one/big\n")
         .image_with("two", &from, "[v1]", "    path: two/big\n")
+        .image("later", &format!("{}/upstream/later", staging.host), "[v1]")
         .write(dir.path());
 
+    let mark = staging.mark();
     let (run, report) = sync(dir.path(), &["--jobs", "1"], &[]);
     assert_eq!(run.code, 0, "{}", run.all());
     for result in report["results"].as_array().unwrap() {
@@ -716,6 +727,20 @@ async fn body_limits_and_refused_mounts() {
     assert!(limited.applied(0) >= 1, "no mount was refused");
     assert!(limited.applied(1) >= 1, "no PUT was refused for its size");
     assert!(limited.applied(2) >= 2, "no blob went up in parts");
+    // Once refused for its size, a blob as big goes up in parts at once:
+    // no more than the first image's four 6 MiB layers (sent at the same
+    // time) are refused, and none of the later image's blobs is read from
+    // the source twice (a streamed PUT refused reads it again).
+    assert!(limited.applied(1) <= 4, "{} refused", limited.applied(1));
+    for (digest, _) in &later.blobs {
+        let reads = staging
+            .requests()
+            .iter()
+            .skip(mark)
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest.as_str()))
+            .count();
+        assert_eq!(reads, 1, "{digest} read {reads} times");
+    }
     for repo in ["mirror/one/big", "mirror/two/big"] {
         assert_eq!(
             deep_check(&target.host, repo, "v1").await,

@@ -87,6 +87,12 @@ pub struct Totals {
     /// Seconds jobs waited, in all, for room in the spool
     /// (`REGMIRROR_SPOOL_MAX`, or three quarters of the free disk).
     pub spool_wait_seconds: f64,
+    /// Bytes read from sources into the spool (then uploaded from there).
+    pub spooled_bytes: u64,
+    /// Bytes read from sources and streamed to every target lacking them
+    /// at once, past the spool (blobs of 1 MiB or more that no other image
+    /// had put into the spool, and blobs bigger than the spool may hold).
+    pub streamed_bytes: u64,
 }
 
 /// How one image × tag × target ended.
@@ -242,6 +248,8 @@ impl Document {
                 manifests_pushed: totals.manifests_pushed,
                 bytes_uploaded: totals.bytes_uploaded,
                 spool_wait_seconds: summary.spool_waited.as_secs_f64(),
+                spooled_bytes: summary.spooled,
+                streamed_bytes: summary.streamed,
             },
             results: summary.outcomes.iter().map(row).collect(),
             requests: summary.requests.iter().cloned().collect(),
