@@ -161,6 +161,9 @@ pub struct Engine {
     /// to this run: another job that needs it there waits for that write
     /// and mounts it, rather than reading it from the source again.
     streams: Mutex<HashMap<Digest, HashSet<String>>>,
+    /// Room for streams at each registry (see `streaming`): fewer
+    /// transfers than its request permits.
+    stream_rooms: streaming::StreamRooms,
     /// Bytes read from sources into the spool, and streamed past it.
     spooled: AtomicU64,
     streamed: AtomicU64,
@@ -238,6 +241,7 @@ impl Engine {
             probes: Mutex::default(),
             source_tags: referrers::SourceTags::default(),
             streams: Mutex::default(),
+            stream_rooms: streaming::StreamRooms::default(),
             spooled: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
         })

@@ -11,6 +11,7 @@
 //! afterwards (a blob the spool cannot hold is streamed to it once more).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -31,12 +32,66 @@ use crate::source::Source;
 /// Blobs this big or bigger stream when no job has spooled them.
 pub(super) const STREAM_FROM: u64 = 1 << 20;
 
+/// Room for streams, per registry: fewer transfers of streams at once
+/// than the registry has request permits (`concurrency`; at least one). A
+/// stream's download holds a permit of its source while it waits for its
+/// targets to take each chunk, and each upload holds a permit of its
+/// target while it waits for the source: two streams could each hold what
+/// the other waits for. With fewer stream transfers at each registry than
+/// it has permits, each registry always has a permit that no stream holds,
+/// so some stream can always go on. (Other requests hold one permit and
+/// wait on none.) A stream enters the rooms of its registries in the
+/// order of their names, so entering cannot deadlock either.
+#[derive(Default)]
+pub(super) struct StreamRooms {
+    rooms: std::sync::Mutex<HashMap<String, (Arc<tokio::sync::Semaphore>, usize)>>,
+}
+
+impl StreamRooms {
+    /// Waits for room for a stream from `source` to `targets`.
+    async fn enter(
+        &self,
+        client: &crate::registry::RegistryClient,
+        source: &Repository,
+        targets: &[&Repository],
+    ) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let mut wanted: BTreeMap<String, (usize, &Repository)> = BTreeMap::new();
+        for repository in std::iter::once(source).chain(targets.iter().copied()) {
+            wanted
+                .entry(repository.api_host().to_string())
+                .or_insert((0, repository))
+                .0 += 1;
+        }
+        let mut held = Vec::new();
+        for (host, (count, repository)) in wanted {
+            let (room, size) = self
+                .rooms
+                .lock()
+                .expect("stream rooms lock poisoned")
+                .entry(host)
+                .or_insert_with(|| {
+                    let size = client.concurrency(repository).saturating_sub(1).max(1);
+                    (Arc::new(tokio::sync::Semaphore::new(size)), size)
+                })
+                .clone();
+            let permits = room
+                .acquire_many_owned(count.min(size) as u32)
+                .await
+                .expect("a stream room is never closed");
+            held.push(permits);
+        }
+        held
+    }
+}
+
 /// Chunks a streamed blob may have waiting for each target.
 const STREAM_DEPTH: usize = 8;
 
 /// How long a target may take no chunk of a streamed blob before it is
-/// cut off (it gets the blob through the spool afterwards).
-pub(super) const STREAM_LAG: Duration = Duration::from_secs(30);
+/// cut off (it gets the blob through the spool afterwards): well inside
+/// the idle window (30 s by default) of the other targets' uploads, which
+/// wait meanwhile.
+pub(super) const STREAM_LAG: Duration = Duration::from_secs(10);
 
 type Sender = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
 
@@ -157,7 +212,12 @@ impl Engine {
                 .iter()
                 .map(|i| &job.destinations[*i].repository)
                 .collect();
+            let room = self
+                .stream_rooms
+                .enter(&self.client, source, &repositories)
+                .await;
             let results = self.stream_blob(job, source, blob, &repositories).await;
+            drop(room);
             let mut again = Vec::new();
             for (i, result) in left.into_iter().zip(results) {
                 match result {
@@ -222,10 +282,25 @@ impl Engine {
                 cell.get_or_try_init(|| async {
                     mine.store(true, Ordering::Relaxed);
                     self.claim_first_write(repository, &blob.digest, &cell);
+                    // No session, no permit of the target, until the
+                    // source has sent something: an upload never waits
+                    // on the source while it holds the target.
+                    let mut receiver = receiver;
+                    let first = match receiver.recv().await {
+                        Some(Ok(first)) => first,
+                        Some(Err(error)) => return Err(Error::io("stream a blob", error)),
+                        None => {
+                            return Err(Error::io(
+                                "stream a blob",
+                                std::io::Error::other("the download ended before its first byte"),
+                            ));
+                        }
+                    };
                     let shown = self.show(Direction::Upload, job, &repository.to_string(), blob);
-                    let body = futures::stream::unfold(receiver, |mut receiver| async {
+                    let rest = futures::stream::unfold(receiver, |mut receiver| async {
                         receiver.recv().await.map(|chunk| (chunk, receiver))
                     });
+                    let body = futures::stream::once(async { Ok(first) }).chain(rest);
                     self.client
                         .upload_stream(repository, blob, Box::pin(body), &shown.meter)
                         .await?;

@@ -224,6 +224,15 @@ impl RegistryClient {
         })
     }
 
+    /// How many requests `repository`'s registry may have in flight at
+    /// once (`concurrency`).
+    pub fn concurrency(&self, repository: &Repository) -> usize {
+        self.options
+            .get(&repository.registry)
+            .map_or(RegistryOptions::default().concurrency, |o| o.concurrency)
+            .max(1)
+    }
+
     /// A client that never sends credentials: what anyone pulling sees.
     pub fn anonymous(options: HashMap<String, RegistryOptions>) -> Result<Self> {
         Ok(RegistryClient {

@@ -1643,3 +1643,53 @@ async fn blobs_every_target_lacks_stream_past_the_spool_and_recover_from_cuts() 
     let outcomes = lab.check_targets(&report).await;
     assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
 }
+
+/// Streams cannot deadlock on the registries' request permits: a stream's
+/// download holds a permit of the source while its targets take each
+/// chunk, and each upload holds a permit of its target while it waits for
+/// the source, so with every permit of each registry held by streams
+/// waiting on each other, nothing moved (found by `bench/cpu`: every PUT
+/// "stalled", targets marked down). Eight images with 4 MiB layers, to
+/// two targets, with `concurrency: 2` everywhere and `--jobs 8`: every
+/// image arrives, nothing stalls.
+#[tokio::test]
+async fn streams_never_wait_on_each_other_for_request_permits() {
+    let mut lab = Lab::new(0, 2).await;
+    for i in 0..8u64 {
+        let name = format!("s{i}");
+        let image = images::generate(&Spec {
+            platforms: vec![("amd64", None)],
+            base: 960 + i,
+            layer_size: 4 << 20,
+            attestations: false,
+            ..Spec::new(&format!("team/{name}"), "v1", false)
+        });
+        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
+        lab.images.push((name, image));
+    }
+    let mut registries = String::new();
+    for host in std::iter::once(lab.upstream.host.as_str()).chain(lab.target_hosts()) {
+        registries.push_str(&format!("  {host}:\n    concurrency: 2\n    timeout: 3s\n"));
+    }
+    lab.config(&lab.upstream.host, &lab.target_hosts(), &registries);
+    let (run, report) = lab.sync(&["--jobs", "8"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.stderr.contains("stalled"), "{}", run.stderr);
+    assert_eq!(
+        report["totals"]["spooled_bytes"].as_u64(),
+        Some(
+            lab.images
+                .iter()
+                .map(|(_, i)| i
+                    .blobs
+                    .iter()
+                    .filter(|(_, b)| b.len() < 1 << 20)
+                    .map(|(_, b)| b.len() as u64)
+                    .sum::<u64>())
+                .sum()
+        ),
+        "{report:#}"
+    );
+    let outcomes = lab.check_targets(&report).await;
+    assert!(outcomes.iter().all(|(_, o)| o == "copied"), "{outcomes:?}");
+}
