@@ -10,11 +10,14 @@
 //!
 //! cargo run --release --example workload -- --registry HOST:PORT --out DIR
 //!     --targets HOST:PORT,HOST:PORT,... [--repos 20 --tags 2 --singles 4
-//!     --layer-mib 4 --layer-kib 0 --base-pool 4 --big-gib 0 --namespace bench]
+//!     --layer-mib 4 --layer-kib 0 --base-pool 4 --big-gib 0 --big-images 1
+//!     --namespace bench]
 //!
 //! `--layer-kib N` (N > 0) makes layers N KiB instead (the scale workload:
 //! many small single-arch images); `--namespace` is the repositories'
-//! first path component.
+//! first path component. `--big-gib N` (N > 0) pushes `--big-images`
+//! single-layer images instead (`bench/big0`, `bench/big1`, …), each with a
+//! layer of N GiB of its own (`bench/bigblob`).
 //!
 //! Writes DIR/mirror.yaml (regmirror), DIR/skopeo.yaml (skopeo sync
 //! --src yaml) and prints `unique_blobs unique_bytes` on stdout.
@@ -47,6 +50,7 @@ struct Args {
     base_pool: usize,
     namespace: String,
     big_gib: u64,
+    big_images: usize,
 }
 
 fn args() -> Args {
@@ -84,6 +88,7 @@ fn args() -> Args {
             .cloned()
             .unwrap_or_else(|| "bench".into()),
         big_gib: number("big-gib", 0) as u64,
+        big_images: number("big-images", 1),
     }
 }
 
@@ -284,11 +289,11 @@ async fn push_manifest(
 
 /// A single-platform image `bench/big:v1` with one layer of `gib` GiB,
 /// streamed (never in memory): hashed in one pass, pushed in a second.
-async fn push_big(http: &reqwest::Client, registry: &str, gib: u64) -> u64 {
+async fn push_big(http: &reqwest::Client, registry: &str, repo: &str, seed: u64, gib: u64) -> u64 {
     let len = gib << 30;
     let piece = 1usize << 20;
     let chunk = move |i: u64| {
-        let mut state = (i + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut state = (i + 7 + (seed << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut out = Vec::with_capacity(piece);
         while out.len() < piece {
             state ^= state >> 12;
@@ -308,7 +313,7 @@ async fn push_big(http: &reqwest::Client, registry: &str, gib: u64) -> u64 {
     push_blob(
         http,
         registry,
-        "bench/big",
+        repo,
         &layer,
         reqwest::Body::wrap_stream(stream),
     )
@@ -317,7 +322,7 @@ async fn push_big(http: &reqwest::Client, registry: &str, gib: u64) -> u64 {
     push_blob(
         http,
         registry,
-        "bench/big",
+        repo,
         &sha256(&config),
         config.clone().into(),
     )
@@ -328,7 +333,7 @@ async fn push_big(http: &reqwest::Client, registry: &str, gib: u64) -> u64 {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": len}]
     }))
     .unwrap();
-    push_manifest(http, registry, "bench/big", "v1", OCI_MANIFEST, &manifest).await;
+    push_manifest(http, registry, repo, "v1", OCI_MANIFEST, &manifest).await;
     len + config.len() as u64
 }
 
@@ -338,23 +343,37 @@ async fn main() {
     std::fs::create_dir_all(&args.out).unwrap();
     let http = reqwest::Client::new();
     if args.big_gib > 0 {
-        let bytes = push_big(&http, &args.registry, args.big_gib).await;
+        let mut bytes = 0;
+        let mut images = String::new();
+        let mut skopeo = String::new();
+        for i in 0..args.big_images {
+            let repo = format!("bench/big{i}");
+            bytes += push_big(&http, &args.registry, &repo, i as u64, args.big_gib).await;
+            images.push_str(&format!(
+                "  - name: big{i}\n    source: {}/{repo}\n    tags: [v1]\n",
+                args.registry
+            ));
+            skopeo.push_str(&format!("    {repo}: [v1]\n"));
+        }
         let mut config = String::from("version: 1\ntargets:\n");
         for (i, target) in args.targets.iter().enumerate() {
             config.push_str(&format!("  t{}: {target}/m\n", i + 1));
         }
         let names: Vec<String> = (1..=args.targets.len()).map(|i| format!("t{i}")).collect();
-        config.push_str(&format!("defaults:\n  targets: [{}]\nimages:\n  - name: big\n    source: {}/bench/big\n    tags: [v1]\n", names.join(", "), args.registry));
+        config.push_str(&format!(
+            "defaults:\n  targets: [{}]\nimages:\n{images}",
+            names.join(", ")
+        ));
         std::fs::write(args.out.join("mirror.yaml"), config).unwrap();
         std::fs::write(
             args.out.join("skopeo.yaml"),
             format!(
-                "{}:\n  tls-verify: false\n  images:\n    bench/big: [v1]\n",
+                "{}:\n  tls-verify: false\n  images:\n{skopeo}",
                 args.registry
             ),
         )
         .unwrap();
-        println!("2 {bytes}");
+        println!("{} {bytes}", 2 * args.big_images);
         return;
     }
     let repos = build(&args);

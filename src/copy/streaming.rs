@@ -85,7 +85,7 @@ impl StreamRooms {
 }
 
 /// Chunks a streamed blob may have waiting for each target.
-const STREAM_DEPTH: usize = 8;
+const STREAM_DEPTH: usize = 4;
 
 /// How long a target may take no chunk of a streamed blob before it is
 /// cut off (it gets the blob through the spool afterwards): well inside
