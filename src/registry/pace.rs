@@ -3,14 +3,19 @@
 //! Most registries throttle at a rate they do not document, and many say
 //! so with a bare 429 (no `Retry-After`). Retrying each request on its own
 //! brings every throttled request back at once into an empty bucket. So
-//! each registry host keeps a [`Pace`] per [`Kind`] of request (manifest
-//! reads, blob reads, uploads, manifest writes, each limited apart by some
-//! registries). Writes start at a modest pace that grows fast while answers
-//! are clean (TCP's slow start), so a burst never meets a wall of 429s;
-//! reads start unpaced. On a throttling answer the pace halves (at most
-//! once a second: one burst of 429s counts once), then grows slowly while answers
-//! are clean (by about one request a second, each second: additive
-//! increase, multiplicative decrease, as TCP does). The
+//! each registry host keeps a [`Pace`] per [`Kind`] of request: manifest
+//! reads and blob reads apart (some registries limit them apart), and one
+//! for writes, uploads and manifest writes together (a limit on pushes,
+//! such as a proxy's in front of a registry, counts both in one bucket;
+//! ECR's per-action quotas are documented, and kept to as ceilings).
+//! Writes start at a
+//! modest pace that grows fast while answers are clean (TCP's slow start),
+//! so a burst never meets a wall of 429s; reads start unpaced. On a
+//! throttling answer the pace halves (at most every 300 ms: one burst of
+//! 429s counts once), grows back fast to four fifths of where the registry
+//! throttled, then slowly while answers are clean (by about one request a
+//! second, each second: additive increase, multiplicative decrease, as TCP
+//! does, with CUBIC's quick return below the last limit). The
 //! configured and documented limits (`rate_limit`, `write_rate_limit`,
 //! `concurrency`) stay ceilings above it.
 //!
@@ -73,27 +78,40 @@ impl Kind {
         }
     }
 
+    /// Its pace's index: uploads and manifest writes share one pace (see
+    /// [`Pace`]).
     fn index(self) -> usize {
-        self as usize
+        match self {
+            Kind::ManifestRead => 0,
+            Kind::BlobRead => 1,
+            Kind::Upload | Kind::ManifestWrite => 2,
+        }
     }
 }
+
+/// The paces a registry keeps: manifest reads, blob reads, writes.
+const PACES: usize = 3;
 
 /// The lowest pace: one request every 4 s. A registry that throttles even
 /// that is waited for by each request's own back-off.
 const SLOWEST: f64 = 0.25;
 
-/// Where writes start: 16 a second, raised by a tenth for each clean
+/// Where writes start: 32 a second, raised by a tenth for each clean
 /// answer ([`GROWTH`]) until the registry throttles or [`UNPACED`] is
-/// passed (after about 50 clean answers). A burst of writes into a registry
+/// passed (after about 45 clean answers). A burst of writes into a registry
 /// with a limit would meet a wall of 429s before the first came back;
 /// reads start unpaced (their published limits are `rate_limit`'s).
-const FIRST_WRITES: f64 = 16.0;
+const FIRST_WRITES: f64 = 32.0;
 
 /// How much faster each clean answer makes a pace still finding out.
 const GROWTH: f64 = 1.1;
 
 /// A pace above which requests are not paced at all.
 const UNPACED: f64 = 2000.0;
+
+/// How close below the pace that was last throttled a lowered pace grows
+/// back fast, before it creeps past it by about one a second each second.
+const RECOVER_TO: f64 = 0.8;
 
 /// The least time between two decreases of a pace.
 const DECREASE_EVERY: Duration = Duration::from_millis(300);
@@ -117,6 +135,8 @@ struct Pacer {
     starts: VecDeque<Instant>,
     /// When the rate was last lowered.
     last_decrease: Option<Instant>,
+    /// The pace when it was last lowered: where the registry throttled.
+    throttled_at: Option<f64>,
     /// Changes of pace so far (each decrease, and each quarter more while
     /// finding out): a request waiting for a slot given before a change
     /// takes a new slot at the new pace.
@@ -172,9 +192,11 @@ impl Pacer {
         self.decrease(now);
     }
 
-    /// Lowers the pace: half of it; unpaced until now, what the registry
-    /// was seen to accept (its clean answers in the last second, or half
-    /// the requests sent in it, the more). At most once a second: a
+    /// Lowers the pace: half of it (while finding out, not above half what
+    /// the registry was seen to accept); unpaced until now, what the
+    /// registry was seen to accept (its clean answers in the last second,
+    /// or half the requests sent in it, the more). Remembers where it
+    /// throttled, to grow back there fast ([`RECOVER_TO`]). At most once a second: a
     /// registry's bucket refills by the second, and the 429s of requests
     /// sent just before or after a decrease say nothing new.
     fn decrease(&mut self, now: Instant) {
@@ -197,9 +219,11 @@ impl Pacer {
             self.recent.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64();
         let rate = match self.rate {
             // Still finding out, the pace may have run far past the limit
-            // before the first 429 came back: not above what the registry
-            // was seen to accept in the last second.
-            Some(rate) if self.starting => (rate / 2.0).min(accepted.max(1.0)),
+            // before the first 429 came back: not above half what the
+            // registry was seen to accept in the last second (which may
+            // include a burst it will not give again); it grows back to
+            // four fifths of that fast.
+            Some(rate) if self.starting => (rate / 2.0).min(accepted.max(2.0) / 2.0),
             Some(rate) => rate / 2.0,
             None => {
                 let accepted = self.recent.len() as f64;
@@ -209,6 +233,14 @@ impl Pacer {
         }
         .max(SLOWEST);
         tracing::debug!(from = ?self.rate, to = rate, "throttled: slower");
+        // Where it was throttled: once found, the pace it had; while
+        // finding out (or unpaced), the pace may have run far past the
+        // limit, so only what the registry was seen to accept.
+        self.throttled_at = match self.rate {
+            Some(before) if !self.starting => Some(before),
+            Some(before) => Some(before.min(accepted)),
+            None => Some(rate),
+        };
         self.rate = Some(rate);
         self.starting = false;
         self.last_decrease = Some(now);
@@ -228,6 +260,17 @@ impl Pacer {
             // below any pace is bounded (the sum of 1/(16 × 1.1^n) is
             // 0.69 s), and a limit is found within a few answers.
             Some(rate) if self.starting => Some(rate * GROWTH).filter(|r| *r < UNPACED),
+            // Back fast to just under where the registry last throttled
+            // (a tenth more per clean answer: from half, within a second),
+            // as CUBIC does: a halved pace would otherwise stay far below
+            // a limit it only just passed, for seconds.
+            Some(rate)
+                if self
+                    .throttled_at
+                    .is_some_and(|at| rate * GROWTH < at * RECOVER_TO) =>
+            {
+                Some(rate * GROWTH)
+            }
             Some(rate) => Some(rate + 1.0 / rate.max(1.0)),
             None => None,
         };
@@ -261,17 +304,17 @@ fn forget_before(instants: &mut VecDeque<Instant>, now: Instant) {
 /// The paces of one registry host.
 #[derive(Debug)]
 pub struct Pace {
-    kinds: Mutex<[Pacer; 4]>,
+    kinds: Mutex<[Pacer; PACES]>,
     /// Per kind, its epoch, for the requests waiting their turn: told when
     /// the pace changed, they take a new slot.
-    changes: [tokio::sync::watch::Sender<u64>; 4],
+    changes: [tokio::sync::watch::Sender<u64>; PACES],
 }
 
 impl Default for Pace {
     fn default() -> Pace {
         Pace {
-            kinds: Mutex::new(Kind::ALL.map(Pacer::new)),
-            changes: Kind::ALL.map(|_| tokio::sync::watch::Sender::new(0)),
+            kinds: Mutex::new([Kind::ManifestRead, Kind::BlobRead, Kind::Upload].map(Pacer::new)),
+            changes: [(); PACES].map(|_| tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -328,17 +371,15 @@ impl Pace {
         let mut kinds = self.kinds.lock().expect("pace lock");
         let epoch = kinds[kind.index()].epoch;
         kinds[kind.index()].throttle(started, now);
-        // Registries that limit writes (or reads) mostly count uploads and
-        // manifest writes (manifest and blob reads) in one bucket: the
-        // other kind of the pair, still finding out, goes no faster than
-        // the pace just found.
-        if kinds[kind.index()].epoch > epoch {
-            let sibling = match kind {
-                Kind::Upload => Kind::ManifestWrite,
-                Kind::ManifestWrite => Kind::Upload,
-                Kind::ManifestRead => Kind::BlobRead,
-                Kind::BlobRead => Kind::ManifestRead,
-            };
+        // Registries that limit reads mostly count manifest and blob reads
+        // in one bucket: the other kind of read, still finding out, goes
+        // no faster than the pace just found. (Writes share one pace.)
+        let sibling = match kind {
+            Kind::ManifestRead => Some(Kind::BlobRead),
+            Kind::BlobRead => Some(Kind::ManifestRead),
+            Kind::Upload | Kind::ManifestWrite => None,
+        };
+        if let (Some(sibling), true) = (sibling, kinds[kind.index()].epoch > epoch) {
             let found = kinds[kind.index()].rate;
             let sibling = &mut kinds[sibling.index()];
             if sibling.starting {
@@ -353,10 +394,10 @@ impl Pace {
                 sibling.next = None;
             }
         }
-        let epochs = Kind::ALL.map(|kind| kinds[kind.index()].epoch);
+        let epochs = Kind::ALL.map(|kind| (kind, kinds[kind.index()].epoch));
         drop(kinds);
-        for kind in Kind::ALL {
-            self.tell(kind, epochs[kind.index()]);
+        for (kind, epoch) in epochs {
+            self.tell(kind, epoch);
         }
     }
 
@@ -403,46 +444,54 @@ mod tests {
         assert_eq!(kind(Method::PUT, "/v2/a/manifests/v1"), Kind::ManifestWrite);
     }
 
-    /// Writes start at 16 a second and speed up fast while clean; a
-    /// throttle halves the pace (of manifest writes too, which may share the
-    /// registry's bucket), once per window; then it grows by about one a
-    /// second each second.
+    /// Writes (uploads and manifest writes, one pace) start at 32 a
+    /// second and speed up fast while clean; a throttle halves the pace,
+    /// once per window; then it grows by about one a second each second.
     #[tokio::test(start_paused = true)]
     async fn writes_start_slow_then_halve_on_a_throttle_and_grow_while_clean() {
         let pace = Pace::default();
         let start = Instant::now();
-        for _ in 0..16 {
-            pace.before(Kind::Upload).await;
+        for i in 0..32 {
+            let kind = if i % 2 == 0 {
+                Kind::Upload
+            } else {
+                Kind::ManifestWrite
+            };
+            pace.before(kind).await;
         }
-        // The 16th starts 15/16 s in (to the millisecond: tokio's timer).
+        // The 32nd starts 31/32 s in (to the millisecond: tokio's timer):
+        // both kinds take turns in one pace.
         let took = start.elapsed().as_secs_f64();
-        assert!((took - 15.0 / 16.0).abs() < 0.002, "{took}");
+        assert!((took - 31.0 / 32.0).abs() < 0.002, "{took}");
         for _ in 0..8 {
             pace.clean(Kind::Upload);
             tokio::time::advance(Duration::from_millis(125)).await;
         }
         assert_eq!(pace.settled(), None, "nothing to report before a throttle");
-        // 16 × 1.1⁸ ≈ 34.3 a second, halved (17.1), but not above the 8
-        // answers the registry gave in the last second.
+        // 32 × 1.1⁸ ≈ 68.6 a second, halved (34.3), but not above half
+        // the 8 answers the registry gave in the last second (what it
+        // accepted may include a burst it will not give again).
         let sent = Instant::now();
         for _ in 0..5 {
             pace.throttled(Kind::Upload, sent);
         }
         let settled = pace.settled().unwrap();
         assert_eq!(settled.throttled, 5);
-        let found = 8.0;
+        let found = 4.0;
         assert_eq!(settled.pace.len(), 2);
         for (kind, (got, rate)) in Kind::ALL[2..].iter().zip(&settled.pace) {
             assert_eq!(got, kind);
             assert!((rate - found).abs() < 1e-6, "{kind:?}: {rate}");
         }
-        // Then slowly up: 9 clean answers, about one more.
+        // Then fast up to just under the 8 accepted (0.8 × 8 = 6.4: four
+        // answers), then slowly: five more answers, about one more.
         for _ in 0..9 {
             pace.before(Kind::Upload).await;
             pace.clean(Kind::Upload);
         }
         let rate = pace.settled().unwrap().pace[0].1;
-        assert!(rate > found + 1.0 && rate < found + 1.1, "{rate}");
+        let fast = found * GROWTH.powi(4);
+        assert!(rate > fast + 0.8 && rate < fast + 0.9, "{rate}");
         // A 429 to a request sent before the pace was lowered changes
         // nothing; one to a request sent after, a second after, halves it.
         pace.throttled(Kind::Upload, sent);
@@ -450,6 +499,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         pace.throttled(Kind::Upload, Instant::now());
         assert_eq!(pace.settled().unwrap().pace[0].1, rate / 2.0);
+        // Then back fast, by a tenth per clean answer, to just under where
+        // it was throttled (within 6 answers: 1.1⁶ > 1.6), then slowly.
+        for _ in 0..6 {
+            pace.clean(Kind::Upload);
+        }
+        let back = pace.settled().unwrap().pace[0].1;
+        assert!(
+            back <= rate * RECOVER_TO && back > rate * RECOVER_TO / GROWTH,
+            "{back} from {rate}"
+        );
     }
 
     /// Reads are not paced until throttled; then at what the registry
