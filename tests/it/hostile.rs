@@ -1314,16 +1314,7 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
     const BUDGET: u64 = 4 << 20;
     let mut lab = Lab::new(0, 2).await;
     for i in 0..6u64 {
-        let name = format!("big{i}");
-        let image = images::generate(&Spec {
-            platforms: vec![("amd64", None)],
-            base: 500 + i,
-            layer_size: 900 << 10,
-            attestations: false,
-            ..Spec::new(&format!("team/{name}"), "v1", false)
-        });
-        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
-        lab.images.push((name, image));
+        single_platform(&mut lab, &format!("big{i}"), 500 + i, 900 << 10).await;
     }
     let run = |lab: &Lab, max: &str| sync_watching_the_spool(lab, &["--jobs", "6"], max);
 
@@ -1348,6 +1339,22 @@ async fn the_spool_stays_within_its_budget_and_jobs_wait_for_room() {
         peak > BUDGET,
         "without a budget the spool held only {peak} bytes"
     );
+}
+
+/// `team/<name>:v1` pushed to `lab`'s upstream and added to its images:
+/// one platform, layers of `layer_size` (a base from `base`, a repository
+/// layer, and a quarter-size tag layer).
+async fn single_platform(lab: &mut Lab, name: &str, base: u64, layer_size: usize) {
+    let repo = format!("team/{name}");
+    let image = images::generate(&Spec {
+        platforms: vec![("amd64", None)],
+        base,
+        layer_size,
+        attestations: false,
+        ..Spec::new(&repo, "v1", false)
+    });
+    images::push(&lab.upstream.url(), &repo, "v1", &image).await;
+    lab.images.push((name.to_string(), image));
 }
 
 /// `team/<name>:v1` pushed to `lab`'s upstream: one platform, two 20 MiB
@@ -1517,15 +1524,7 @@ async fn blobs_every_target_lacks_stream_past_the_spool_and_recover_from_cuts() 
     const BIG: usize = 1 << 20;
     let mut lab = Lab::new(0, 2).await;
     for name in ["a", "b"] {
-        let image = images::generate(&Spec {
-            platforms: vec![("amd64", None)],
-            base: 950,
-            layer_size: 4 << 20,
-            attestations: false,
-            ..Spec::new(&format!("team/{name}"), "v1", false)
-        });
-        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
-        lab.images.push((name.into(), image));
+        single_platform(&mut lab, name, 950, 4 << 20).await;
     }
     let mut sizes: std::collections::HashMap<String, usize> = Default::default();
     for (_, image) in &lab.images {
@@ -1656,16 +1655,7 @@ async fn blobs_every_target_lacks_stream_past_the_spool_and_recover_from_cuts() 
 async fn streams_never_wait_on_each_other_for_request_permits() {
     let mut lab = Lab::new(0, 2).await;
     for i in 0..8u64 {
-        let name = format!("s{i}");
-        let image = images::generate(&Spec {
-            platforms: vec![("amd64", None)],
-            base: 960 + i,
-            layer_size: 4 << 20,
-            attestations: false,
-            ..Spec::new(&format!("team/{name}"), "v1", false)
-        });
-        images::push(&lab.upstream.url(), &format!("team/{name}"), "v1", &image).await;
-        lab.images.push((name, image));
+        single_platform(&mut lab, &format!("s{i}"), 960 + i, 4 << 20).await;
     }
     let mut registries = String::new();
     for host in std::iter::once(lab.upstream.host.as_str()).chain(lab.target_hosts()) {
