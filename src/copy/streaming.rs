@@ -30,7 +30,7 @@ use crate::registry::retry;
 use crate::source::Source;
 
 /// Blobs this big or bigger stream when no job has spooled them.
-pub(super) const STREAM_FROM: u64 = 1 << 20;
+const STREAM_FROM: u64 = 1 << 20;
 
 /// Room for streams, per registry: fewer transfers of streams at once
 /// than the registry has request permits (`concurrency`; at least one). A
@@ -91,7 +91,7 @@ const STREAM_DEPTH: usize = 4;
 /// cut off (it gets the blob through the spool afterwards): well inside
 /// the idle window (30 s by default) of the other targets' uploads, which
 /// wait meanwhile.
-pub(super) const STREAM_LAG: Duration = Duration::from_secs(10);
+const STREAM_LAG: Duration = Duration::from_secs(10);
 
 type Sender = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
 
@@ -207,6 +207,11 @@ impl Engine {
                 .collect()
         };
         let mut ended = Vec::new();
+        if left.is_empty() {
+            // Every registry it needs is another stream's: nothing to
+            // download, no room to wait for.
+            return ended;
+        }
         for attempt in 1..=if must { 2 } else { 1 } {
             let repositories: Vec<&Repository> = left
                 .iter()
