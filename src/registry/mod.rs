@@ -350,7 +350,10 @@ impl RegistryClient {
                 // The pace this registry was found to take (no wait until
                 // it throttled); before the permit, so a paced request
                 // holds no connection.
-                host.pace.before(kind).await;
+                let paced = host.pace.takes_slot(kind, &method);
+                if paced {
+                    host.pace.before(kind).await;
+                }
                 // `write_rate_limit` last: the pace found above never
                 // bunches up the writes it spaced.
                 if method == Method::PUT {
@@ -384,9 +387,9 @@ impl RegistryClient {
                         // slow this kind of request down; anything else
                         // answered lets it speed up.
                         if status == 429 || status == 503 {
-                            host.pace.throttled(kind, started);
+                            host.pace.throttled(kind, &method, started);
                         } else {
-                            host.pace.clean(kind);
+                            host.pace.clean(kind, paced);
                         }
                         let answer = Answer {
                             response,
@@ -581,9 +584,11 @@ impl RegistryClient {
         // documentation, "secondary rate limits"). Not waited for in this
         // run: the image is deferred to the next one.
         if status == StatusCode::FORBIDDEN && body.contains("secondary rate limit") {
-            self.host(repository)
-                .pace
-                .throttled(pace::Kind::of(&method, url), tokio::time::Instant::now());
+            self.host(repository).pace.throttled(
+                pace::Kind::of(&method, url),
+                &method,
+                tokio::time::Instant::now(),
+            );
             return Err(Error::RateLimited {
                 registry: self.host(repository).registry.clone(),
                 until: Some(SystemTime::now() + SECONDARY_PAUSE),

@@ -7,23 +7,27 @@
 //! reads and blob reads apart (some registries limit them apart), and one
 //! for writes, uploads and manifest writes together (a limit on pushes,
 //! such as a proxy's in front of a registry, counts both in one bucket;
-//! ECR's per-action quotas are documented, and kept to as ceilings).
-//! Writes start at a
-//! modest pace that grows fast while answers are clean (TCP's slow start),
-//! so a burst never meets a wall of 429s; reads start unpaced. On a
-//! throttling answer the pace halves (at most every 300 ms: one burst of
-//! 429s counts once), grows back fast to four fifths of where the registry
-//! throttled, then slowly while answers are clean (by about one request a
-//! second, each second: additive increase, multiplicative decrease, as TCP
-//! does, with CUBIC's quick return below the last limit). The
-//! configured and documented limits (`rate_limit`, `write_rate_limit`,
-//! `concurrency`) stay ceilings above it.
+//! ECR's per-action quotas are documented, and kept to as ceilings). Of
+//! writes, the PUTs take slots of the pace, as `write_rate_limit` counts
+//! them; an upload session's POST and PATCHes only once the registry
+//! throttles one ([`Pace::takes_slot`]). Writes start at a modest pace
+//! that grows fast while answers are clean (TCP's slow start), so a burst
+//! never meets a wall of 429s; reads start unpaced. On a throttling answer
+//! the pace halves (at most every 300 ms: one burst of 429s counts once),
+//! grows back fast to four fifths of where the registry throttled, then
+//! slowly while answers are clean (by about one request a second, each
+//! second: additive increase, multiplicative decrease, as TCP does, with
+//! CUBIC's quick return below the last limit); requests already waiting
+//! take the faster pace as it grows ([`RESLOT`]). The configured and
+//! documented limits (`rate_limit`, `write_rate_limit`, `concurrency`)
+//! stay ceilings above it.
 //!
 //! What was found is reported per registry ([`Settled`]), so a user can
 //! write the limit into `mirror.yaml`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -113,6 +117,18 @@ const UNPACED: f64 = 2000.0;
 /// back fast, before it creeps past it by about one a second each second.
 const RECOVER_TO: f64 = 0.8;
 
+/// How much faster than the slots already handed out a pace must have
+/// grown for the requests waiting for them to take new ones. Requests
+/// queue for their slots: a queue handed slots at a lowered pace kept it
+/// for as long as it was (seconds of writes at half the pace found) while
+/// the pace grew back. Each growth of a tenth ([`GROWTH`]) hands them out
+/// anew; the creep of one a second each second does so every few seconds.
+const RESLOT: f64 = 1.08;
+
+/// Fewer clean answers than this in the last second tell too little of
+/// what a registry accepts ([`Pacer::decrease`]).
+const FEW: usize = 4;
+
 /// The least time between two decreases of a pace.
 const DECREASE_EVERY: Duration = Duration::from_millis(300);
 
@@ -133,6 +149,10 @@ struct Pacer {
     recent: VecDeque<Instant>,
     /// Recent request starts (within [`RECENT`]).
     starts: VecDeque<Instant>,
+    /// Recent clean answers to requests that took no slot (upload
+    /// sessions' POSTs and PATCHes, until the registry throttles one):
+    /// what the registry accepted, once it turns out to count them.
+    unslotted: VecDeque<Instant>,
     /// When the rate was last lowered.
     last_decrease: Option<Instant>,
     /// The pace when it was last lowered: where the registry throttled.
@@ -192,13 +212,33 @@ impl Pacer {
         self.decrease(now);
     }
 
+    /// A clean answer to a request that took no slot: it counts for what
+    /// the registry accepted only once the registry is seen to count such
+    /// requests ([`Pacer::count_unslotted`]).
+    fn clean_unslotted(&mut self, now: Instant) {
+        forget_before(&mut self.unslotted, now);
+        self.unslotted.push_back(now);
+    }
+
+    /// The registry counts the requests that took no slot: their recent
+    /// clean answers are part of what it accepted.
+    fn count_unslotted(&mut self) {
+        let mut all: Vec<Instant> = self
+            .recent
+            .drain(..)
+            .chain(self.unslotted.drain(..))
+            .collect();
+        all.sort();
+        self.recent = all.into();
+    }
+
     /// Lowers the pace: half of it (while finding out, not above half what
-    /// the registry was seen to accept); unpaced until now, what the
-    /// registry was seen to accept (its clean answers in the last second,
-    /// or half the requests sent in it, the more). Remembers where it
-    /// throttled, to grow back there fast ([`RECOVER_TO`]). At most once a second: a
-    /// registry's bucket refills by the second, and the 429s of requests
-    /// sent just before or after a decrease say nothing new.
+    /// the registry was seen to accept, once it answered [`FEW`] writes or
+    /// more); unpaced until now, what the registry was seen to accept (its
+    /// clean answers in the last second, or half the requests sent in it,
+    /// the more). Remembers where it throttled, to grow back there fast
+    /// ([`RECOVER_TO`]). At most every [`DECREASE_EVERY`]: the 429s of
+    /// requests sent just before or after a decrease say nothing new.
     fn decrease(&mut self, now: Instant) {
         if self
             .last_decrease
@@ -208,6 +248,14 @@ impl Pacer {
         }
         forget_before(&mut self.recent, now);
         forget_before(&mut self.starts, now);
+        forget_before(&mut self.unslotted, now);
+        // Too few answers to the requests that take slots to tell what the
+        // registry accepts (a throttle within a run's first moments, when
+        // upload sessions were all it had answered): every write it
+        // answered counts.
+        if self.recent.len() < FEW {
+            self.count_unslotted();
+        }
         // Clean answers a second, over the time they span (at least a
         // quarter second) within the last second: early in a run the
         // registry has had less than a second to answer.
@@ -217,13 +265,16 @@ impl Pacer {
             .map_or(RECENT, |oldest| now.duration_since(*oldest));
         let accepted =
             self.recent.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64();
+        let told = self.recent.len() >= FEW;
         let rate = match self.rate {
             // Still finding out, the pace may have run far past the limit
             // before the first 429 came back: not above half what the
             // registry was seen to accept in the last second (which may
             // include a burst it will not give again); it grows back to
             // four fifths of that fast.
-            Some(rate) if self.starting => (rate / 2.0).min(accepted.max(2.0) / 2.0),
+            Some(rate) if self.starting && told => (rate / 2.0).min(accepted.max(2.0) / 2.0),
+            // Found before, or too few answers to tell even counting every
+            // write: half the pace.
             Some(rate) => rate / 2.0,
             None => {
                 let accepted = self.recent.len() as f64;
@@ -238,8 +289,8 @@ impl Pacer {
         // limit, so only what the registry was seen to accept.
         self.throttled_at = match self.rate {
             Some(before) if !self.starting => Some(before),
-            Some(before) => Some(before.min(accepted)),
-            None => Some(rate),
+            Some(before) if told => Some(before.min(accepted)),
+            _ => Some(rate),
         };
         self.rate = Some(rate);
         self.starting = false;
@@ -274,13 +325,14 @@ impl Pacer {
             Some(rate) => Some(rate + 1.0 / rate.max(1.0)),
             None => None,
         };
-        // Much faster than the slots handed out: they are handed out anew
-        // from the last request that started.
+        // Faster than the slots handed out by more than [`RESLOT`]: they
+        // are handed out anew from the last request that started, while
+        // finding out and while growing back after a throttle alike.
         let faster = match self.rate {
-            Some(rate) => rate > self.epoch_rate * 1.25,
+            Some(rate) => rate > self.epoch_rate * RESLOT,
             None => self.epoch_rate > 0.0,
         };
-        if self.starting && faster {
+        if faster {
             self.epoch += 1;
             self.epoch_rate = self.rate.unwrap_or_default();
             self.next = match (self.rate, self.begun) {
@@ -305,6 +357,10 @@ fn forget_before(instants: &mut VecDeque<Instant>, now: Instant) {
 #[derive(Debug)]
 pub struct Pace {
     kinds: Mutex<[Pacer; PACES]>,
+    /// The registry throttled a POST or PATCH of an upload session: its
+    /// limit counts them, so from then on they take slots of the write
+    /// pace (see [`Pace::takes_slot`]).
+    sessions_counted: AtomicBool,
     /// Per kind, its epoch, for the requests waiting their turn: told when
     /// the pace changed, they take a new slot.
     changes: [tokio::sync::watch::Sender<u64>; PACES],
@@ -315,6 +371,7 @@ impl Default for Pace {
         Pace {
             kinds: Mutex::new([Kind::ManifestRead, Kind::BlobRead, Kind::Upload].map(Pacer::new)),
             changes: [(); PACES].map(|_| tokio::sync::watch::Sender::new(0)),
+            sessions_counted: AtomicBool::new(false),
         }
     }
 }
@@ -330,6 +387,22 @@ pub struct Settled {
 }
 
 impl Pace {
+    /// Whether a `method` request of `kind` takes a slot of its pace.
+    /// Reads do, and of writes the PUTs (an upload's last request, and a
+    /// manifest's): what `write_rate_limit` paces. The POST that opens an
+    /// upload session and the PATCHes that fill it take none until the
+    /// registry throttles one of them. A limit that counts only what
+    /// completes a push (the PUTs) would otherwise let the PUTs through at
+    /// half the pace found while blobs go up, and at all of it once only
+    /// manifests are left; a limit that counts every push request shows
+    /// itself with its first throttled POST.
+    pub fn takes_slot(&self, kind: Kind, method: &Method) -> bool {
+        match kind {
+            Kind::ManifestRead | Kind::BlobRead | Kind::ManifestWrite => true,
+            Kind::Upload => *method == Method::PUT || self.sessions_counted.load(Ordering::Relaxed),
+        }
+    }
+
     /// Waits until a request of `kind` may start; when it started. Who
     /// waits: the request alone, before it takes a connection permit.
     pub async fn before(&self, kind: Kind) -> Instant {
@@ -364,11 +437,18 @@ impl Pace {
         });
     }
 
-    /// The registry throttled a request of `kind` that started at
-    /// `started`.
-    pub fn throttled(&self, kind: Kind, started: Instant) {
+    /// The registry throttled a `method` request of `kind` that started
+    /// at `started`.
+    pub fn throttled(&self, kind: Kind, method: &Method, started: Instant) {
         let now = Instant::now();
         let mut kinds = self.kinds.lock().expect("pace lock");
+        if kind == Kind::Upload
+            && *method != Method::PUT
+            && !self.sessions_counted.swap(true, Ordering::Relaxed)
+        {
+            tracing::debug!("upload sessions throttled: they take slots of the write pace");
+            kinds[kind.index()].count_unslotted();
+        }
         let epoch = kinds[kind.index()].epoch;
         kinds[kind.index()].throttle(started, now);
         // Registries that limit reads mostly count manifest and blob reads
@@ -401,10 +481,15 @@ impl Pace {
         }
     }
 
-    /// A request of `kind` was answered without throttling.
-    pub fn clean(&self, kind: Kind) {
+    /// A request of `kind` was answered without throttling; `slotted`:
+    /// it took a slot of the pace ([`Pace::takes_slot`]).
+    pub fn clean(&self, kind: Kind, slotted: bool) {
         let epoch = {
             let mut kinds = self.kinds.lock().expect("pace lock");
+            if !slotted {
+                kinds[kind.index()].clean_unslotted(Instant::now());
+                return;
+            }
             kinds[kind.index()].clean(Instant::now());
             kinds[kind.index()].epoch
         };
@@ -464,7 +549,7 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         assert!((took - 31.0 / 32.0).abs() < 0.002, "{took}");
         for _ in 0..8 {
-            pace.clean(Kind::Upload);
+            pace.clean(Kind::Upload, true);
             tokio::time::advance(Duration::from_millis(125)).await;
         }
         assert_eq!(pace.settled(), None, "nothing to report before a throttle");
@@ -473,7 +558,7 @@ mod tests {
         // accepted may include a burst it will not give again).
         let sent = Instant::now();
         for _ in 0..5 {
-            pace.throttled(Kind::Upload, sent);
+            pace.throttled(Kind::Upload, &Method::PUT, sent);
         }
         let settled = pace.settled().unwrap();
         assert_eq!(settled.throttled, 5);
@@ -487,28 +572,102 @@ mod tests {
         // answers), then slowly: five more answers, about one more.
         for _ in 0..9 {
             pace.before(Kind::Upload).await;
-            pace.clean(Kind::Upload);
+            pace.clean(Kind::Upload, true);
         }
         let rate = pace.settled().unwrap().pace[0].1;
         let fast = found * GROWTH.powi(4);
         assert!(rate > fast + 0.8 && rate < fast + 0.9, "{rate}");
         // A 429 to a request sent before the pace was lowered changes
         // nothing; one to a request sent after, a second after, halves it.
-        pace.throttled(Kind::Upload, sent);
+        pace.throttled(Kind::Upload, &Method::PUT, sent);
         assert_eq!(pace.settled().unwrap().pace[0].1, rate);
         tokio::time::advance(Duration::from_secs(1)).await;
-        pace.throttled(Kind::Upload, Instant::now());
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
         assert_eq!(pace.settled().unwrap().pace[0].1, rate / 2.0);
         // Then back fast, by a tenth per clean answer, to just under where
         // it was throttled (within 6 answers: 1.1⁶ > 1.6), then slowly.
         for _ in 0..6 {
-            pace.clean(Kind::Upload);
+            pace.clean(Kind::Upload, true);
         }
         let back = pace.settled().unwrap().pace[0].1;
         assert!(
             back <= rate * RECOVER_TO && back > rate * RECOVER_TO / GROWTH,
             "{back} from {rate}"
         );
+    }
+
+    /// After a throttle the pace grows back fast, and requests already
+    /// waiting for a slot at the lowered pace take the faster one: a queue
+    /// of them would otherwise keep the lowered pace for as long as it is.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_take_the_pace_as_it_grows_back() {
+        let pace = std::sync::Arc::new(Pace::default());
+        // 20 answers in the last second, then a throttle: half of them
+        // (10 a second), to grow back fast to four fifths of 20.
+        for _ in 0..20 {
+            pace.clean(Kind::Upload, true);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        let start = Instant::now();
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move { pace.before(Kind::Upload).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // Five clean answers: 10 × 1.1⁴ ≈ 14.6, then one a second slower.
+        for _ in 0..5 {
+            pace.clean(Kind::Upload, true);
+        }
+        let rate = pace.settled().unwrap().pace[0].1;
+        assert!(rate > 14.6 && rate < 14.8, "{rate}");
+        let mut last = start;
+        for waiter in waiting {
+            last = last.max(waiter.await.unwrap());
+        }
+        // The 20th starts 19 slots in: at 14.7 a second, 1.3 s (at the 10
+        // a second they were handed first, 1.9 s).
+        let took = last.duration_since(start).as_secs_f64();
+        assert!(took < 1.4, "{took}");
+    }
+
+    /// An upload session's POST and PATCHes take no slot of the write
+    /// pace until the registry throttles one; then they do, and their
+    /// recent clean answers count in what the registry accepted.
+    #[tokio::test(start_paused = true)]
+    async fn upload_sessions_take_slots_once_the_registry_throttles_one() {
+        let pace = Pace::default();
+        assert!(pace.takes_slot(Kind::Upload, &Method::PUT));
+        assert!(pace.takes_slot(Kind::ManifestWrite, &Method::PUT));
+        assert!(!pace.takes_slot(Kind::Upload, &Method::POST));
+        assert!(!pace.takes_slot(Kind::Upload, &Method::PATCH));
+        // Three sessions answered for each PUT, 16 answers in 15/16 s.
+        for i in 0..16 {
+            if i > 0 {
+                tokio::time::advance(Duration::from_micros(62_500)).await;
+            }
+            pace.clean(Kind::Upload, i % 4 == 3);
+        }
+        pace.throttled(Kind::Upload, &Method::POST, Instant::now());
+        assert!(pace.takes_slot(Kind::Upload, &Method::POST));
+        assert!(pace.takes_slot(Kind::Upload, &Method::PATCH));
+        // Half the 17 a second accepted (counting the 4 PUTs alone: 2.7).
+        let rate = pace.settled().unwrap().pace[0].1;
+        assert!((rate - 8.53).abs() < 0.01, "{rate}");
+    }
+
+    /// A throttle before the registry answered enough writes to tell what
+    /// it accepts (the first moments of a run) halves the pace; it does
+    /// not take the few answers for the registry's limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_before_enough_answers_halves_the_pace() {
+        let pace = Pace::default();
+        pace.clean(Kind::Upload, false);
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, FIRST_WRITES / 2.0);
     }
 
     /// Reads are not paced until throttled; then at what the registry
@@ -523,9 +682,9 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO);
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..10 {
-            pace.clean(Kind::ManifestRead);
+            pace.clean(Kind::ManifestRead, true);
         }
-        pace.throttled(Kind::ManifestRead, Instant::now());
+        pace.throttled(Kind::ManifestRead, &Method::GET, Instant::now());
         assert_eq!(
             pace.settled().unwrap().pace,
             vec![(Kind::ManifestRead, 10.0), (Kind::BlobRead, 10.0)]
