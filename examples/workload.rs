@@ -20,7 +20,8 @@
 //! layer of N GiB of its own (`bench/bigblob`).
 //!
 //! Writes DIR/mirror.yaml (regmirror), DIR/skopeo.yaml (skopeo sync
-//! --src yaml) and prints `unique_blobs unique_bytes` on stdout.
+//! --src yaml), DIR/ocync.yaml (`ocync sync -c`, plain HTTP, its cache in
+//! DIR/ocync-cache) and prints `unique_blobs unique_bytes` on stdout.
 
 #![allow(clippy::disallowed_macros)] // a program of its own, with its own output (see clippy.toml)
 
@@ -337,6 +338,33 @@ async fn push_big(http: &reqwest::Client, registry: &str, repo: &str, seed: u64,
     len + config.len() as u64
 }
 
+/// The same mirror for ocync (its configuration reference,
+/// docs/src/content/configuration.md): every tag of each repository, to
+/// each target under `m/`, over plain HTTP (an `http://` URL keeps its
+/// scheme), with its cache where a run can remove it.
+fn ocync_config(args: &Args, repositories: &[String]) -> String {
+    let mut config = format!(
+        "global:\n  cache_dir: {}\nregistries:\n  upstream:\n    url: http://{}\n    auth_type: anonymous\n",
+        args.out.join("ocync-cache").display(),
+        args.registry
+    );
+    for (i, target) in args.targets.iter().enumerate() {
+        config.push_str(&format!(
+            "  t{}:\n    url: http://{target}\n    auth_type: anonymous\n",
+            i + 1
+        ));
+    }
+    let names: Vec<String> = (1..=args.targets.len()).map(|i| format!("t{i}")).collect();
+    config.push_str(&format!(
+        "target_groups:\n  all: [{}]\ndefaults:\n  source: upstream\n  targets: all\n  tags:\n    glob: \"*\"\nmappings:\n",
+        names.join(", ")
+    ));
+    for repository in repositories {
+        config.push_str(&format!("  - from: {repository}\n    to: m/{repository}\n"));
+    }
+    config
+}
+
 #[tokio::main]
 async fn main() {
     let args = args();
@@ -365,6 +393,10 @@ async fn main() {
             names.join(", ")
         ));
         std::fs::write(args.out.join("mirror.yaml"), config).unwrap();
+        let names: Vec<String> = (0..args.big_images)
+            .map(|i| format!("bench/big{i}"))
+            .collect();
+        std::fs::write(args.out.join("ocync.yaml"), ocync_config(&args, &names)).unwrap();
         std::fs::write(
             args.out.join("skopeo.yaml"),
             format!(
@@ -421,5 +453,7 @@ async fn main() {
     }
     std::fs::write(args.out.join("mirror.yaml"), config).unwrap();
     std::fs::write(args.out.join("skopeo.yaml"), skopeo).unwrap();
+    let names: Vec<String> = repos.iter().map(|repo| repo.name.clone()).collect();
+    std::fs::write(args.out.join("ocync.yaml"), ocync_config(&args, &names)).unwrap();
     println!("{} {}", unique.len(), unique.values().sum::<usize>());
 }
