@@ -1614,10 +1614,14 @@ async fn an_unpublished_write_limit_is_found_and_kept_to() {
 /// The same with a limit that counts every push request in one bucket, an
 /// upload session's POST and PATCHes too: the sessions, which take no slot
 /// of the write pace at first, take one once the registry throttles one.
-/// Without that: 57–74 429s in `bench/ratelimit`'s workload.
+/// Without that: 57–74 429s in `bench/ratelimit`'s workload, 126 here.
+/// With it: 2–3 on a quiet machine, but 2–18 with two busy loops beside
+/// (both before and after the runtime kept one worker fewer than the
+/// cores): a client held off the CPU sends its missed turns together, and
+/// the test suite runs many tests at once. Hence 25, still far from 126.
 #[tokio::test]
 async fn an_unpublished_limit_on_every_push_request_is_found_and_kept_to() {
-    unpublished_write_limit(&["POST", "PATCH", "PUT"], 10).await;
+    unpublished_write_limit(&["POST", "PATCH", "PUT"], 25).await;
 }
 
 /// Mirrors 12 images to a target whose proxy answers `methods` beyond 20 a
