@@ -374,8 +374,10 @@ async fn main() {
         let mut bytes = 0;
         let mut images = String::new();
         let mut skopeo = String::new();
+        let mut repositories = Vec::new();
         for i in 0..args.big_images {
             let repo = format!("bench/big{i}");
+            repositories.push(repo.clone());
             bytes += push_big(&http, &args.registry, &repo, i as u64, args.big_gib).await;
             images.push_str(&format!(
                 "  - name: big{i}\n    source: {}/{repo}\n    tags: [v1]\n",
@@ -393,10 +395,11 @@ async fn main() {
             names.join(", ")
         ));
         std::fs::write(args.out.join("mirror.yaml"), config).unwrap();
-        let names: Vec<String> = (0..args.big_images)
-            .map(|i| format!("bench/big{i}"))
-            .collect();
-        std::fs::write(args.out.join("ocync.yaml"), ocync_config(&args, &names)).unwrap();
+        std::fs::write(
+            args.out.join("ocync.yaml"),
+            ocync_config(&args, &repositories),
+        )
+        .unwrap();
         std::fs::write(
             args.out.join("skopeo.yaml"),
             format!(

@@ -1615,10 +1615,10 @@ async fn an_unpublished_write_limit_is_found_and_kept_to() {
 /// upload session's POST and PATCHes too: the sessions, which take no slot
 /// of the write pace at first, take one once the registry throttles one.
 /// Without that: 57–74 429s in `bench/ratelimit`'s workload, 126 here.
-/// With it: 2–3 on a quiet machine, but 2–18 with two busy loops beside
-/// (both before and after the runtime kept one worker fewer than the
-/// cores): a client held off the CPU sends its missed turns together, and
-/// the test suite runs many tests at once. Hence 25, still far from 126.
+/// With it: 2 in `bench/ratelimit`, but 2–18 here with two busy loops
+/// beside (with either runtime, before and after it kept one worker fewer
+/// than the cores; 15 once in CI): a client held off the CPU sends its
+/// missed turns together. Hence 25, still far from 126.
 #[tokio::test]
 async fn an_unpublished_limit_on_every_push_request_is_found_and_kept_to() {
     unpublished_write_limit(&["POST", "PATCH", "PUT"], 25).await;

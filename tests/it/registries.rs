@@ -1295,9 +1295,9 @@ async fn harbor() {
     nothing_left_to_do(dir.path(), &["--target", "acme"], &env, &[&target]);
     verified(dir.path(), &["--target", "acme"], &env);
 
-    // Last: the failed run abandons upload sessions it had opened in
-    // newproj (same registry), and the registry may log one after the run
-    // has exited, where the check of no writes above would count it.
+    // Last: the failing run writes to the same registry (its upload
+    // sessions pass, only the PUTs are refused), and the no-writes check
+    // above once counted a POST logged after that run had exited.
     let (run, report) = sync(dir.path(), &["--target", "newproj"], &env);
     assert_eq!(run.code, 1, "{}", run.all());
     let (outcome, message) = row(&report, "app", "v1");

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     // The command's own future runs on this thread (`block_on`): it reads
     // the downloads, hashes them and hands them to the uploads, which the
     // workers send. One worker fewer than the cores keeps a thread per
-    // core: on `bench/cpu` (2 cores) the client's CPU fell by a tenth,
+    // core: on `bench/cpu` (2 cores) the client's CPU fell by 8%,
     // with fewer wake-ups across threads (docs/benchmark.md).
     let workers =
         std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
