@@ -373,6 +373,13 @@ impl RegistryClient {
                     .acquire_owned()
                     .await
                     .expect("host semaphore is never closed");
+                // Requests that took their slots in turn but then waited
+                // for a connection together (every one busy) would go out
+                // together, the burst the pace is there to prevent: they
+                // leave an interval apart.
+                if paced {
+                    host.pace.spaced(kind).await;
+                }
                 let sent = std::time::Instant::now();
                 let (sent_result, redirected_to) =
                     http::following(deadline::send(request, &watch, host.window)).await;

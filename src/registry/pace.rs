@@ -18,7 +18,14 @@
 //! slowly while answers are clean (by about one request a second, each
 //! second: additive increase, multiplicative decrease, as TCP does, with
 //! CUBIC's quick return below the last limit); requests already waiting
-//! take the faster pace as it grows ([`RESLOT`]). The configured and
+//! take the faster pace as it grows ([`RESLOT`]). A pace grows no further
+//! than twice the rate requests took turns at (RFC 7661's congestion
+//! window validation): answers to a trickle say nothing of a burst. Turns
+//! are kept to as requests leave, not only as they are handed out: a
+//! request that took its turn and then waited for a connection leaves an
+//! interval after the last ([`Pace::spaced`]), and turns missed while the
+//! client was off the CPU are lost, not made up at once
+//! ([`Pacer::begin`]). The configured and
 //! documented limits (`rate_limit`, `write_rate_limit`, `concurrency`)
 //! stay ceilings above it.
 //!
@@ -129,6 +136,11 @@ const RESLOT: f64 = 1.08;
 /// what a registry accepts ([`Pacer::decrease`]).
 const FEW: usize = 4;
 
+/// How late a request may wake for its slot, beyond one interval of the
+/// pace, before the slots after it are handed out anew: the timer's and
+/// the scheduler's usual delay ([`Pacer::begin`]).
+const LATE: Duration = Duration::from_millis(10);
+
 /// The least time between two decreases of a pace.
 const DECREASE_EVERY: Duration = Duration::from_millis(300);
 
@@ -165,6 +177,8 @@ struct Pacer {
     epoch_rate: f64,
     /// When the last request that waited its turn started.
     begun: Option<Instant>,
+    /// When the last request that took a slot was sent ([`Pacer::send`]).
+    sent: Option<Instant>,
     /// Throttling answers seen.
     throttled: u64,
 }
@@ -198,6 +212,63 @@ impl Pacer {
         forget_before(&mut self.starts, now);
         self.starts.push_back(at);
         at
+    }
+
+    /// The pace changed: requests waiting for a slot, or to be sent, take
+    /// new turns at it (the sends claimed ahead of `now` are forgotten).
+    fn new_epoch(&mut self, now: Instant) {
+        self.epoch += 1;
+        self.sent = self.sent.map(|sent| sent.min(now));
+    }
+
+    /// When a request that took its slot and has its connection may be
+    /// sent: an interval after the last one (or now), counting it as
+    /// sent then ([`Pace::spaced`]).
+    fn send(&mut self, now: Instant) -> Instant {
+        let Some(rate) = self.rate else {
+            return now;
+        };
+        let at = self.sent.map_or(now, |last| {
+            now.max(last + Duration::from_secs_f64(1.0 / rate))
+        });
+        self.sent = Some(at);
+        at
+    }
+
+    /// Requests a second that took slots in the last second (those still
+    /// waiting for theirs too), over the time they span, at least a
+    /// quarter second.
+    fn used(&mut self, now: Instant) -> f64 {
+        forget_before(&mut self.starts, now);
+        let span = self
+            .starts
+            .front()
+            .map_or(RECENT, |oldest| now.saturating_duration_since(*oldest));
+        self.starts.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64()
+    }
+
+    /// A request whose slot was `at` woke at `now`; when it started.
+    /// Late by more than an interval of the pace (and [`LATE`]), the
+    /// client was held off the CPU (a busy runner): the requests whose
+    /// slots passed meanwhile would all start at once, a burst the pace
+    /// is there to prevent. So it starts now, and the slots after it are
+    /// handed out anew from now (a new epoch): turns missed are lost, not
+    /// made up.
+    fn begin(&mut self, at: Instant, now: Instant) -> Instant {
+        let interval = self.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+        match interval {
+            Some(interval) if now.duration_since(at) > interval.max(LATE) => {
+                tracing::debug!(late = ?now.duration_since(at), "woke late: slots handed out anew");
+                self.begun = Some(now);
+                self.next = Some(now + interval);
+                self.new_epoch(now);
+                now
+            }
+            _ => {
+                self.begun = Some(at);
+                at
+            }
+        }
     }
 
     /// A throttling answer to a request that started at `started`. Only a
@@ -297,7 +368,7 @@ impl Pacer {
         self.last_decrease = Some(now);
         // Nobody starts before one interval has passed.
         self.next = Some(now + Duration::from_secs_f64(1.0 / rate));
-        self.epoch += 1;
+        self.new_epoch(now);
         self.epoch_rate = rate;
     }
 
@@ -306,6 +377,7 @@ impl Pacer {
     fn clean(&mut self, now: Instant) {
         forget_before(&mut self.recent, now);
         self.recent.push_back(now);
+        let before = self.rate;
         self.rate = match self.rate {
             // A tenth more for each clean answer: the time a run spends
             // below any pace is bounded (the sum of 1/(16 × 1.1^n) is
@@ -325,6 +397,15 @@ impl Pacer {
             Some(rate) => Some(rate + 1.0 / rate.max(1.0)),
             None => None,
         };
+        // Not past twice the rate requests started at (or waited for a
+        // slot at) recently: answers to a trickle of requests say nothing
+        // of a faster pace (TCP's congestion window validation, RFC 7661).
+        // Grown on every answer, a pace found while uploads were under way
+        // let the PUTs that ended them together out as a burst.
+        let used = self.used(now);
+        if let (Some(rate), Some(before)) = (self.rate.as_mut(), before) {
+            *rate = rate.min(before.max(2.0 * used));
+        }
         // Faster than the slots handed out by more than [`RESLOT`]: they
         // are handed out anew from the last request that started, while
         // finding out and while growing back after a throttle alike.
@@ -333,7 +414,7 @@ impl Pacer {
             None => self.epoch_rate > 0.0,
         };
         if faster {
-            self.epoch += 1;
+            self.new_epoch(now);
             self.epoch_rate = self.rate.unwrap_or_default();
             self.next = match (self.rate, self.begun) {
                 (Some(rate), Some(begun)) => Some(begun + Duration::from_secs_f64(1.0 / rate)),
@@ -421,9 +502,44 @@ impl Pace {
             }
             let mut kinds = self.kinds.lock().expect("pace lock");
             let pacer = &mut kinds[kind.index()];
-            if pacer.epoch == epoch && Instant::now() >= at {
-                pacer.begun = Some(at);
-                return at;
+            let now = Instant::now();
+            if pacer.epoch == epoch && now >= at {
+                let started = pacer.begin(at, now);
+                let epoch = pacer.epoch;
+                drop(kinds);
+                self.tell(kind, epoch);
+                return started;
+            }
+        }
+    }
+
+    /// Waits, once a request of `kind` that took its slot has its
+    /// connection, until an interval of the pace has passed since the last
+    /// such request was sent. Slots are handed out in turn, but requests
+    /// then wait for a connection (the host's `concurrency`), and those
+    /// that waited together would otherwise go out together.
+    pub async fn spaced(&self, kind: Kind) {
+        loop {
+            let (at, epoch, mut changed) = {
+                let mut kinds = self.kinds.lock().expect("pace lock");
+                let pacer = &mut kinds[kind.index()];
+                let now = Instant::now();
+                let at = pacer.send(now);
+                if at <= now {
+                    return;
+                }
+                let changed = self.changes[kind.index()].subscribe();
+                (at, pacer.epoch, changed)
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => return,
+                _ = changed.changed() => {}
+            }
+            // The pace changed: a new turn at it, unless this one stands.
+            let stands = self.kinds.lock().expect("pace lock")[kind.index()].epoch == epoch;
+            if stands {
+                tokio::time::sleep_until(at).await;
+                return;
             }
         }
     }
@@ -470,7 +586,7 @@ impl Pace {
                     (_, found) => found,
                 };
                 sibling.starting = false;
-                sibling.epoch += 1;
+                sibling.new_epoch(now);
                 sibling.next = None;
             }
         }
@@ -585,8 +701,10 @@ mod tests {
         pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
         assert_eq!(pace.settled().unwrap().pace[0].1, rate / 2.0);
         // Then back fast, by a tenth per clean answer, to just under where
-        // it was throttled (within 6 answers: 1.1⁶ > 1.6), then slowly.
+        // it was throttled (within 6 answers: 1.1⁶ > 1.6), then slowly:
+        // writes that keep to the pace (a pace nobody uses does not grow).
         for _ in 0..6 {
+            pace.before(Kind::Upload).await;
             pace.clean(Kind::Upload, true);
         }
         let back = pace.settled().unwrap().pace[0].1;
@@ -632,6 +750,109 @@ mod tests {
         // a second they were handed first, 1.9 s).
         let took = last.duration_since(start).as_secs_f64();
         assert!(took < 1.4, "{took}");
+    }
+
+    /// Clean answers to a trickle of writes (uploads still under way)
+    /// say nothing about a faster pace: it grows no further than twice
+    /// the rate writes started at, so the PUTs that then come together
+    /// (the uploads ending at once) keep to it. Grown on every clean
+    /// answer, it was 32 × 1.1²⁰ ≈ 215 a second here, and they went out
+    /// in 42 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_used_in_part_does_not_grow_past_twice_its_use() {
+        let pace = std::sync::Arc::new(Pace::default());
+        for _ in 0..20 {
+            pace.before(Kind::Upload).await;
+            tokio::time::advance(Duration::from_millis(100)).await;
+            pace.clean(Kind::Upload, true);
+        }
+        let start = Instant::now();
+        let bunch: Vec<_> = (0..10)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move { pace.before(Kind::Upload).await })
+            })
+            .collect();
+        let mut last = start;
+        for waiter in bunch {
+            last = last.max(waiter.await.unwrap());
+        }
+        // Ten a second used: the pace stays at the 32 it started at.
+        let took = last.duration_since(start).as_secs_f64();
+        assert!(took >= 9.0 / 32.0 - 0.002, "{took}");
+    }
+
+    /// Requests that took their slots in turn, then waited for a
+    /// connection together (every one busy), are sent an interval apart,
+    /// not together when the connections free up.
+    #[tokio::test(start_paused = true)]
+    async fn requests_released_together_by_the_connections_leave_an_interval_apart() {
+        let pace = std::sync::Arc::new(Pace::default());
+        for _ in 0..20 {
+            pace.clean(Kind::Upload, true);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        let connections = std::sync::Arc::new(tokio::sync::Barrier::new(5));
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let (pace, connections) = (pace.clone(), connections.clone());
+                tokio::spawn(async move {
+                    pace.before(Kind::Upload).await;
+                    connections.wait().await;
+                    pace.spaced(Kind::Upload).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut sent = Vec::new();
+        for waiter in waiting {
+            sent.push(waiter.await.unwrap());
+        }
+        sent.sort();
+        let gaps: Vec<f64> = sent
+            .windows(2)
+            .map(|two| two[1].duration_since(two[0]).as_secs_f64())
+            .collect();
+        assert!(gaps.iter().all(|gap| *gap > 0.099), "{gaps:?}");
+    }
+
+    /// A client held off the CPU (a busy runner) wakes late for its
+    /// slots: the requests whose slots passed meanwhile do not start
+    /// together, but one interval apart from when it woke.
+    #[tokio::test(start_paused = true)]
+    async fn turns_missed_while_held_off_the_cpu_are_not_made_up_at_once() {
+        let pace = std::sync::Arc::new(Pace::default());
+        for _ in 0..20 {
+            pace.clean(Kind::Upload, true);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        let waiting: Vec<_> = (0..12)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move {
+                    pace.before(Kind::Upload).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // The clock jumps a second with no task run: the slots of the
+        // first ten pass unseen.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut started = Vec::new();
+        for waiter in waiting {
+            started.push(waiter.await.unwrap());
+        }
+        started.sort();
+        let gaps: Vec<f64> = started
+            .windows(2)
+            .map(|two| two[1].duration_since(two[0]).as_secs_f64())
+            .collect();
+        assert!(gaps.iter().all(|gap| *gap > 0.099), "{gaps:?}");
     }
 
     /// An upload session's POST and PATCHes take no slot of the write
