@@ -338,6 +338,23 @@ async fn push_big(http: &reqwest::Client, registry: &str, repo: &str, seed: u64,
     len + config.len() as u64
 }
 
+/// The targets' names in every configuration written: `t1` … `tN`.
+fn target_names(args: &Args) -> Vec<String> {
+    (1..=args.targets.len()).map(|i| format!("t{i}")).collect()
+}
+
+/// `mirror.yaml`'s targets, each under `m/`, and the defaults sending
+/// every image to all of them.
+fn mirror_targets(args: &Args) -> String {
+    let names = target_names(args);
+    let mut section = String::from("version: 1\ntargets:\n");
+    for (name, target) in names.iter().zip(&args.targets) {
+        section.push_str(&format!("  {name}: {target}/m\n"));
+    }
+    section.push_str(&format!("defaults:\n  targets: [{}]\n", names.join(", ")));
+    section
+}
+
 /// The same mirror for ocync (its configuration reference,
 /// docs/src/content/configuration.md): every tag of each repository, to
 /// each target under `m/`, over plain HTTP (an `http://` URL keeps its
@@ -348,13 +365,12 @@ fn ocync_config(args: &Args, repositories: &[String]) -> String {
         args.out.join("ocync-cache").display(),
         args.registry
     );
-    for (i, target) in args.targets.iter().enumerate() {
+    let names = target_names(args);
+    for (name, target) in names.iter().zip(&args.targets) {
         config.push_str(&format!(
-            "  t{}:\n    url: http://{target}\n    auth_type: anonymous\n",
-            i + 1
+            "  {name}:\n    url: http://{target}\n    auth_type: anonymous\n"
         ));
     }
-    let names: Vec<String> = (1..=args.targets.len()).map(|i| format!("t{i}")).collect();
     config.push_str(&format!(
         "target_groups:\n  all: [{}]\ndefaults:\n  source: upstream\n  targets: all\n  tags:\n    glob: \"*\"\nmappings:\n",
         names.join(", ")
@@ -385,15 +401,7 @@ async fn main() {
             ));
             skopeo.push_str(&format!("    {repo}: [v1]\n"));
         }
-        let mut config = String::from("version: 1\ntargets:\n");
-        for (i, target) in args.targets.iter().enumerate() {
-            config.push_str(&format!("  t{}: {target}/m\n", i + 1));
-        }
-        let names: Vec<String> = (1..=args.targets.len()).map(|i| format!("t{i}")).collect();
-        config.push_str(&format!(
-            "defaults:\n  targets: [{}]\nimages:\n{images}",
-            names.join(", ")
-        ));
+        let config = format!("{}images:\n{images}", mirror_targets(&args));
         std::fs::write(args.out.join("mirror.yaml"), config).unwrap();
         std::fs::write(
             args.out.join("ocync.yaml"),
@@ -435,16 +443,10 @@ async fn main() {
         }
     }
 
-    let mut config =
-        String::from("# The benchmark workload (examples/workload.rs).\nversion: 1\ntargets:\n");
-    for (i, target) in args.targets.iter().enumerate() {
-        config.push_str(&format!("  t{}: {target}/m\n", i + 1));
-    }
-    let names: Vec<String> = (1..=args.targets.len()).map(|i| format!("t{i}")).collect();
-    config.push_str(&format!(
-        "defaults:\n  targets: [{}]\nimages:\n",
-        names.join(", ")
-    ));
+    let mut config = format!(
+        "# The benchmark workload (examples/workload.rs).\n{}images:\n",
+        mirror_targets(&args)
+    );
     let mut skopeo = format!("{registry}:\n  tls-verify: false\n  images:\n");
     for repo in &repos {
         let tags = repo.tags.join(", ");
