@@ -631,6 +631,43 @@ impl Pace {
 mod tests {
     use super::*;
 
+    /// A write pace of 10 a second, found: 20 answers in the last second,
+    /// then a throttle (half of them).
+    async fn paced_at_ten() -> std::sync::Arc<Pace> {
+        let pace = std::sync::Arc::new(Pace::default());
+        for _ in 0..20 {
+            pace.clean(Kind::Upload, true);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
+        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        pace
+    }
+
+    /// `n` writes waiting for their slots; each returns its slot.
+    fn waiters(pace: &std::sync::Arc<Pace>, n: usize) -> Vec<tokio::task::JoinHandle<Instant>> {
+        (0..n)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move { pace.before(Kind::Upload).await })
+            })
+            .collect()
+    }
+
+    /// The seconds between the instants the `waiting` tasks return, in
+    /// order.
+    async fn gaps(waiting: Vec<tokio::task::JoinHandle<Instant>>) -> Vec<f64> {
+        let mut instants = Vec::new();
+        for waiter in waiting {
+            instants.push(waiter.await.unwrap());
+        }
+        instants.sort();
+        instants
+            .windows(2)
+            .map(|two| two[1].duration_since(two[0]).as_secs_f64())
+            .collect()
+    }
+
     #[test]
     fn requests_are_sorted_by_what_they_do() {
         let kind = |method: Method, path: &str| Kind::of(&method, &format!("https://r{path}"));
@@ -719,22 +756,10 @@ mod tests {
     /// of them would otherwise keep the lowered pace for as long as it is.
     #[tokio::test(start_paused = true)]
     async fn waiting_requests_take_the_pace_as_it_grows_back() {
-        let pace = std::sync::Arc::new(Pace::default());
-        // 20 answers in the last second, then a throttle: half of them
-        // (10 a second), to grow back fast to four fifths of 20.
-        for _ in 0..20 {
-            pace.clean(Kind::Upload, true);
-            tokio::time::advance(Duration::from_millis(50)).await;
-        }
-        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
-        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        // 10 a second, to grow back fast to four fifths of the 20 accepted.
+        let pace = paced_at_ten().await;
         let start = Instant::now();
-        let waiting: Vec<_> = (0..20)
-            .map(|_| {
-                let pace = pace.clone();
-                tokio::spawn(async move { pace.before(Kind::Upload).await })
-            })
-            .collect();
+        let waiting = waiters(&pace, 20);
         tokio::task::yield_now().await;
         // Five clean answers: 10 × 1.1⁴ ≈ 14.6, then one a second slower.
         for _ in 0..5 {
@@ -767,12 +792,7 @@ mod tests {
             pace.clean(Kind::Upload, true);
         }
         let start = Instant::now();
-        let bunch: Vec<_> = (0..10)
-            .map(|_| {
-                let pace = pace.clone();
-                tokio::spawn(async move { pace.before(Kind::Upload).await })
-            })
-            .collect();
+        let bunch = waiters(&pace, 10);
         let mut last = start;
         for waiter in bunch {
             last = last.max(waiter.await.unwrap());
@@ -787,13 +807,7 @@ mod tests {
     /// not together when the connections free up.
     #[tokio::test(start_paused = true)]
     async fn requests_released_together_by_the_connections_leave_an_interval_apart() {
-        let pace = std::sync::Arc::new(Pace::default());
-        for _ in 0..20 {
-            pace.clean(Kind::Upload, true);
-            tokio::time::advance(Duration::from_millis(50)).await;
-        }
-        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
-        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        let pace = paced_at_ten().await;
         let connections = std::sync::Arc::new(tokio::sync::Barrier::new(5));
         let waiting: Vec<_> = (0..5)
             .map(|_| {
@@ -806,15 +820,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut sent = Vec::new();
-        for waiter in waiting {
-            sent.push(waiter.await.unwrap());
-        }
-        sent.sort();
-        let gaps: Vec<f64> = sent
-            .windows(2)
-            .map(|two| two[1].duration_since(two[0]).as_secs_f64())
-            .collect();
+        let gaps = gaps(waiting).await;
         assert!(gaps.iter().all(|gap| *gap > 0.099), "{gaps:?}");
     }
 
@@ -823,13 +829,7 @@ mod tests {
     /// together, but one interval apart from when it woke.
     #[tokio::test(start_paused = true)]
     async fn turns_missed_while_held_off_the_cpu_are_not_made_up_at_once() {
-        let pace = std::sync::Arc::new(Pace::default());
-        for _ in 0..20 {
-            pace.clean(Kind::Upload, true);
-            tokio::time::advance(Duration::from_millis(50)).await;
-        }
-        pace.throttled(Kind::Upload, &Method::PUT, Instant::now());
-        assert_eq!(pace.settled().unwrap().pace[0].1, 10.0);
+        let pace = paced_at_ten().await;
         let waiting: Vec<_> = (0..12)
             .map(|_| {
                 let pace = pace.clone();
@@ -843,15 +843,7 @@ mod tests {
         // The clock jumps a second with no task run: the slots of the
         // first ten pass unseen.
         tokio::time::advance(Duration::from_secs(1)).await;
-        let mut started = Vec::new();
-        for waiter in waiting {
-            started.push(waiter.await.unwrap());
-        }
-        started.sort();
-        let gaps: Vec<f64> = started
-            .windows(2)
-            .map(|two| two[1].duration_since(two[0]).as_secs_f64())
-            .collect();
+        let gaps = gaps(waiting).await;
         assert!(gaps.iter().all(|gap| *gap > 0.099), "{gaps:?}");
     }
 
