@@ -240,11 +240,7 @@ impl Pacer {
     /// quarter second.
     fn used(&mut self, now: Instant) -> f64 {
         forget_before(&mut self.starts, now);
-        let span = self
-            .starts
-            .front()
-            .map_or(RECENT, |oldest| now.saturating_duration_since(*oldest));
-        self.starts.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64()
+        per_second(&self.starts, now)
     }
 
     /// A request whose slot was `at` woke at `now`; when it started.
@@ -330,12 +326,7 @@ impl Pacer {
         // Clean answers a second, over the time they span (at least a
         // quarter second) within the last second: early in a run the
         // registry has had less than a second to answer.
-        let span = self
-            .recent
-            .front()
-            .map_or(RECENT, |oldest| now.duration_since(*oldest));
-        let accepted =
-            self.recent.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64();
+        let accepted = per_second(&self.recent, now);
         let told = self.recent.len() >= FEW;
         let rate = match self.rate {
             // Still finding out, the pace may have run far past the limit
@@ -422,6 +413,16 @@ impl Pacer {
             };
         }
     }
+}
+
+/// `instants` a second, over the time they span until `now`: at least a
+/// quarter second, at most [`RECENT`] (early in a run there has been less
+/// than a second to count).
+fn per_second(instants: &VecDeque<Instant>, now: Instant) -> f64 {
+    let span = instants
+        .front()
+        .map_or(RECENT, |oldest| now.saturating_duration_since(*oldest));
+    instants.len() as f64 / span.clamp(Duration::from_millis(250), RECENT).as_secs_f64()
 }
 
 /// Drops the instants older than [`RECENT`].
